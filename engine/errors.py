@@ -1,0 +1,33 @@
+"""Every error fastig raises on purpose: one base class, one subclass per kind of mistake."""
+
+
+class FastIGError(Exception):
+    """Base class: the message names the argument, the value and what is allowed."""
+
+
+class InputError(FastIGError, ValueError):
+    """An argument of `attribute` (text, ids, baseline, target, n_steps, method) is invalid."""
+
+
+class EmptyTextError(InputError):
+    """A text that holds no token once tokenized."""
+
+
+class TargetError(InputError):
+    """A target class outside the model's labels, or a target list of the wrong length."""
+
+
+class MethodError(InputError):
+    """An unknown quadrature rule, or n_steps the rule cannot use."""
+
+
+class BaselineError(InputError):
+    """An unknown baseline name, or baseline ids/embeddings of the wrong shape."""
+
+
+class ModelLoadError(FastIGError):
+    """A model or tokenizer that cannot be loaded from the given path or hub name."""
+
+
+class LayerNotFoundError(FastIGError):
+    """The layer to attribute to cannot be found in the model."""

@@ -1,0 +1,137 @@
+"""From texts or ids to what one attribution needs: ids, baseline, model arguments, tokens.
+
+The construction is the seed notebook's: CLS + the text's ids (truncated) + SEP, and a
+baseline of the same length, CLS + PAD * n + SEP. Masks are left to the model where it
+builds them itself (token types, position ids), so baseline and input embed exactly as
+they do in a plain forward call.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import BaselineError, EmptyTextError, InputError
+
+BASELINES = ("pad", "unk", "mask", "zeros")
+# Models whose position ids start after the padding index (RoBERTa's scheme).
+OFFSET_POSITION_MODELS = ("roberta", "longformer", "xlm-roberta", "camembert", "xlm-roberta-xl")
+
+
+@dataclass
+class Document:
+    """One document ready for attribution.
+
+    input_ids: [L] long. baseline_ids: [L] long, or None when the baseline is given as
+    an embedding (`baseline_embedding`, [L', H] float, or 0.0 for "zeros").
+    model_kwargs: tensors [L] passed to the model next to the ids (attention mask, global
+    attention mask), each gets a batch dimension at call time.
+    """
+    input_ids: torch.Tensor
+    baseline_ids: torch.Tensor | None
+    baseline_embedding: torch.Tensor | float | None
+    model_kwargs: dict
+    tokens: list
+
+
+def max_text_tokens(config, tokenizer=None) -> int:
+    """Default truncation: the model's position limit minus CLS and SEP."""
+    total = config.max_position_embeddings
+    if config.model_type in OFFSET_POSITION_MODELS:
+        total -= (config.pad_token_id or 0) + 1
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 1_000_000:
+        total = min(total, tokenizer_limit)
+    return total - 2
+
+
+def special_ids(config, tokenizer=None) -> dict:
+    """CLS, SEP, PAD, UNK and MASK ids from the tokenizer, or from the model config without one."""
+    names = ("cls", "sep", "pad", "unk", "mask")
+    if tokenizer is not None:
+        return {n: getattr(tokenizer, f"{n}_token_id", None) for n in names}
+    return {"cls": getattr(config, "bos_token_id", None), "sep": getattr(config, "eos_token_id", None),
+            "pad": config.pad_token_id, "unk": None, "mask": None}
+
+
+def encode_texts(texts, tokenizer, max_length: int) -> list[torch.Tensor]:
+    """Each text as CLS + ids[:max_length] + SEP, a long tensor [L]."""
+    if tokenizer is None:
+        raise InputError("texts need a tokenizer; pass one to Engine(...) or give input ids [B, L]")
+    encoded = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str")
+        ids = tokenizer.encode(text, add_special_tokens=False)[:max_length]
+        if not ids:
+            raise EmptyTextError(f"texts[{i}]={text[:40]!r} holds no token; give a non-empty text")
+        encoded.append(torch.tensor([tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]))
+    return encoded
+
+
+def split_ids(ids: torch.Tensor) -> list[torch.Tensor]:
+    """A LongTensor [L] or [B, L] of ids (special tokens included) as a list of [L] tensors."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"input ids must be an integer tensor, got dtype {ids.dtype}")
+    if ids.ndim == 1:
+        ids = ids.unsqueeze(0)
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise EmptyTextError(f"input ids of shape {tuple(ids.shape)}: expected [B, L] with L >= 1")
+    return [row.long().cpu() for row in ids]
+
+
+def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int):
+    """(baseline ids [L] or None, baseline embedding or None) for one document."""
+    if isinstance(baseline, str):
+        if baseline == "zeros":
+            return None, 0.0
+        if baseline not in BASELINES:
+            raise BaselineError(f"baseline={baseline!r} is unknown; allowed: {', '.join(BASELINES)}, "
+                                "a LongTensor of ids or a FloatTensor of embeddings")
+        fill = specials[baseline]
+        if fill is None:
+            raise BaselineError(f"baseline={baseline!r} needs a {baseline} token id, which neither tokenizer nor config defines")
+        # Keep the first and last token (CLS, SEP), replace the rest, as the seed notebook does.
+        base = torch.full_like(ids, fill)
+        base[0], base[-1] = ids[0], ids[-1]
+        return base, None
+    if isinstance(baseline, (list, tuple)):
+        return baseline_for(ids, baseline[doc_index], specials, doc_index)
+    if isinstance(baseline, torch.Tensor):
+        if not baseline.is_floating_point():
+            base = baseline if baseline.ndim == 1 else baseline[doc_index]
+            if base.shape != ids.shape:
+                raise BaselineError(f"baseline ids of shape {tuple(base.shape)} do not match input ids of shape {tuple(ids.shape)}")
+            return base.long().cpu(), None
+        return None, baseline if baseline.ndim == 2 else baseline[doc_index]
+    raise BaselineError(f"baseline of type {type(baseline).__name__} is not supported; "
+                        f"allowed: {', '.join(BASELINES)}, a LongTensor of ids or a FloatTensor of embeddings")
+
+
+def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length: int | None = None) -> list[Document]:
+    """Documents for a str, a list of str, or a LongTensor [B, L] / [L] of ids."""
+    if isinstance(texts_or_ids, str):
+        texts_or_ids = [texts_or_ids]
+    if isinstance(texts_or_ids, torch.Tensor):
+        all_ids = split_ids(texts_or_ids)
+    elif isinstance(texts_or_ids, (list, tuple)):
+        if not texts_or_ids:
+            raise EmptyTextError("no text given: pass a str, a non-empty list of str, or ids [B, L]")
+        limit = max_text_tokens(config, tokenizer) if max_length is None else max_length
+        if limit < 1:
+            raise InputError(f"max_length={limit} must be at least 1")
+        all_ids = encode_texts(texts_or_ids, tokenizer, limit)
+    else:
+        raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str or a LongTensor of ids")
+
+    specials = special_ids(config, tokenizer)
+    documents = []
+    for i, ids in enumerate(all_ids):
+        baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i)
+        kwargs = {"attention_mask": torch.ones_like(ids)}
+        if config.model_type == "longformer":
+            # Global attention on CLS, as Longformer classifiers are trained.
+            kwargs["global_attention_mask"] = torch.zeros_like(ids)
+            kwargs["global_attention_mask"][0] = 1
+        tokens = tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None else [str(t) for t in ids.tolist()]
+        documents.append(Document(ids, baseline_ids, baseline_embedding, kwargs, tokens))
+    return documents

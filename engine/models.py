@@ -1,0 +1,134 @@
+"""Loading a classifier, finding the layer to attribute to, and running the model from that layer."""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LayerNotFoundError, ModelLoadError, TargetError
+
+OUTPUTS = ("probs", "logits")
+
+
+def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None):
+    """Load (model, tokenizer) from a local folder or a hub name; the model in eval mode.
+
+    `tokenizer` names another folder or hub name for the tokenizer (the seed's
+    Longformer uses allenai/longformer-base-4096's tokenizer).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
+        raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: {err}") from err
+    tokenizer_name = tokenizer or name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_name)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"tokenizer {tokenizer_name!r}: cannot load a tokenizer: {err}") from err
+    if device is not None:
+        model.to(device)
+    return model.eval(), tok
+
+
+def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:
+    """The module whose output is attributed.
+
+    None picks the embeddings module of the model (BertEmbeddings, LongformerEmbeddings, ...):
+    the parent of `get_input_embeddings()` when that parent is an embeddings module,
+    otherwise the token embedding itself. A string is a dotted module name.
+    """
+    if isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError as err:
+            raise LayerNotFoundError(f"layer={layer!r} is not a module of {type(model).__name__}; "
+                                     f"for example: {_example_names(model)}") from err
+    if layer is not None:
+        raise LayerNotFoundError(f"layer={layer!r} must be None, a dotted module name or an nn.Module")
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    token_embedding = get_embeddings() if get_embeddings is not None else None
+    if token_embedding is None:
+        raise LayerNotFoundError(f"{type(model).__name__} has no input embeddings; pass layer='dotted.module.name'")
+    for module in model.modules():
+        if "embedding" in type(module).__name__.lower() and any(c is token_embedding for c in module.children()):
+            return module
+    return token_embedding
+
+
+def _example_names(model: nn.Module) -> str:
+    names = [name for name, _ in model.named_modules() if name.endswith("embeddings")]
+    return ", ".join(names[:3]) or "see model.named_modules()"
+
+
+def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+    """F of each row: softmax probability (the seed's choice) or logit of `target`.
+
+    logits: [N, C]; target: [N] long. Returns [N] in the dtype of logits.
+    """
+    values = torch.softmax(logits, dim=-1) if output == "probs" else logits
+    return values.gather(1, target.view(-1, 1)).squeeze(1)
+
+
+def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
+    """One target per document: None (predicted class), an int, or a list/tensor of ints."""
+    if target is None or isinstance(target, (int, torch.Tensor)) and torch.as_tensor(target).ndim == 0:
+        targets = [None if target is None else int(target)] * n_docs
+    else:
+        targets = [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)]
+        if len(targets) != n_docs:
+            raise TargetError(f"target has {len(targets)} entries for {n_docs} documents; give one per document or one int")
+    for t in targets:
+        if t is not None and not 0 <= t < n_classes:
+            raise TargetError(f"target={t} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
+    return targets
+
+
+@contextmanager
+def parameters_frozen(model: nn.Module):
+    """No parameter takes part in autograd: the backward computes input gradients only
+    and the forward keeps no activations that exist just for weight gradients."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@contextmanager
+def output_captured(layer: nn.Module, store: list):
+    """Append the layer's output to `store` on every call."""
+    def keep(module, args, output):
+        store.append(output)
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def output_replaced(layer: nn.Module, output: torch.Tensor):
+    """The layer returns `output` instead of computing: the rest of the model runs from it.
+
+    Shadowing `forward` rather than hooking the output skips the layer's own work (a
+    gather and a LayerNorm over every step) and keeps hooks others put on it working.
+    """
+    shadowed = layer.__dict__.get("forward")
+    layer.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            del layer.forward
+        else:
+            layer.forward = shadowed

@@ -1,0 +1,103 @@
+"""The Captum path with fastig's settings, and the metrics that compare the two."""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .models import check_target
+from .summarize import token_scores
+
+# The correctness contract of DESIGN.md for fp32.
+MAX_REL_L2 = 1e-4
+MAX_DELTA_DIFF = 1e-5
+
+
+@dataclass
+class CaptumResult:
+    """attributions: list of [L_i, H] fp32; delta: [B]; seconds: wall time of Captum's calls."""
+    attributions: list
+    delta: torch.Tensor
+    seconds: float
+
+
+def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
+                     baseline="pad", output: str = "probs", internal_batch_size: int | None = None,
+                     max_length: int | None = None) -> CaptumResult:
+    """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time."""
+    from captum.attr import LayerIntegratedGradients
+
+    docs = engine.documents(texts_or_ids, baseline, max_length)
+    targets = check_target(target, len(docs), engine.model.config.num_labels)
+    attributions, deltas, seconds = [], [], 0.0
+    for doc, tgt in zip(docs, targets):
+        if doc.baseline_ids is None:
+            raise ValueError("Captum's LayerIntegratedGradients takes baselines as ids; use an id baseline")
+        names = list(doc.model_kwargs)
+
+        def forward(input_ids, *extra):
+            logits = engine.model(input_ids=input_ids, **dict(zip(names, extra))).logits
+            return torch.softmax(logits, -1) if output == "probs" else logits
+
+        ids = doc.input_ids.to(engine.device).unsqueeze(0)
+        extra = tuple(doc.model_kwargs[n].to(engine.device).unsqueeze(0) for n in names)
+        if tgt is None:
+            with torch.no_grad():
+                tgt = int(forward(ids, *extra).argmax())
+        start = time.perf_counter()
+        attr, delta = LayerIntegratedGradients(forward, engine.layer).attribute(
+            ids, baselines=doc.baseline_ids.to(engine.device).unsqueeze(0), target=tgt,
+            additional_forward_args=extra, n_steps=n_steps, method=method,
+            internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        seconds += time.perf_counter() - start
+        attributions.append(attr[0, : len(doc.input_ids)].detach().float().cpu())
+        deltas.append(delta.detach().float().cpu().reshape(()))
+    return CaptumResult(attributions, torch.stack(deltas), seconds)
+
+
+@dataclass
+class Comparison:
+    """Agreement of fastig with Captum, worst document first where it is a maximum."""
+    max_abs: float
+    rel_l2: float
+    pearson: float
+    spearman: float
+    top_k_overlap: float
+    delta_fastig: list
+    delta_captum: list
+
+    @property
+    def delta_diff(self) -> float:
+        return max(abs(a - b) for a, b in zip(self.delta_fastig, self.delta_captum))
+
+    @property
+    def passed(self) -> bool:
+        """The fp32 correctness contract: rel L2 <= 1e-4 and deltas equal to 1e-5."""
+        return self.rel_l2 <= MAX_REL_L2 and self.delta_diff <= MAX_DELTA_DIFF
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denominator = a.norm() * b.norm()
+    return float((a @ b) / denominator) if denominator > 0 else float(torch.equal(a, b))
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(torch.argsort(x, stable=True)).double()
+
+
+def compare(result, captum_result: CaptumResult, k: int = 10) -> Comparison:
+    """Compare an `Attribution` with a `CaptumResult` of the same documents and settings."""
+    max_abs = rel = 0.0
+    pearson, spearman, overlap = [], [], []
+    for ours, theirs in zip(result.attributions, captum_result.attributions):
+        max_abs = max(max_abs, float((ours - theirs).abs().max()))
+        rel = max(rel, float((ours - theirs).norm() / theirs.norm().clamp_min(1e-30)))
+        s_ours, s_theirs = token_scores(ours), token_scores(theirs)
+        pearson.append(_pearson(s_ours, s_theirs))
+        spearman.append(_pearson(_ranks(s_ours), _ranks(s_theirs)))
+        kk = min(k, len(s_ours))
+        top = lambda s: set(torch.topk(s.abs(), kk).indices.tolist())  # noqa: E731
+        overlap.append(len(top(s_ours) & top(s_theirs)) / kk)
+    return Comparison(max_abs, rel, min(pearson), min(spearman), min(overlap),
+                      result.delta.tolist(), captum_result.delta.tolist())

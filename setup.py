@@ -1,0 +1,20 @@
+from setuptools import setup
+
+setup(
+    name="fastig",
+    version="0.1.0",
+    description="Fast, memory-bounded Integrated Gradients for Hugging Face transformer classifiers, checked against Captum",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # The folders keep the design card's names; the import names are fastig and fastig.kernels.
+    packages=["fastig", "fastig.kernels"],
+    package_dir={"fastig": "engine", "fastig.kernels": "kernels"},
+    install_requires=["torch>=2.1", "transformers>=4.40", "captum>=0.7", "accelerate>=0.30",
+                      "numpy", "tqdm", "pandas"],
+    extras_require={
+        "dev": ["pytest>=7"],
+        "triton": ["triton; platform_system == 'Linux'"],
+    },
+    entry_points={"console_scripts": ["fastig = fastig.cli:main"]},
+)
