@@ -1,0 +1,106 @@
+"""Tiny random classifiers of several families and an offline tokenizer, built from configs with fixed seeds."""
+
+import random
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, DebertaV2Config,
+                          DebertaV2ForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
+                          ElectraConfig, ElectraForSequenceClassification, LongformerConfig,
+                          LongformerForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = ["the", "a", "good", "bad", "movie", "film", "great", "awful", "plot", "actor", "<script>", "&"] + \
+        [f"w{i}" for i in range(100)]
+VOCAB_SIZE = len(SPECIAL) + len(WORDS)
+N_LABELS = 3
+# Random weights give near-constant outputs at the usual 0.02; 0.3 makes attributions non-trivial.
+COMMON = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, initializer_range=0.3, num_labels=N_LABELS)
+
+
+def _config(family: str):
+    if family == "bert":
+        return BertConfig(**COMMON, max_position_embeddings=512)
+    if family == "longformer":
+        # A window of 16 is much shorter than the longer test documents, as 512 is for 4096-token ones.
+        return LongformerConfig(**COMMON, attention_window=16, max_position_embeddings=1026,
+                                pad_token_id=0, bos_token_id=2, eos_token_id=3, sep_token_id=3)
+    if family == "roberta":
+        return RobertaConfig(**COMMON, max_position_embeddings=520, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                initializer_range=0.3, num_labels=N_LABELS, pad_token_id=0)
+    if family == "electra":
+        return ElectraConfig(**{**COMMON, "hidden_size": 48}, embedding_size=32, max_position_embeddings=512)
+    if family == "deberta-v2":
+        return DebertaV2Config(**COMMON, max_position_embeddings=512)
+    raise KeyError(family)
+
+
+MODEL_CLASSES = {"bert": BertForSequenceClassification, "longformer": LongformerForSequenceClassification,
+                 "roberta": RobertaForSequenceClassification, "distilbert": DistilBertForSequenceClassification,
+                 "electra": ElectraForSequenceClassification, "deberta-v2": DebertaV2ForSequenceClassification}
+FAMILIES = ("bert", "longformer", "roberta", "distilbert")
+
+
+def make_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return MODEL_CLASSES[family](_config(family)).eval()
+
+
+def make_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS[:10] + WORDS[12:]) for _ in range(n_words))
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def vocab_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(SPECIAL + WORDS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(vocab_file):
+    # transformers 5 ignores vocab_file=; vocab= takes the path.
+    return BertTokenizerFast(vocab=str(vocab_file))
+
+
+@pytest.fixture(scope="session")
+def models():
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = make_model(family)
+        return cache[family]
+    return get
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, tokenizer):
+    """A tiny Longformer classifier and its tokenizer saved as a local model folder."""
+    def save(family: str = "longformer"):
+        path = tmp_path_factory.mktemp(f"model-{family}")
+        make_model(family).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+    return save
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, what: str = "tensor"):
+    """allclose that says how many elements differ, the worst one and where."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    bad = ~torch.isclose(actual, expected, rtol=rtol, atol=atol)
+    if bad.any():
+        diff = (actual - expected).abs()
+        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (rtol={rtol}, atol={atol}); "
+                             f"worst at {worst}: {actual[worst].item()} vs {expected[worst].item()}")

@@ -1,0 +1,71 @@
+"""fp32 fastig equals Captum's LayerIntegratedGradients: the oracle of the engine."""
+
+import pytest
+import torch
+
+import fastig
+from fastig.quadrature import METHODS
+from fastig.reference import MAX_DELTA_DIFF, MAX_REL_L2, captum_attribute, compare
+
+from conftest import FAMILIES, N_LABELS, make_text
+
+N_STEPS = 12
+
+
+def assert_agrees_with_captum(engine, text, **kwargs):
+    ours = engine.attribute(text, **kwargs)
+    theirs = captum_attribute(engine, text, internal_batch_size=5, **kwargs)
+    result = compare(ours, theirs)
+    assert result.rel_l2 <= MAX_REL_L2, result
+    assert result.delta_diff <= MAX_DELTA_DIFF, result
+    return ours, result
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("n_words", [1, 7, 97, 300])
+@pytest.mark.parametrize("method", METHODS)
+def test_rules_lengths_and_families(models, tokenizer, family, n_words, method):
+    engine = fastig.Engine(models(family), tokenizer)
+    ours, _ = assert_agrees_with_captum(engine, make_text(n_words, seed=n_words), n_steps=N_STEPS, method=method)
+    assert ours.attributions.shape == (1, n_words + 2, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("output", ["probs", "logits"])
+@pytest.mark.parametrize("target", [None, 0, N_LABELS - 1])
+def test_outputs_and_targets(models, tokenizer, family, output, target):
+    engine = fastig.Engine(models(family), tokenizer)
+    ours, _ = assert_agrees_with_captum(engine, make_text(40, seed=1), n_steps=N_STEPS, output=output, target=target)
+    expected_target = int(ours.prediction[0]) if target is None else target
+    assert int(ours.target[0]) == expected_target
+
+
+@pytest.mark.parametrize("baseline", ["unk", "mask"])
+def test_other_id_baselines(models, tokenizer, baseline):
+    engine = fastig.Engine(models("roberta"), tokenizer)
+    assert_agrees_with_captum(engine, make_text(30, seed=2), n_steps=N_STEPS, baseline=baseline)
+
+
+@pytest.mark.parametrize("family", ["electra", "deberta-v2"])
+def test_embedding_layer_found_for_more_families(models, tokenizer, family):
+    engine = fastig.Engine(models(family), tokenizer)
+    assert type(engine.layer).__name__.endswith("Embeddings")
+    assert_agrees_with_captum(engine, make_text(20, seed=3), n_steps=N_STEPS)
+
+
+def test_ids_without_tokenizer_equal_texts(models, tokenizer):
+    model = models("longformer")
+    text = make_text(25, seed=4)
+    from_text = fastig.Engine(model, tokenizer).attribute(text, n_steps=N_STEPS)
+    from_ids = fastig.Engine(model).attribute(from_text.input_ids, n_steps=N_STEPS)
+    assert torch.equal(from_ids.attributions, from_text.attributions)
+    assert torch.equal(from_ids.delta, from_text.delta)
+
+
+@pytest.mark.parametrize("family", ["bert", "longformer", "roberta"])
+def test_completeness_improves_with_steps(models, tokenizer, family):
+    engine = fastig.Engine(models(family), tokenizer)
+    runs = [engine.attribute(make_text(30, seed=5), n_steps=n) for n in (2, 64)]
+    gap = abs(float(runs[0].output_at_input[0] - runs[0].output_at_baseline[0]))
+    coarse, fine = (abs(float(r.delta[0])) for r in runs)
+    assert fine <= 1e-3 * gap and fine < coarse, (coarse, fine, gap)

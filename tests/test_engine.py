@@ -1,0 +1,111 @@
+"""Properties of the engine users rely on: chunking and batching change nothing, baselines, summaries."""
+
+import pytest
+import torch
+
+import fastig
+from fastig.summarize import token_scores
+
+from conftest import FAMILIES, assert_close, make_text
+
+N_STEPS = 9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunk_size_does_not_change_results(models, tokenizer, family):
+    engine = fastig.Engine(models(family), tokenizer)
+    text = make_text(60, seed=7)
+    runs = [engine.attribute(text, n_steps=N_STEPS, chunk_size=c) for c in (1, 3, N_STEPS)]
+    for run in runs[1:]:
+        assert_close(run.attributions, runs[0].attributions, rtol=1e-5, atol=1e-7, what="attributions")
+        scale = float(runs[0].integrand.abs().max())
+        assert_close(run.integrand, runs[0].integrand, rtol=1e-5, atol=1e-5 * scale, what="integrand")
+        assert_close(run.delta, runs[0].delta, rtol=0, atol=1e-6, what="delta")
+    assert [r.stats["chunk_size"] for r in runs] == [[1], [3], [N_STEPS]]
+
+
+@pytest.mark.parametrize("family", ["longformer", "bert"])
+def test_batch_of_texts_equals_separate_calls(models, tokenizer, family):
+    engine = fastig.Engine(models(family), tokenizer)
+    texts = [make_text(n, seed=n) for n in (5, 41, 17)]
+    batch = engine.attribute(texts, n_steps=N_STEPS, target=[0, 1, 2])
+    assert isinstance(batch.attributions, list) and len(batch) == 3
+    for i, text in enumerate(texts):
+        alone = engine.attribute(text, n_steps=N_STEPS, target=i)
+        assert_close(batch.attributions[i], alone.attributions[0], rtol=1e-6, atol=1e-8, what=f"document {i}")
+        assert batch.tokens[i] == alone.tokens[0]
+        assert float(batch.delta[i]) == pytest.approx(float(alone.delta[0]), abs=1e-7)
+
+
+def test_equal_lengths_stack_into_tensors(models, tokenizer):
+    result = fastig.Engine(models("bert"), tokenizer).attribute([make_text(8, 1), make_text(8, 2)], n_steps=4)
+    assert result.attributions.shape == (2, 10, 32) and result.token_scores.shape == (2, 10)
+    assert result.input_ids.shape == (2, 10) and result.probs.shape == (2, 3)
+
+
+def test_inputs_follow_the_seed_construction(models, tokenizer):
+    engine = fastig.Engine(models("longformer"), tokenizer)
+    (doc,) = engine.documents("good movie", max_length=1)
+    assert doc.tokens == ["[CLS]", "good", "[SEP]"]
+    assert doc.baseline_ids.tolist() == [tokenizer.cls_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id]
+    assert doc.model_kwargs["global_attention_mask"].tolist() == [1, 0, 0]
+
+
+def test_default_truncation_respects_position_limit(models, tokenizer):
+    # The tiny RoBERTa has 520 positions, offset by padding_idx + 1 = 1: 519 tokens with CLS and SEP.
+    engine = fastig.Engine(models("roberta"), tokenizer)
+    (doc,) = engine.documents(make_text(600))
+    assert len(doc.input_ids) == 519
+    result = engine.attribute(make_text(600), n_steps=2)
+    assert result.attributions.shape[1] == 519
+
+
+def test_embedding_baseline_equals_its_id_baseline(models, tokenizer):
+    engine = fastig.Engine(models("roberta"), tokenizer)
+    text = make_text(20, seed=3)
+    by_ids = engine.attribute(text, n_steps=N_STEPS, baseline="unk")
+    (doc,) = engine.documents(text, baseline="unk")
+    captured = engine._endpoints(doc)[1]
+    by_embedding = engine.attribute(text, n_steps=N_STEPS, baseline=captured)
+    assert_close(by_embedding.attributions, by_ids.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+    assert float(by_embedding.delta[0]) == pytest.approx(float(by_ids.delta[0]), abs=1e-6)
+
+
+def test_zero_baseline_is_a_zero_layer_output(models, tokenizer):
+    engine = fastig.Engine(models("longformer"), tokenizer)
+    text = make_text(15, seed=9)
+    zeros = engine.attribute(text, n_steps=N_STEPS, baseline="zeros", output="logits")
+    # The tiny Longformer pads 17 tokens to its window of 16: the layer output has 32 positions.
+    explicit = engine.attribute(text, n_steps=N_STEPS, baseline=torch.zeros(32, 32), output="logits")
+    assert torch.equal(zeros.attributions, explicit.attributions)
+    (doc,) = engine.documents(text, baseline="zeros")
+    with torch.no_grad():
+        logits = engine._logits_from_layer(doc, torch.zeros(1, 32, 32))
+    assert float(zeros.output_at_baseline[0]) == pytest.approx(float(logits[0, zeros.target[0]]), abs=1e-6)
+
+
+def test_integrand_sums_to_attributions(models, tokenizer):
+    result = fastig.Engine(models("bert"), tokenizer).attribute(make_text(12), n_steps=N_STEPS)
+    _, weights = fastig.quadrature.rule("gausslegendre", N_STEPS)
+    assert float(result.integrand[0] @ weights) == pytest.approx(float(result.attributions.sum()), rel=1e-4)
+
+
+def test_token_scores_are_unit_norm_and_ranked(models, tokenizer):
+    result = fastig.Engine(models("bert"), tokenizer).attribute(make_text(30), n_steps=4)
+    scores = result.token_scores[0]
+    assert float(scores.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(scores, token_scores(result.attributions[0]))
+    top, bottom = result.top_bottom(0, k=5)
+    assert [t.score for t in top] == sorted(scores.tolist(), reverse=True)[:5]
+    assert [t.score for t in bottom] == sorted(scores.tolist())[:5]
+    assert all(result.tokens[0][t.position] == t.token for t in top + bottom)
+
+
+def test_parameters_are_left_as_they_were(models, tokenizer):
+    model = models("distilbert")
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    forward = model.distilbert.embeddings.forward
+    fastig.Engine(model, tokenizer).attribute("good film", n_steps=3)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert "forward" not in vars(model.distilbert.embeddings) and model.distilbert.embeddings.forward == forward
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,69 @@
+"""Bad input raises the right FastIGError, with a message that names the argument."""
+
+import pytest
+import torch
+
+import fastig
+from fastig import (BaselineError, EmptyTextError, FastIGError, InputError, LayerNotFoundError, MethodError,
+                    ModelLoadError, TargetError)
+
+
+@pytest.fixture()
+def engine(models, tokenizer):
+    return fastig.Engine(models("bert"), tokenizer)
+
+
+@pytest.mark.parametrize("kwargs, error, fragment", [
+    (dict(texts_or_ids=""), EmptyTextError, "holds no token"),
+    (dict(texts_or_ids="   "), EmptyTextError, "holds no token"),
+    (dict(texts_or_ids=[]), EmptyTextError, "no text given"),
+    (dict(texts_or_ids=["good", 3]), InputError, r"texts\[1\] is a int"),
+    (dict(texts_or_ids=torch.zeros(2, 0, dtype=torch.long)), EmptyTextError, "L >= 1"),
+    (dict(texts_or_ids="good", target=3), TargetError, "target=3 is out of range"),
+    (dict(texts_or_ids="good", target=-1), TargetError, "target=-1 is out of range"),
+    (dict(texts_or_ids=["good", "bad"], target=[0]), TargetError, "1 entries for 2 documents"),
+    (dict(texts_or_ids="good", n_steps=0), MethodError, "n_steps"),
+    (dict(texts_or_ids="good", method="simpson"), MethodError, "method='simpson' is unknown"),
+    (dict(texts_or_ids="good", baseline="blank"), BaselineError, "baseline='blank' is unknown"),
+    (dict(texts_or_ids="good film", baseline=torch.tensor([2, 0, 3])), BaselineError, "do not match"),
+    (dict(texts_or_ids="good film", baseline=torch.zeros(3, 32)), BaselineError, "does not match the layer output"),
+    (dict(texts_or_ids="good", output="softmax"), InputError, "output='softmax' is unknown"),
+    (dict(texts_or_ids="good", chunk_size=0), InputError, "chunk_size=0"),
+])
+def test_bad_attribute_arguments(engine, kwargs, error, fragment):
+    with pytest.raises(error, match=fragment) as info:
+        engine.attribute(**kwargs)
+    assert isinstance(info.value, FastIGError)
+
+
+def test_texts_without_tokenizer(models):
+    with pytest.raises(InputError, match="need a tokenizer"):
+        fastig.Engine(models("bert")).attribute("good film")
+
+
+def test_unknown_model_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        fastig.load_classifier(str(tmp_path / "no-such-model"))
+
+
+def test_layer_not_found(models, tokenizer):
+    with pytest.raises(LayerNotFoundError, match="bert.embedings"):
+        fastig.Engine(models("bert"), tokenizer, layer="bert.embedings")
+
+
+def test_layer_without_token_output(models, tokenizer):
+    engine = fastig.Engine(models("bert"), tokenizer, layer="bert.pooler")
+    with pytest.raises(LayerNotFoundError, match=r"\[batch, length, hidden\]"):
+        engine.attribute("good film", n_steps=2)
+
+
+def test_dotted_layer_name_is_used(models, tokenizer):
+    engine = fastig.Engine(models("bert"), tokenizer, layer="bert.encoder.layer.0")
+    result = engine.attribute("good film", n_steps=16)
+    assert result.attributions.shape == (1, 4, 32)
+    assert abs(float(result.delta[0])) < 1e-2
+
+
+def test_unknown_precision(models, tokenizer):
+    with pytest.raises(InputError, match="precision='fp8'"):
+        fastig.Engine(models("bert"), tokenizer, precision="fp8")
