@@ -1,5 +1,6 @@
 """Loading a classifier, finding the layer to attribute to, and running the model from that layer."""
 
+import numbers
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tens
 
 def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
     """One target per document: None (predicted class), an int, or a list/tensor of ints."""
-    if target is None or isinstance(target, (int, torch.Tensor)) and torch.as_tensor(target).ndim == 0:
+    if target is None or isinstance(target, numbers.Integral) or isinstance(target, torch.Tensor) and target.ndim == 0:
         targets = [None if target is None else int(target)] * n_docs
     else:
         targets = [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)]

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import BaselineError
 from .models import check_target
 from .summarize import token_scores
 
@@ -32,7 +33,8 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
     attributions, deltas, seconds = [], [], 0.0
     for doc, tgt in zip(docs, targets):
         if doc.baseline_ids is None:
-            raise ValueError("Captum's LayerIntegratedGradients takes baselines as ids; use an id baseline")
+            raise BaselineError("Captum's LayerIntegratedGradients takes baselines as ids: use baseline='pad', "
+                                "'unk', 'mask' or a LongTensor of ids to compare with it")
         names = list(doc.model_kwargs)
 
         def forward(input_ids, *extra):

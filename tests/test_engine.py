@@ -109,3 +109,13 @@ def test_parameters_are_left_as_they_were(models, tokenizer):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert "forward" not in vars(model.distilbert.embeddings) and model.distilbert.embeddings.forward == forward
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1]])
+def test_target_forms_are_equivalent(models, tokenizer, target):
+    import numpy as np
+
+    engine = fastig.Engine(models("bert"), tokenizer)
+    reference = engine.attribute("good film", n_steps=4, target=np.int64(1))
+    result = engine.attribute("good film", n_steps=4, target=target)
+    assert int(result.target[0]) == 1 and torch.equal(result.attributions, reference.attributions)

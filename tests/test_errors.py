@@ -67,3 +67,10 @@ def test_dotted_layer_name_is_used(models, tokenizer):
 def test_unknown_precision(models, tokenizer):
     with pytest.raises(InputError, match="precision='fp8'"):
         fastig.Engine(models("bert"), tokenizer, precision="fp8")
+
+
+def test_captum_reference_needs_id_baselines(models, tokenizer):
+    from fastig.reference import captum_attribute
+
+    with pytest.raises(BaselineError, match="takes baselines as ids"):
+        captum_attribute(fastig.Engine(models("bert"), tokenizer), "good film", baseline="zeros")
