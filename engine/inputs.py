@@ -45,12 +45,10 @@ def max_text_tokens(config, tokenizer=None) -> int:
 
 
 def special_ids(config, tokenizer=None) -> dict:
-    """CLS, SEP, PAD, UNK and MASK ids from the tokenizer, or from the model config without one."""
-    names = ("cls", "sep", "pad", "unk", "mask")
+    """The ids that fill a baseline: PAD, UNK and MASK from the tokenizer, or PAD from the config."""
     if tokenizer is not None:
-        return {n: getattr(tokenizer, f"{n}_token_id", None) for n in names}
-    return {"cls": getattr(config, "bos_token_id", None), "sep": getattr(config, "eos_token_id", None),
-            "pad": config.pad_token_id, "unk": None, "mask": None}
+        return {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "unk", "mask")}
+    return {"pad": config.pad_token_id, "unk": None, "mask": None}
 
 
 def encode_texts(texts, tokenizer, max_length: int) -> list[torch.Tensor]:
