@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .errors import FastIGError, InputError
+from .models import OUTPUTS
 from .quadrature import METHODS
 
 
@@ -24,8 +25,8 @@ def _target(value: str):
         raise argparse.ArgumentTypeError(f"--target {value!r}: give a class index or 'predicted'")
 
 
-def _add_attribution_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument("--model", required=model_required, help="local folder or hub name of a sequence classifier")
+def _add_attribution_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="local folder or hub name of a sequence classifier")
     p.add_argument("--tokenizer", help="tokenizer folder or hub name, if not the model's")
     p.add_argument("--text", action="append", help="a document (repeat for several)")
     p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
@@ -33,7 +34,7 @@ def _add_attribution_args(p: argparse.ArgumentParser, model_required: bool = Tru
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--method", default="gausslegendre", choices=METHODS)
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
-    p.add_argument("--output", default="probs", choices=["probs", "logits"], help="attribute probabilities or logits")
+    p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
     p.add_argument("--chunk-size", type=int, help="integration steps per model call (default: sized from length)")
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")

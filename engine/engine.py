@@ -1,7 +1,7 @@
 """`fastig.Engine`: layer Integrated Gradients for a Hugging Face classifier, and its result."""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -153,21 +153,31 @@ class Engine:
             output_at_baseline=column("output_at_baseline"), integrand=column("integrand"),
             alphas=alphas, n_steps=n_steps, method=method, output=output, stats=stats)
 
-    def _model_kwargs(self, doc: Document, batch: int) -> dict:
+    def _on_device(self, doc: Document) -> Document:
+        """The document's tensors moved once, so no step copies anything from the host."""
+        to = lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return replace(doc, input_ids=to(doc.input_ids), baseline_ids=to(doc.baseline_ids),
+                       baseline_embedding=to(doc.baseline_embedding),
+                       model_kwargs={k: to(v) for k, v in doc.model_kwargs.items()})
+
+    @staticmethod
+    def _model_kwargs(doc: Document, batch: int) -> dict:
         # Expanded views: every step shares the same mask memory.
-        return {k: v.to(self.device).unsqueeze(0).expand(batch, -1) for k, v in doc.model_kwargs.items()}
+        return {k: v.unsqueeze(0).expand(batch, -1) for k, v in doc.model_kwargs.items()}
 
     def _logits_from_layer(self, doc: Document, z: torch.Tensor) -> torch.Tensor:
-        """Logits [c, C] of the model whose layer outputs z [c, L', H] for the document's ids."""
-        ids = doc.input_ids.to(self.device).unsqueeze(0).expand(len(z), -1)
+        """Logits [c, C] of the model whose layer outputs z [c, L', H] for the document's ids (on device)."""
+        ids = doc.input_ids.unsqueeze(0).expand(len(z), -1)
         with output_replaced(self.layer, z):
             return self.model(input_ids=ids, **self._model_kwargs(doc, len(z))).logits
 
     def _endpoints(self, doc: Document) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layer outputs e(x), e(b) [L', H] fp32 and logits at x and b [C], from real forwards."""
-        ids = doc.input_ids.to(self.device).unsqueeze(0)
+        """Layer outputs e(x), e(b) [L', H] fp32 and logits at x and b [C], from real forwards.
+
+        doc: a document on the engine's device."""
+        ids = doc.input_ids.unsqueeze(0)
         if doc.baseline_ids is not None:
-            ids = torch.cat([ids, doc.baseline_ids.to(self.device).unsqueeze(0)])
+            ids = torch.stack([doc.input_ids, doc.baseline_ids])
         captured = []
         with torch.no_grad(), output_captured(self.layer, captured):
             logits = self.model(input_ids=ids, **self._model_kwargs(doc, len(ids))).logits
@@ -183,7 +193,7 @@ class Engine:
         start = doc.baseline_embedding
         if isinstance(start, float):
             start = torch.full_like(end, start)
-        start = start.to(self.device, torch.float32)
+        start = start.float()
         if start.shape != end.shape:
             raise BaselineError(f"baseline embedding of shape {tuple(start.shape)} does not match the layer "
                                 f"output of shape {tuple(end.shape)} for this input")
@@ -193,12 +203,12 @@ class Engine:
 
     def _attribute_one(self, doc: Document, target, alphas, weights, output, chunk_size, bar) -> dict:
         t0 = time.perf_counter()
+        doc = self._on_device(doc)
         end, start, logits_x, logits_b = self._endpoints(doc)
         prediction = int(logits_x.argmax())
         target = prediction if target is None else target
         target_index = torch.tensor([target], device=self.device)
-        f_x = score(logits_x.unsqueeze(0).float(), target_index, output)[0]
-        f_b = score(logits_b.unsqueeze(0).float(), target_index, output)[0]
+        f_x, f_b = score(torch.stack([logits_x, logits_b]).float(), target_index.expand(2), output)
         t1 = time.perf_counter()
 
         chunk = chunk_size_for(end.shape[0], len(alphas), chunk_size)
