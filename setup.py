@@ -7,11 +7,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # The folders keep the design card's names; the import names are fastig and fastig.kernels.
-    packages=["fastig", "fastig.kernels"],
-    package_dir={"fastig": "engine", "fastig.kernels": "kernels"},
+    # The folders keep the design card's names; the import names are fastig, fastig.kernels
+    # and fastig.benchmarks (so `fastig bench` works from any install).
+    packages=["fastig", "fastig.kernels", "fastig.benchmarks"],
+    package_dir={"fastig": "engine", "fastig.kernels": "kernels", "fastig.benchmarks": "benchmarks"},
     install_requires=["torch>=2.1", "transformers>=4.40", "captum>=0.7", "accelerate>=0.30",
-                      "numpy", "tqdm", "pandas"],
+                      "numpy", "tqdm", "pandas", "matplotlib"],
     extras_require={
         "dev": ["pytest>=7"],
         "triton": ["triton; platform_system == 'Linux'"],

@@ -1,46 +1,96 @@
-"""Shared pieces of the benchmarks: random models of known shapes, timing, machine facts."""
+"""Shared pieces of the benchmarks: models of known shapes, providers, timing, memory, machine facts.
 
+Every measurement runs in a fresh child process (forked from a server that has only imported
+the libraries), so its peak memory is its own and no provider inherits another's allocator
+state or warm caches.
+"""
+
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 
 import torch
 
-
-def longformer_classifier(layers: int = 4, hidden: int = 768, heads: int = 12, window: int = 256,
-                          max_tokens: int = 4096, seed: int = 0):
-    """A Longformer-base-shaped classifier with random weights (2 labels), in eval mode."""
-    from transformers import LongformerConfig, LongformerForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = LongformerConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                              intermediate_size=4 * hidden, attention_window=window,
-                              max_position_embeddings=max_tokens + 2, num_labels=2, initializer_range=0.05)
-    return LongformerForSequenceClassification(config).eval()
+CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
 
 
-def random_ids(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
-    """[1, n_tokens] ids: CLS (bos), random ordinary tokens, SEP (eos), as a tokenizer would give."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A randomly initialised sequence classifier (2 labels) of a known shape."""
+    family: str                     # "longformer" | "bert"
+    layers: int
+    hidden: int = 768
+    heads: int = 12
+    window: int = 0                 # Longformer's attention window (tokens, both sides together)
+    max_tokens: int = 4096
+    initializer_range: float = 0.05
+    seed: int = 0
+
+    def build(self) -> torch.nn.Module:
+        from transformers import (BertConfig, BertForSequenceClassification, LongformerConfig,
+                                  LongformerForSequenceClassification)
+
+        shape = dict(num_hidden_layers=self.layers, hidden_size=self.hidden, num_attention_heads=self.heads,
+                     intermediate_size=4 * self.hidden, num_labels=2, initializer_range=self.initializer_range)
+        torch.manual_seed(self.seed)
+        if self.family == "longformer":
+            config = LongformerConfig(attention_window=self.window, max_position_embeddings=self.max_tokens + 2, **shape)
+            return LongformerForSequenceClassification(config).eval()
+        config = BertConfig(max_position_embeddings=self.max_tokens, **shape)
+        return BertForSequenceClassification(config).eval()
+
+    def describe(self) -> str:
+        window = f", window {self.window}" if self.family == "longformer" else ""
+        return f"{self.family.capitalize()} {self.layers} layers, hidden {self.hidden}, {self.heads} heads{window}"
+
+    def flops_per_token_step(self, length: int) -> float:
+        """Useful FLOPs of one token in one step: forward plus the input-gradient backward.
+
+        Per layer: the dense matmuls (QKV, output, FFN: 2 * (4 H^2 + 2 H I) forward, the same
+        again backward for the activation gradient; weight gradients are never computed) and
+        the attention products over the span a token sees (QK^T and AV: 4 * span * H forward,
+        twice that backward). Longformer's span is its window plus the token, BERT's the length.
+        """
+        span = min(length, self.window + 1) if self.family == "longformer" else length
+        dense = 2 * (4 * self.hidden ** 2 + 2 * self.hidden * 4 * self.hidden)
+        return self.layers * (2 * dense + 12 * span * self.hidden)
+
+
+def random_ids(model: torch.nn.Module, documents: int, length: int, seed: int = 0) -> torch.Tensor:
+    """[documents, length] ids: a CLS-like first token, random ordinary tokens, a SEP-like last one."""
     config = model.config
+    first = config.bos_token_id if config.bos_token_id is not None else 101
+    last = config.eos_token_id if config.eos_token_id is not None else 102
     generator = torch.Generator().manual_seed(seed)
-    body = torch.randint(5, config.vocab_size, (n_tokens - 2,), generator=generator)
-    return torch.cat([torch.tensor([config.bos_token_id]), body, torch.tensor([config.eos_token_id])]).unsqueeze(0)
+    ids = torch.randint(5, config.vocab_size, (documents, length), generator=generator)
+    ids[:, 0], ids[:, -1] = first, last
+    return ids
 
 
-def median_seconds(fn, repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed runs."""
-    for _ in range(warmup):
-        fn()
+def median_seconds(fn, repeats: int, sync=None) -> tuple[float, list[float], object]:
+    """Median wall time of `fn()` over `repeats` runs (the caller has warmed it up), the
+    times, and what the last run returned."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        value = fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return statistics.median(times), times, value
 
 
-def machine() -> dict:
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine(device: str) -> dict:
     """Device name, cores and library versions, recorded next to every result."""
     import captum
     import transformers
@@ -51,6 +101,166 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "captum": captum.__version__}
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else cpu, "device_type": device,
+            "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "captum": captum.__version__, "triton": triton_version}
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
+    """Measured FLOP/s of a square matmul of `size`: the ceiling the models are held against."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    if device == "cuda":
+        from triton.testing import do_bench
+        milliseconds = do_bench(lambda: a @ b)
+        return 2 * size ** 3 / (milliseconds / 1e3)
+    # The best of several runs: a ceiling, not a typical value (a median read 127 GFLOP/s
+    # where the best read 197 on a shared 2-core EPYC, below what the models reached).
+    a @ b
+    _, times, _ = median_seconds(lambda: a @ b, repeats=10)
+    return 2 * size ** 3 / min(times)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One timed measurement: a provider on a model, documents of one length, one rule."""
+    provider: str                   # "fastig" | "captum"
+    model: ModelSpec
+    length: int
+    n_steps: int
+    documents: int = 1
+    method: str = "gausslegendre"
+    batch: int | None = None        # Captum's internal_batch_size; fastig: steps per call (None: its default)
+    precision: str = "fp32"         # fastig only
+    repeats: int = 3
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        if self.provider == "fastig":
+            return f"fastig {self.precision}" + (f" chunk={self.batch}" if self.batch else "")
+        return f"captum ibs={self.batch}"
+
+    @property
+    def token_steps(self) -> int:
+        return self.documents * self.length * self.n_steps
+
+
+def _provider(job: Job, engine, ids):
+    """A function running the job's attribution once; it returns (attributions, deltas)."""
+    settings = dict(target=0, method=job.method)
+    if job.provider == "fastig":
+        def run(n_steps=job.n_steps):
+            result = engine.attribute(ids, n_steps=n_steps, chunk_size=job.batch, **settings)
+            return list(result.attributions), result.delta
+    else:
+        from fastig.reference import captum_attribute
+
+        def run(n_steps=job.n_steps):
+            result = captum_attribute(engine, ids, n_steps=n_steps, internal_batch_size=job.batch, **settings)
+            return result.attributions, result.delta
+    return run
+
+
+def _warm_up_steps(job: Job) -> int:
+    # One model call of the job's own size warms allocator, thread pool and kernels.
+    from fastig.scheduler import chunk_size_for
+    return job.batch if job.provider == "captum" else chunk_size_for(job.length, job.n_steps, job.batch)
+
+
+def _sync(job: Job):
+    return torch.cuda.synchronize if job.device == "cuda" else None
+
+
+def _engine(job: Job):
+    import fastig
+    return fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
+                         device=job.device)
+
+
+def measure(job: Job) -> dict:
+    """Runs in a child process: median time, peak memory, attributions and deltas of one job."""
+    engine = _engine(job)
+    ids = random_ids(engine.model, job.documents, job.length)
+    run = _provider(job, engine, ids)
+    run(min(job.n_steps, _warm_up_steps(job)))
+    if job.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds, times, (attributions, delta) = median_seconds(run, job.repeats, _sync(job))
+    if job.device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:   # ru_maxrss is in KiB on Linux
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "times": times, "peak_memory_mb": peak_mb, "attributions": attributions,
+            "delta": delta, "relative_delta": _relative_delta(attributions, delta)}
+
+
+def _relative_delta(attributions: list, delta: torch.Tensor) -> float:
+    """max over documents of |delta| / |F(x) - F(b)|, where F(x) - F(b) = sum(attributions) - delta."""
+    gap = torch.stack([a.double().sum() for a in attributions]) - delta.double()
+    return float((delta.double().abs() / gap.abs().clamp_min(1e-30)).max())
+
+
+def steps_to_tolerance(job: Job, ladder: list[int], tolerances: list[float]) -> dict:
+    """Runs in a child process: the relative delta at each n_steps of `ladder` (until every
+    tolerance is met), then the median time at the first n_steps meeting each tolerance."""
+    engine = _engine(job)
+    run = _provider(job, engine, random_ids(engine.model, job.documents, job.length))
+    run(min(ladder[0], _warm_up_steps(job)))
+    reached = []
+    for n_steps in ladder:
+        reached.append((n_steps, _relative_delta(*run(n_steps))))
+        if reached[-1][1] <= min(tolerances):
+            break
+    needed = {}
+    for tolerance in tolerances:
+        n_steps = next((n for n, rel in reached if rel <= tolerance), None)
+        if n_steps is not None:
+            seconds, times, _ = median_seconds(lambda: run(n_steps), job.repeats, _sync(job))
+            needed[tolerance] = (n_steps, seconds, times)
+    return {"ladder": reached, "needed": needed}
+
+
+def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:
+    """Runs in a child process: Captum's seconds per step at each internal_batch_size (one call each).
+
+    The largest batch that fits runs first, untimed, so every timed call reuses memory already
+    mapped. A batch that runs out of GPU memory is left out."""
+    engine = _engine(job)
+    ids = random_ids(engine.model, job.documents, job.length)
+    out, warm = {}, False
+    for batch in sorted(batches, reverse=True):
+        run = _provider(replace(job, batch=batch), engine, ids)
+        try:
+            if not warm:
+                run(batch)
+                warm = True
+            seconds, _, _ = median_seconds(lambda: run(batch), 1, _sync(job))
+            out[batch] = seconds / batch
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    return out
+
+
+# transformers imports model code lazily, 2-3 s per process; the server pays it once.
+_PRELOAD = ["torch", "transformers", "transformers.models.bert.modeling_bert",
+            "transformers.models.longformer.modeling_longformer", "captum.attr", "fastig", "fastig.reference",
+            "fastig.benchmarks.common"]
+
+
+def in_child(fn, *args):
+    """fn(*args) in a fresh process forked from a server that has only imported the libraries."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

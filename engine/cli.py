@@ -1,10 +1,11 @@
-"""The `fastig` command: attribute, check and demo. Errors print one line and exit 2."""
+"""The `fastig` command: attribute, check, demo and bench. Errors print one line and exit 2."""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
+from .benchmarks import suite as bench_suite
 from .errors import FastIGError, InputError
 from .models import OUTPUTS
 from .quadrature import METHODS
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--documents", type=int, default=5, help="held-out reviews to explain")
     p.add_argument("--top-k", type=int, default=8)
+
+    p = commands.add_parser("bench", help="time fastig against Captum in one run; write JSON, markdown and a plot")
+    bench_suite.build_parser(p)
     return parser
 
 
@@ -142,7 +146,12 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.n_steps, args.documents, args.top_k)
 
 
-COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo}
+def cmd_bench(args) -> int:
+    bench_suite.main(args)
+    return 0
+
+
+COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

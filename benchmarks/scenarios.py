@@ -1,0 +1,182 @@
+"""The questions the suite answers, each with sizes for three modes.
+
+full: the sizes a GPU answers (and a patient CPU). quick: the same questions sized to fit a
+2-core CPU in minutes. tiny: seconds, for the smoke test; its numbers mean nothing.
+"""
+
+from dataclasses import dataclass, replace
+
+from fastig.engine import PRECISIONS
+from fastig.quadrature import METHODS
+from fastig.reference import CaptumResult, compare
+
+from .common import CAPTUM_SEED_BATCH, Job, ModelSpec, in_child, log, measure, seconds_per_step, steps_to_tolerance
+
+TOLERANCES = (1e-2, 1e-3, 1e-4)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: ModelSpec
+    configs: tuple          # (length, documents, n_steps) per measurement
+    captum_batches: tuple   # internal_batch_size candidates of the sweep
+    max_steps: int = 0      # equal accuracy: the largest n_steps tried
+
+
+LONGFORMER_BASE = ModelSpec("longformer", layers=12, window=512)
+LONGFORMER_SMALL = ModelSpec("longformer", layers=2, hidden=256, heads=4, window=64)
+TINY_LONGFORMER = ModelSpec("longformer", layers=2, hidden=32, heads=2, window=8, max_tokens=128)
+TINY_BERT = ModelSpec("bert", layers=2, hidden=32, heads=2, max_tokens=128, initializer_range=0.3)
+# On the 2-core EPYC, Captum's time per step stopped improving past about 2048 tokens per
+# call (512 tokens: ibs 4 0.83-0.96 s/step, 8 1.17-1.25; 1024 tokens: ibs 2 2.4-2.7, 4 2.4-4.1),
+# so the quick sweeps stop there and their cost stays small.
+CPU_BATCHES, GPU_BATCHES = (1, 2, 4, 8), (2, 4, 8, 16, 32, 64)
+
+SIZES = {
+    "quick": {
+        "full": Sizes(replace(LONGFORMER_BASE, layers=4, window=256), ((512, 1, 16), (512, 1, 64)), GPU_BATCHES),
+        "quick": Sizes(replace(LONGFORMER_BASE, layers=4, window=256), ((512, 1, 16),), (1, 2, 4)),
+        "tiny": Sizes(TINY_LONGFORMER, ((32, 1, 4), (32, 1, 8)), (1, 2, 4)),
+    },
+    "long_document": {
+        "full": Sizes(LONGFORMER_BASE, ((4096, 1, 250),), GPU_BATCHES),
+        "quick": Sizes(replace(LONGFORMER_BASE, layers=4), ((1024, 1, 8),), (1, 2)),
+        "tiny": Sizes(TINY_LONGFORMER, ((64, 1, 4),), (1, 2, 4)),
+    },
+    "short_documents": {
+        "full": Sizes(ModelSpec("bert", layers=12, max_tokens=512), ((128, 64, 50),), GPU_BATCHES),
+        "quick": Sizes(ModelSpec("bert", layers=4, max_tokens=512), ((128, 6, 8),), CPU_BATCHES),
+        "tiny": Sizes(TINY_BERT, ((16, 3, 4),), (1, 2, 4)),
+    },
+    "steps_sweep": {
+        "full": Sizes(LONGFORMER_BASE, tuple((1024, 1, n) for n in (16, 64, 256, 1024)), GPU_BATCHES),
+        "quick": Sizes(LONGFORMER_SMALL, tuple((128, 1, n) for n in (16, 64, 256)), CPU_BATCHES),
+        "tiny": Sizes(TINY_LONGFORMER, tuple((16, 1, n) for n in (2, 4, 8)), (1, 2)),
+    },
+    "length_sweep": {
+        "full": Sizes(LONGFORMER_BASE, tuple((n, 1, 32) for n in (512, 1024, 2048, 4096)), GPU_BATCHES),
+        "quick": Sizes(LONGFORMER_SMALL, tuple((n, 1, 8) for n in (512, 1024, 2048, 4096)), (1, 2, 4)),
+        "tiny": Sizes(TINY_LONGFORMER, tuple((n, 1, 2) for n in (16, 32, 64)), (1, 2)),
+    },
+    "equal_accuracy": {
+        "full": Sizes(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2), ((128, 1, 0),),
+                      GPU_BATCHES, max_steps=4096),
+        "quick": Sizes(ModelSpec("bert", layers=2, hidden=128, heads=4, max_tokens=512, initializer_range=0.2),
+                       ((64, 1, 0),), CPU_BATCHES, max_steps=512),
+        "tiny": Sizes(TINY_BERT, ((16, 1, 0),), (1, 2), max_steps=16),
+    },
+}
+
+TITLES = {
+    "quick": "fastig vs Captum on a Longformer-base-shaped model",
+    "long_document": "one long document",
+    "short_documents": "many short documents",
+    "steps_sweep": "time and memory against n_steps",
+    "length_sweep": "time and memory against length",
+    "equal_accuracy": "steps and time to reach a relative convergence delta",
+}
+
+
+def fastig_precisions() -> list[str]:
+    """Every precision the engine offers by name ("auto" is one of them, resolved)."""
+    return [p for p in PRECISIONS if p != "auto"]
+
+
+def best_captum_batch(job: Job, candidates: tuple) -> tuple[int, dict]:
+    """The internal_batch_size with the least time per step for this job's length, by a small sweep."""
+    batches = [b for b in candidates if b <= max(job.n_steps, 1)] or [min(candidates)]
+    per_step = in_child(seconds_per_step, replace(job, provider="captum"), batches)
+    return min(per_step, key=per_step.get), per_step
+
+
+def _captum_batches(best: int, best_length: int, length: int, n_steps: int) -> list[int]:
+    # The sweep's winner, carried to other lengths as the same number of tokens per call.
+    scaled = max(1, min(n_steps, best * best_length // length))
+    return sorted({CAPTUM_SEED_BATCH, scaled})
+
+
+def _row(job: Job, result: dict, peaks: dict) -> dict:
+    token_steps_per_s = job.token_steps / result["seconds"]
+    achieved = token_steps_per_s * job.model.flops_per_token_step(job.length)
+    peak = peaks.get("bf16" if job.precision == "bf16" else "fp32")
+    return {"provider": job.label, "length": job.length, "documents": job.documents, "n_steps": job.n_steps,
+            "method": job.method, "batch": job.batch, "seconds": result["seconds"], "times": result["times"],
+            "token_steps_per_s": token_steps_per_s, "documents_per_s": job.documents / result["seconds"],
+            "peak_memory_mb": result["peak_memory_mb"], "relative_delta": result["relative_delta"],
+            "max_abs_delta": float(result["delta"].abs().max()), "achieved_gflops": achieved / 1e9,
+            "fraction_of_peak": achieved / peak if peak else None}
+
+
+def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
+    """fastig (each precision) against Captum (the seed's batch and the sweep's best) per configuration."""
+    sizes = SIZES[name][mode]
+    first_length, documents, first_steps = sizes.configs[0]
+    probe = Job("captum", sizes.model, first_length, first_steps, documents, repeats=repeats, device=device)
+    best, per_step = best_captum_batch(probe, sizes.captum_batches)
+    log(f"{name}: Captum seconds per step by internal_batch_size {per_step}; best {best}")
+    rows = []
+    for length, documents, n_steps in sizes.configs:
+        base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device)
+        captum_jobs = [replace(base, provider="captum", batch=b)
+                       for b in _captum_batches(best, first_length, length, n_steps)]
+        fastig_jobs = [replace(base, precision=p) for p in fastig_precisions()]
+        results = {}
+        for job in captum_jobs + fastig_jobs:
+            results[job] = in_child(measure, job)
+            log(f"{name}: {job.label:<18} {length:>5} tokens x {documents} docs, {n_steps:>4} steps: "
+                f"{results[job]['seconds']:8.2f} s, peak {results[job]['peak_memory_mb']:7.0f} MB")
+        seed = results[captum_jobs[0]]
+        captum_seconds = {job.batch: results[job]["seconds"] for job in captum_jobs}
+        for job in captum_jobs + fastig_jobs:
+            row = _row(job, results[job], peaks)
+            if job.provider == "fastig":
+                agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),
+                                    CaptumResult(seed["attributions"], seed["delta"], 0.0))
+                row.update(rel_l2_vs_captum=agreement.rel_l2, pearson_vs_captum=agreement.pearson,
+                           speedup_vs_captum_seed=captum_seconds[CAPTUM_SEED_BATCH] / row["seconds"],
+                           speedup_vs_captum_best=min(captum_seconds.values()) / row["seconds"])
+            rows.append(row)
+    return {"name": name, "title": TITLES[name], "model": sizes.model.describe(),
+            "flops_per_token_step": {length: sizes.model.flops_per_token_step(length) for length, _, _ in sizes.configs},
+            "captum_seconds_per_step": per_step, "captum_best_batch": best, "rows": rows}
+
+
+def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
+    """For each provider and rule: the n_steps and time to reach |delta| <= tol * |F(x) - F(b)|."""
+    sizes = SIZES["equal_accuracy"][mode]
+    length, documents, _ = sizes.configs[0]
+    base = Job("fastig", sizes.model, length, sizes.max_steps, documents, repeats=repeats, device=device)
+    best, per_step = best_captum_batch(replace(base, n_steps=max(sizes.captum_batches)), sizes.captum_batches)
+    jobs = [replace(base, precision=p) for p in fastig_precisions()] + [replace(base, provider="captum", batch=best)]
+    rows, ladders = [], {}
+    for job in jobs:
+        for method in METHODS:
+            smallest = 1 if method == "gausslegendre" else 2
+            ladder = [2 ** i for i in range(sizes.max_steps.bit_length()) if smallest <= 2 ** i <= sizes.max_steps]
+            found = in_child(steps_to_tolerance, replace(job, method=method), ladder, list(TOLERANCES))
+            ladders[f"{job.label} {method}"] = found["ladder"]
+            for tolerance in TOLERANCES:
+                n_steps, seconds, times = found["needed"].get(tolerance, (None, None, None))
+                rows.append({"provider": job.label, "method": method, "tolerance": tolerance, "n_steps": n_steps,
+                             "seconds": seconds, "times": times, "length": length, "documents": documents})
+            log(f"equal_accuracy: {job.label:<18} {method:<18} " + ", ".join(
+                f"{t:g}: {found['needed'][t][0]} steps" if t in found["needed"] else f"{t:g}: > {sizes.max_steps}"
+                for t in TOLERANCES))
+    for tolerance in TOLERANCES:
+        reached = [r for r in rows if r["tolerance"] == tolerance and r["seconds"] is not None]
+        captum = {r["method"]: r["seconds"] for r in reached if r["provider"].startswith("captum")}
+        for row in reached:
+            if row["provider"].startswith("fastig") and captum:
+                row["speedup_vs_captum_same_rule"] = (captum[row["method"]] / row["seconds"]
+                                                      if row["method"] in captum else None)
+                row["speedup_vs_captum_fastest_rule"] = min(captum.values()) / row["seconds"]
+    return {"name": "equal_accuracy", "title": TITLES["equal_accuracy"], "model": sizes.model.describe(),
+            "max_steps": sizes.max_steps, "captum_seconds_per_step": per_step, "captum_best_batch": best,
+            "ladders": ladders, "rows": rows}
+
+
+def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
+    """One scenario's section of the report; `peaks` holds the measured matmul FLOP/s by precision."""
+    if name == "equal_accuracy":
+        return equal_accuracy(mode, repeats, device)
+    return compare_providers(name, mode, repeats, device, peaks)

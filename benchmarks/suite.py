@@ -1,0 +1,228 @@
+"""Run the scenarios, then write one JSON, one markdown table and one plot per run.
+
+fastig bench [SCENARIO ...] [--quick | --full | --tiny] [--repeats 3] [--out benchmarks/results]
+(or python -m fastig.benchmarks.suite ...). Ratios are computed within the run, never across runs.
+"""
+
+import argparse
+import datetime
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from fastig.errors import InputError
+
+from . import scenarios
+from .common import CAPTUM_SEED_BATCH, default_device, log, machine, matmul_peak
+
+MODES = ("tiny", "quick", "full")
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def matmul_peaks(device: str, mode: str) -> dict:
+    """Measured square-matmul FLOP/s in fp32 and bf16, the ceilings of this run."""
+    size = {"tiny": 256, "quick": 2048, "full": 8192 if device == "cuda" else 2048}[mode]
+    return {"fp32": matmul_peak(device, torch.float32, size), "bf16": matmul_peak(device, torch.bfloat16, size),
+            "size": size}
+
+
+def run_suite(names: list[str], mode: str, repeats: int, device: str) -> dict:
+    started = time.perf_counter()
+    peaks = matmul_peaks(device, mode)
+    log(f"matmul peak on {device}: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    sections = [scenarios.run(name, mode, repeats, device, peaks) for name in names]
+    return {"date": datetime.date.today().isoformat(), "mode": mode, "repeats": repeats, "machine": machine(device),
+            "matmul_peak_flops": peaks, "scenarios": sections, "seconds": time.perf_counter() - started}
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def _comparison_table(section: dict) -> list[str]:
+    lines = ["| provider | tokens | docs | steps | time (s) | token-steps/s | docs/s | peak MB | max \\|δ\\|/\\|ΔF\\| "
+             "| rel L2 to Captum | Pearson | GFLOP/s (of matmul peak) | vs Captum ibs=2 | vs best Captum |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in section["rows"]:
+        speedup = lambda key: f"{r[key]:.2f}x" if key in r else ""  # noqa: E731
+        share = f" ({r['fraction_of_peak']:.1%})" if r["fraction_of_peak"] is not None else ""
+        lines.append(f"| {r['provider']} | {r['length']} | {r['documents']} | {r['n_steps']} | {r['seconds']:.2f} "
+                     f"| {r['token_steps_per_s']:.0f} | {r['documents_per_s']:.3g} | {r['peak_memory_mb']:.0f} "
+                     f"| {r['relative_delta']:.1e} | {_number(r.get('rel_l2_vs_captum'), 2)} "
+                     f"| {_number(r.get('pearson_vs_captum'), 6)} | {r['achieved_gflops']:.1f}{share} "
+                     f"| {speedup('speedup_vs_captum_seed')} | {speedup('speedup_vs_captum_best')} |")
+    return lines
+
+
+def _accuracy_table(section: dict) -> list[str]:
+    tolerances = sorted({r["tolerance"] for r in section["rows"]}, reverse=True)
+    lines = ["| rule | provider | " + " | ".join(f"\\|δ\\| <= {t:g} \\|ΔF\\|" for t in tolerances) + " |",
+             "|---|---|" + "---:|" * len(tolerances)]
+    cells, fastest = {}, {}
+    for r in section["rows"]:
+        if r["n_steps"] is None:
+            cell = f"> {section['max_steps']} steps"
+        else:
+            cell = f"{r['n_steps']} steps, {r['seconds']:.3g} s"
+            if r.get("speedup_vs_captum_same_rule"):
+                cell += f" ({r['speedup_vs_captum_same_rule']:.2f}x)"
+            best = fastest.setdefault((r["provider"], r["tolerance"]), r)
+            if r["seconds"] < best["seconds"]:
+                fastest[(r["provider"], r["tolerance"])] = r
+        cells.setdefault((r["method"], r["provider"]), {})[r["tolerance"]] = cell
+    for (method, provider), by_tolerance in sorted(cells.items()):
+        lines.append(f"| {method} | {provider} | " + " | ".join(by_tolerance[t] for t in tolerances) + " |")
+    for provider in sorted({p for p, _ in fastest}):
+        row = [fastest.get((provider, t)) for t in tolerances]
+        lines.append(f"| **fastest rule** | {provider} | " + " | ".join(
+            f"{r['method']}: {r['seconds']:.3g} s" + (f" ({r['speedup_vs_captum_fastest_rule']:.2f}x)"
+                                                     if r.get("speedup_vs_captum_fastest_rule") else "")
+            if r else "–" for r in row) + " |")
+    lines += ["", "In brackets: fastig's speed-up over Captum with the same rule (per rule), and over "
+              "Captum's fastest rule (last rows), at the same tolerance."]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    m, peaks = report["machine"], report["matmul_peak_flops"]
+    lines = [f"Device: **{m['device']}** ({m['cores']} cores, {m['torch_threads']} torch threads); torch {m['torch']}, "
+             f"transformers {m['transformers']}, captum {m['captum']}, triton {m['triton'] or 'not installed'}; "
+             f"{report['date']}, mode `{report['mode']}`, median of {report['repeats']} timed runs after a "
+             f"warm-up, each in its own process. Measured matmul peak ({peaks['size']}²): "
+             f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. "
+             f"Suite wall time {report['seconds'] / 60:.1f} min.", ""]
+    for section in report["scenarios"]:
+        lines += [f"**{section['name']}** — {section['title']}: {section['model']}; Captum's best "
+                  f"internal_batch_size by sweep: {section['captum_best_batch']}.", ""]
+        table = _accuracy_table if section["name"] == "equal_accuracy" else _comparison_table
+        lines += table(section) + [""]
+    return "\n".join(lines)
+
+
+def _plot_lines(rows: list[dict], x_key: str) -> dict[str, list[dict]]:
+    """Each fastig provider, Captum with the seed's batch, and the fastest Captum batch at each x
+    (the sweep's batch changes with length, so it is one line by role, not by batch)."""
+    lines = {}
+    for row in rows:
+        if row["provider"].startswith("fastig") or row["batch"] == CAPTUM_SEED_BATCH:
+            lines.setdefault(row["provider"], []).append(row)
+    fastest = {}
+    for row in (r for r in rows if r["provider"].startswith("captum")):
+        best = fastest.get(row[x_key])
+        if best is None or row["seconds"] < best["seconds"]:
+            fastest[row[x_key]] = row
+    lines["fastest Captum batch"] = list(fastest.values())
+    return lines
+
+
+def plot(report: dict, path: Path) -> bool:
+    """Time and peak memory against n_steps and length, one line per provider; False if no sweep ran."""
+    sweeps = [s for s in report["scenarios"] if s["name"] in ("steps_sweep", "length_sweep")]
+    if not sweeps:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, len(sweeps), figsize=(5.5 * len(sweeps), 7), squeeze=False)
+    for column, section in enumerate(sweeps):
+        x_key = "n_steps" if section["name"] == "steps_sweep" else "length"
+        for y, (key, label) in enumerate((("seconds", "time (s)"), ("peak_memory_mb", "peak memory (MB)"))):
+            ax = axes[y][column]
+            for name, rows in _plot_lines(section["rows"], x_key).items():
+                ax.plot([r[x_key] for r in rows], [r[key] for r in rows], marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(x_key.replace("_", " "))
+            ax.set_ylabel(label)
+            if y == 0:
+                ax.set_title(f"{section['title']}\n{section['model']}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    figure.suptitle(f"{report['machine']['device']}, {report['date']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _slug(report: dict) -> str:
+    m = report["machine"]
+    name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
+    name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
+    return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], report["date"]]))
+
+
+def write(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / _slug(report)
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    paths[0].write_text(json.dumps(report, indent=1) + "\n")
+    paths[1].write_text(markdown(report) + "\n")
+    if plot(report, stem.with_suffix(".png")):
+        paths.append(stem.with_suffix(".png"))
+    return paths
+
+
+def _readme_section(readme: Path) -> tuple[str, int, int]:
+    """The README's text and the bounds of its bench section; refused before anything runs."""
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if README_START not in text or README_END not in text:
+        raise InputError(f"--readme {str(readme)!r} has no {README_START} ... {README_END} section to fill")
+    return text, text.index(README_START) + len(README_START), text.index(README_END)
+
+
+def update_readme(readme: Path, report: dict, paths: list[Path]) -> None:
+    """Replace the README's table between the bench markers with this run's."""
+    text, start, end = _readme_section(readme)
+    base = readme.parent.resolve()
+    links = ", ".join(f"[{p.suffix[1:]}]({p.resolve().relative_to(base) if p.resolve().is_relative_to(base) else p})"
+                      for p in paths)
+    readme.write_text(f"{text[:start]}\n{markdown(report)}\nFiles of this run: {links}.\n{text[end:]}", encoding="utf-8")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m fastig.benchmarks.suite", description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(scenarios.SIZES)} (default: all)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                       help="sizes for a small CPU, minutes (the default without a GPU)")
+    sizes.add_argument("--full", dest="mode", action="store_const", const="full",
+                       help="the full sizes, for a GPU (the default with one)")
+    sizes.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
+                       help="seconds, to check that the suite runs; the numbers mean nothing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, after a warm-up (default 3)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for JSON, markdown, plot")
+    parser.add_argument("--readme", type=Path, help="also put the table into this README between the bench markers")
+    return parser
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats}: give at least 1 (3 or more for numbers worth quoting)")
+    unknown = [name for name in args.scenarios if name not in scenarios.SIZES]
+    if unknown:
+        raise InputError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(scenarios.SIZES)}")
+    if args.readme:
+        _readme_section(args.readme)
+    device = args.device or default_device()
+    mode = args.mode or ("full" if device == "cuda" else "quick")
+    report = run_suite(args.scenarios or list(scenarios.SIZES), mode, args.repeats, device)
+    paths = write(report, args.out)
+    if args.readme:
+        update_readme(args.readme, report, paths)
+    print(markdown(report))
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
