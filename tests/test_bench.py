@@ -1,0 +1,126 @@
+"""`fastig bench`: the whole suite runs on tiny models and writes coherent JSON, markdown and a plot.
+
+Timing is never asserted; what is asserted is what a reader of the results relies on: every
+scenario is there, fastig agrees with Captum in the same run, ratios come from that run's
+times, and the reported delta and FLOP estimates are right.
+"""
+
+import json
+import struct
+
+import pytest
+import torch
+
+from fastig.benchmarks import scenarios
+from fastig.benchmarks.common import ModelSpec
+from fastig.benchmarks.suite import README_END, README_START
+from fastig.cli import main
+from fastig.reference import MAX_REL_L2
+
+from test_cli import exit_code
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One tiny run of every scenario, with a README to fill; returns (report, files, readme)."""
+    out = tmp_path_factory.mktemp("bench")
+    readme = out / "README.md"
+    readme.write_text(f"# x\n\n{README_START}\nold table\n{README_END}\n\nafter\n")
+    assert main(["bench", "--tiny", "--repeats", "1", "--out", str(out / "results"), "--readme", str(readme)]) == 0
+    files = sorted((out / "results").iterdir())
+    report = json.loads(next(f for f in files if f.suffix == ".json").read_text())
+    return report, files, readme
+
+
+def test_every_scenario_is_reported_with_its_machine(bench):
+    report, files, _ = bench
+    assert [s["name"] for s in report["scenarios"]] == list(scenarios.SIZES)
+    assert {f.suffix for f in files} == {".json", ".md", ".png"}
+    assert all(f.name.endswith(f"tiny-{report['date']}" + f.suffix) for f in files)
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["torch"] == torch.__version__ and machine["captum"]
+    assert report["matmul_peak_flops"]["fp32"] > 0 and report["matmul_peak_flops"]["bf16"] > 0
+
+
+def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
+    report, _, _ = bench
+    for section in report["scenarios"]:
+        if section["name"] == "equal_accuracy":
+            continue
+        configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
+        for config in configs:
+            rows = [r for r in section["rows"] if (r["length"], r["documents"], r["n_steps"]) == config]
+            captum = {r["batch"]: r["seconds"] for r in rows if r["provider"].startswith("captum")}
+            assert 2 in captum, f"{section['name']} {config}: the seed's internal_batch_size=2 is missing"
+            for row in (r for r in rows if r["provider"].startswith("fastig")):
+                assert row["rel_l2_vs_captum"] <= MAX_REL_L2 and row["pearson_vs_captum"] > 0.9999
+                assert row["speedup_vs_captum_seed"] == pytest.approx(captum[2] / row["seconds"])
+                assert row["speedup_vs_captum_best"] == pytest.approx(min(captum.values()) / row["seconds"])
+            for row in rows:
+                assert len(row["times"]) == 1 and row["peak_memory_mb"] > 0
+                assert row["token_steps_per_s"] == pytest.approx(config[0] * config[1] * config[2] / row["seconds"])
+
+
+def test_equal_accuracy_steps_meet_their_tolerance(bench):
+    report, _, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "equal_accuracy")
+    reached = [r for r in section["rows"] if r["n_steps"] is not None]
+    assert any(r["method"] == "gausslegendre" for r in reached)
+    for row in reached:
+        ladder = dict(section["ladders"][f"{row['provider']} {row['method']}"])
+        assert ladder[row["n_steps"]] <= row["tolerance"]
+        assert all(rel > row["tolerance"] for n, rel in ladder.items() if n < row["n_steps"])
+
+
+def test_markdown_and_readme_show_the_run(bench):
+    report, files, readme = bench
+    table = next(f for f in files if f.suffix == ".md").read_text()
+    assert report["machine"]["device"] in table
+    for section in report["scenarios"]:
+        assert f"**{section['name']}**" in table
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{README_END}\n\nafter\n")
+    assert report["machine"]["device"] in text and "results/" in text
+
+
+def test_plot_is_a_png_of_both_sweeps(bench):
+    _, files, _ = bench
+    png = next(f for f in files if f.suffix == ".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 800 and height > 500   # two sweeps side by side, time above memory
+
+
+def test_flop_estimate_matches_torch_flop_counter():
+    """The useful-FLOPs model of a BERT step agrees with what torch counts for forward + input gradient."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = ModelSpec("bert", layers=2, hidden=64, heads=4, max_tokens=64)
+    model, length, batch = spec.build().requires_grad_(False), 48, 3   # so backward is the input gradient only
+    model.set_attn_implementation("eager")   # FlopCounterMode does not count the CPU SDPA kernel; it counts bmm
+    z = model.bert.embeddings(torch.randint(5, 1000, (batch, length))).requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        model.bert.encoder(z).last_hidden_state.sum().backward()
+    estimate = spec.flops_per_token_step(length) * batch * length
+    assert estimate == pytest.approx(counter.get_total_flops(), rel=1e-6)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["nonsense"], "unknown scenario 'nonsense'"),
+    (["--repeats", "0"], "--repeats 0"),
+    (["--quick", "--full"], "not allowed with argument"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, fragment, tmp_path, capsys):
+    assert exit_code(["bench", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_readme_without_markers_is_refused(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    args = ["bench", "steps_sweep", "--tiny", "--repeats", "1", "--out", str(tmp_path / "r"), "--readme", str(readme)]
+    assert exit_code(args) == 2
+    assert "bench:start" in capsys.readouterr().err
+    assert readme.read_text() == "# no markers\n" and not (tmp_path / "r").exists()
