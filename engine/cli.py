@@ -8,6 +8,7 @@ from pathlib import Path
 from .benchmarks import suite as bench_suite
 from .errors import FastIGError, InputError
 from .models import OUTPUTS
+from .precision import PRECISIONS
 from .quadrature import METHODS
 
 
@@ -40,6 +41,9 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the model's dtype during the steps; accumulation is always fp32 "
+                        "(default auto: bf16/fp16 on GPUs, fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +92,7 @@ def _engine(args):
     from .models import load_classifier
 
     model, tokenizer = load_classifier(args.model, args.tokenizer, _device(args.device))
-    return Engine(model, tokenizer, layer=args.layer)
+    return Engine(model, tokenizer, layer=args.layer, precision=args.precision)
 
 
 def _attribution_kwargs(args) -> dict:
@@ -116,7 +120,8 @@ def cmd_attribute(args) -> int:
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **_attribution_kwargs(args))
     print_result(result, engine.model.config.id2label, args.top_k)
     stats = result.stats
-    print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} ({stats['seconds']['total']:.2f} s)")
+    print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
+          f"({stats['seconds']['total']:.2f} s; {stats['fallbacks']} chunks redone in fp32)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result.to_dict(args.top_k)))
@@ -125,7 +130,7 @@ def cmd_attribute(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .reference import MAX_DELTA_DIFF, MAX_REL_L2, captum_attribute, compare
+    from .reference import MAX_DELTA_DIFF, MAX_REL_L2, MIN_LOW_PRECISION_PEARSON, captum_attribute, compare
 
     texts = _texts(args)
     engine = _engine(args)
@@ -133,12 +138,15 @@ def cmd_check(args) -> int:
     ours = engine.attribute(texts, chunk_size=args.chunk_size, **kwargs)
     theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **kwargs)
     c = compare(ours, theirs)
-    print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  Pearson {c.pearson:.6f}  "
+    print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
+          f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
           f"Spearman {c.spearman:.6f}  top-10 overlap {c.top_k_overlap:.2f}")
     print(f"delta fastig {c.delta_fastig}  captum {c.delta_captum}  max diff {c.delta_diff:.2e} (<= {MAX_DELTA_DIFF:g})")
     print(f"time fastig {ours.stats['seconds']['total']:.2f} s  captum {theirs.seconds:.2f} s")
-    print("PASS" if c.passed else "FAIL: fastig and Captum disagree beyond the contract")
-    return 0 if c.passed else 1
+    precision = ours.stats["precision"]
+    passed = c.passed(precision)
+    print(f"PASS ({precision} contract)" if passed else f"FAIL: fastig ({precision}) and Captum disagree beyond the contract")
+    return 0 if passed else 1
 
 
 def cmd_demo(args) -> int:

@@ -10,11 +10,11 @@ from . import quadrature
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
 from .integrate import integrate_path
+from .precision import resolve
 from .models import OUTPUTS, check_target, find_layer, output_captured, output_replaced, score
 from .scheduler import chunk_size_for, retain_freed_cpu_memory
 from .summarize import RankedToken, token_scores, top_bottom
 
-PRECISIONS = ("auto", "fp32")
 
 
 @dataclass
@@ -85,21 +85,21 @@ class Engine:
 
     model: a Hugging Face sequence classifier (put in eval mode). tokenizer: its tokenizer,
     or None when inputs are ids. layer: None (the embeddings module), a dotted module name
-    or a module. precision: "fp32" ("auto" is fp32 for now). device: where to run; None
-    keeps the model where it is.
+    or a module. precision: "fp32", "bf16" or "fp16" for the model's forward during the
+    steps (accumulation is always fp32), or "auto" (bf16 or fp16 on GPUs, fp32 on CPU; see
+    fastig.precision). device: where to run; None keeps the model where it is.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, layer: str | nn.Module | None = None,
                  precision: str = "auto", device=None):
-        if precision not in PRECISIONS:
-            raise InputError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+        self.precision = resolve(precision, torch.device(device) if device is not None
+                                 else next(model.parameters()).device)
         if device is not None:
             model.to(device)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.layer = find_layer(model, layer)
         self.device = next(model.parameters()).device
-        self.precision = "fp32"
 
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
@@ -139,7 +139,8 @@ class Engine:
 
         seconds = {k: sum(d["seconds"][k] for d in per_doc) for k in per_doc[0]["seconds"]}
         token_steps = sum(d["layer_length"] for d in per_doc) * n_steps
-        stats = {"device": str(self.device), "precision": self.precision, "retains_cpu_memory": retains_memory,
+        stats = {"device": str(self.device), "precision": self.precision.name,
+                 "fallbacks": sum(d["fallbacks"] for d in per_doc), "retains_cpu_memory": retains_memory,
                  "chunk_size": [d["chunk_size"] for d in per_doc], "seconds": seconds,
                  "token_steps_per_s": token_steps / max(seconds["total"], 1e-12)}
         column = lambda key: torch.stack([d[key] for d in per_doc])  # noqa: E731
@@ -215,10 +216,10 @@ class Engine:
         targets = target_index.expand(chunk)
 
         def score_from_layer(z):
-            return score(self._logits_from_layer(doc, z), targets[: len(z)], output)
+            return score(self._logits_from_layer(doc, z).float(), targets[: len(z)], output)
 
         path = integrate_path(score_from_layer, start, end, alphas, weights, chunk,
-                              on_chunk=bar.update if bar is not None else None)
+                              on_chunk=bar.update if bar is not None else None, precision=self.precision)
         t2 = time.perf_counter()
         full = (end - start) * path.gradient_sum                # [L', H]; L' > L when the model pads
         delta = full.sum() - (f_x - f_b)
@@ -229,4 +230,5 @@ class Engine:
                 "delta": delta.cpu(), "prediction": torch.tensor(prediction), "target": torch.tensor(target),
                 "probs": torch.softmax(logits_x.float(), -1).cpu(), "output_at_input": f_x.cpu(),
                 "output_at_baseline": f_b.cpu(), "integrand": path.integrand.cpu(),
-                "layer_length": end.shape[0], "chunk_size": chunk, "seconds": seconds}
+                "layer_length": end.shape[0], "chunk_size": chunk, "seconds": seconds,
+                "fallbacks": path.fallbacks}
