@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fastig.errors import InputError
+from fastig.precision import DTYPES
 
 from . import scenarios
 from .common import CAPTUM_SEED_BATCH, default_device, log, machine, matmul_peak
@@ -23,16 +24,15 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def matmul_peaks(device: str, mode: str) -> dict:
-    """Measured square-matmul FLOP/s in fp32 and bf16, the ceilings of this run."""
+    """Measured square-matmul FLOP/s per precision, the ceilings of this run."""
     size = {"tiny": 256, "quick": 2048, "full": 8192 if device == "cuda" else 2048}[mode]
-    return {"fp32": matmul_peak(device, torch.float32, size), "bf16": matmul_peak(device, torch.bfloat16, size),
-            "size": size}
+    return {"size": size, **{name: matmul_peak(device, dtype, size) for name, dtype in DTYPES.items()}}
 
 
 def run_suite(names: list[str], mode: str, repeats: int, device: str) -> dict:
     started = time.perf_counter()
     peaks = matmul_peaks(device, mode)
-    log(f"matmul peak on {device}: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    log(f"matmul peak on {device}: " + ", ".join(f"{name} {peaks[name] / 1e9:.0f} GFLOP/s" for name in DTYPES))
     sections = [scenarios.run(name, mode, repeats, device, peaks) for name in names]
     return {"date": datetime.date.today().isoformat(), "mode": mode, "repeats": repeats, "machine": machine(device),
             "matmul_peak_flops": peaks, "scenarios": sections, "seconds": time.perf_counter() - started}
@@ -96,8 +96,8 @@ def markdown(report: dict) -> str:
              f"transformers {m['transformers']}, captum {m['captum']}, triton {m['triton'] or 'not installed'}; "
              f"{report['date']}, mode `{report['mode']}`, median of {report['repeats']} timed runs after a "
              f"warm-up, each in its own process. Measured matmul peak ({peaks['size']}²): "
-             f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s. "
-             f"Suite wall time {report['seconds'] / 60:.1f} min.", ""]
+             + ", ".join(f"{name} {peaks[name] / 1e9:.0f} GFLOP/s" for name in DTYPES if name in peaks)
+             + f". Suite wall time {report['seconds'] / 60:.1f} min.", ""]
     for section in report["scenarios"]:
         lines += [f"**{section['name']}** — {section['title']}: {section['model']}; Captum's best "
                   f"internal_batch_size by sweep: {section['captum_best_batch']}.", ""]

@@ -15,6 +15,7 @@ from fastig.benchmarks import scenarios
 from fastig.benchmarks.common import ModelSpec
 from fastig.benchmarks.suite import README_END, README_START
 from fastig.cli import main
+from fastig.precision import PRECISIONS
 from fastig.reference import MAX_REL_L2
 
 from test_cli import exit_code
@@ -39,7 +40,10 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     assert all(f.name.endswith(f"tiny-{report['date']}" + f.suffix) for f in files)
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["torch"] == torch.__version__ and machine["captum"]
-    assert report["matmul_peak_flops"]["fp32"] > 0 and report["matmul_peak_flops"]["bf16"] > 0
+    assert all(report["matmul_peak_flops"][p] > 0 for p in ("fp32", "bf16", "fp16"))
+    # every precision the engine offers is timed in a tiny run
+    providers = {r["provider"] for s in report["scenarios"] for r in s["rows"]}
+    assert {f"fastig {p}" for p in PRECISIONS if p != "auto"} <= providers
 
 
 def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
@@ -53,7 +57,10 @@ def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
             captum = {r["batch"]: r["seconds"] for r in rows if r["provider"].startswith("captum")}
             assert 2 in captum, f"{section['name']} {config}: the seed's internal_batch_size=2 is missing"
             for row in (r for r in rows if r["provider"].startswith("fastig")):
-                assert row["rel_l2_vs_captum"] <= MAX_REL_L2 and row["pearson_vs_captum"] > 0.9999
+                if row["precision"] == "fp32":
+                    assert row["rel_l2_vs_captum"] <= MAX_REL_L2 and row["pearson_vs_captum"] > 0.9999
+                else:   # the 0.999 contract is test_precision's; 16-token tiny BERTs reach 0.996 in bf16
+                    assert row["pearson_vs_captum"] >= 0.99
                 assert row["speedup_vs_captum_seed"] == pytest.approx(captum[2] / row["seconds"])
                 assert row["speedup_vs_captum_best"] == pytest.approx(min(captum.values()) / row["seconds"])
             for row in rows:
