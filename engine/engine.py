@@ -10,11 +10,10 @@ from . import quadrature
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
 from .integrate import integrate_path
-from .precision import resolve
 from .models import OUTPUTS, check_target, find_layer, output_captured, output_replaced, score
+from .precision import resolve
 from .scheduler import chunk_size_for, retain_freed_cpu_memory
 from .summarize import RankedToken, token_scores, top_bottom
-
 
 
 @dataclass

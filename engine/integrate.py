@@ -14,6 +14,7 @@ from .precision import Precision
 
 FP32 = Precision("fp32", "cpu")   # the fallback of a low-precision chunk; autocast-free on any device
 
+
 @dataclass
 class PathIntegral:
     """gradient_sum: [L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [n_steps] fp32,
