@@ -178,17 +178,17 @@ def _sync(job: Job):
     return torch.cuda.synchronize if job.device == "cuda" else None
 
 
-def _engine(job: Job):
+def _engine_and_ids(job: Job):
+    """The job's engine (its model built afresh in this process) and its documents' ids."""
     import fastig
-    return fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
-                         device=job.device)
+    engine = fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
+                           device=job.device)
+    return engine, random_ids(engine.model, job.documents, job.length)
 
 
 def measure(job: Job) -> dict:
     """Runs in a child process: median time, peak memory, attributions and deltas of one job."""
-    engine = _engine(job)
-    ids = random_ids(engine.model, job.documents, job.length)
-    run = _provider(job, engine, ids)
+    run = _provider(job, *_engine_and_ids(job))
     run(min(job.n_steps, _warm_up_steps(job)))
     if job.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -210,8 +210,7 @@ def _relative_delta(attributions: list, delta: torch.Tensor) -> float:
 def steps_to_tolerance(job: Job, ladder: list[int], tolerances: list[float]) -> dict:
     """Runs in a child process: the relative delta at each n_steps of `ladder` (until every
     tolerance is met), then the median time at the first n_steps meeting each tolerance."""
-    engine = _engine(job)
-    run = _provider(job, engine, random_ids(engine.model, job.documents, job.length))
+    run = _provider(job, *_engine_and_ids(job))
     run(min(ladder[0], _warm_up_steps(job)))
     reached = []
     for n_steps in ladder:
@@ -232,8 +231,7 @@ def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:
 
     The largest batch that fits runs first, untimed, so every timed call reuses memory already
     mapped. A batch that runs out of GPU memory is left out."""
-    engine = _engine(job)
-    ids = random_ids(engine.model, job.documents, job.length)
+    engine, ids = _engine_and_ids(job)
     out, warm = {}, False
     for batch in sorted(batches, reverse=True):
         run = _provider(replace(job, batch=batch), engine, ids)

@@ -18,7 +18,7 @@ TOLERANCES = (1e-2, 1e-3, 1e-4)
 @dataclass(frozen=True)
 class Sizes:
     model: ModelSpec
-    configs: tuple          # (length, documents, n_steps) per measurement
+    configs: tuple          # (length, documents, n_steps) per measurement; equal_accuracy searches n_steps
     captum_batches: tuple   # internal_batch_size candidates of the sweep
     max_steps: int = 0      # equal accuracy: the largest n_steps tried
 
