@@ -168,10 +168,20 @@ def _provider(job: Job, engine, ids):
     return run
 
 
-def _warm_up_steps(job: Job) -> int:
-    # One model call of the job's own size warms allocator, thread pool and kernels.
-    from fastig.scheduler import chunk_size_for
-    return job.batch if job.provider == "captum" else chunk_size_for(job.length, job.n_steps, job.batch)
+def _warm_up(job: Job, engine, run, n_steps: int) -> None:
+    """One model call of the job's own size warms allocator, thread pool and kernels.
+
+    fastig's own first call at a length is its memory probe; the call after it has the size
+    the memory budget then gives."""
+    from fastig.models import model_length
+    from fastig.scheduler import PROBE_SEQUENCES
+
+    steps = job.batch
+    length = model_length(engine.model.config, job.length)
+    while job.provider == "fastig" and steps is None:   # the probe; a second one if it keeps all activations
+        run(min(n_steps, max(PROBE_SEQUENCES, 2)))     # 2: the fewest steps every rule takes
+        steps = engine.scheduler.sequences_per_call(length)
+    run(min(n_steps, steps))
 
 
 def _sync(job: Job):
@@ -188,8 +198,9 @@ def _engine_and_ids(job: Job):
 
 def measure(job: Job) -> dict:
     """Runs in a child process: median time, peak memory, attributions and deltas of one job."""
-    run = _provider(job, *_engine_and_ids(job))
-    run(min(job.n_steps, _warm_up_steps(job)))
+    engine, ids = _engine_and_ids(job)
+    run = _provider(job, engine, ids)
+    _warm_up(job, engine, run, job.n_steps)
     if job.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, times, (attributions, delta) = median_seconds(run, job.repeats, _sync(job))
@@ -210,8 +221,9 @@ def _relative_delta(attributions: list, delta: torch.Tensor) -> float:
 def steps_to_tolerance(job: Job, ladder: list[int], tolerances: list[float]) -> dict:
     """Runs in a child process: the relative delta at each n_steps of `ladder` (until every
     tolerance is met), then the median time at the first n_steps meeting each tolerance."""
-    run = _provider(job, *_engine_and_ids(job))
-    run(min(ladder[0], _warm_up_steps(job)))
+    engine, ids = _engine_and_ids(job)
+    run = _provider(job, engine, ids)
+    _warm_up(job, engine, run, ladder[0])
     reached = []
     for n_steps in ladder:
         reached.append((n_steps, _relative_delta(*run(n_steps))))

@@ -9,6 +9,7 @@ from .benchmarks import suite as bench_suite
 from .errors import FastIGError, InputError
 from .models import OUTPUTS
 from .precision import PRECISIONS
+from .scheduler import DEFAULT_MEMORY_BUDGET
 from .quadrature import METHODS
 
 
@@ -37,7 +38,11 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="gausslegendre", choices=METHODS)
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
     p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
-    p.add_argument("--chunk-size", type=int, help="integration steps per model call (default: sized from length)")
+    p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
+                                                  "(default: sized from the memory budget)")
+    p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
+                   help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
+                        "(default: %(default)s)")
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -92,7 +97,7 @@ def _engine(args):
     from .models import load_classifier
 
     model, tokenizer = load_classifier(args.model, args.tokenizer, _device(args.device))
-    return Engine(model, tokenizer, layer=args.layer, precision=args.precision)
+    return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget)
 
 
 def _attribution_kwargs(args) -> dict:
@@ -114,6 +119,15 @@ def print_result(result, labels: dict, k: int, documents=None, file=None) -> Non
             print(f"  {t.token[:16]:<16}{t.score:+.4f}    {b.token[:16]:<16}{b.score:+.4f}", file=file)
 
 
+def _memory_line(stats: dict) -> str:
+    line = f"up to {max(stats['chunk_size'])} sequences per call"
+    if stats["peak_memory_bytes"] is not None:
+        line += f", peak {stats['peak_memory_bytes'] / 1e9:.2f} GB"
+    if stats["memory_budget_bytes"] is not None:
+        line += f" of a {stats['memory_budget_bytes'] / 1e9:.2f} GB budget"
+    return line + (", layers recomputed" if stats["recompute_layers"] else "")
+
+
 def cmd_attribute(args) -> int:
     texts = _texts(args)
     engine = _engine(args)
@@ -121,7 +135,7 @@ def cmd_attribute(args) -> int:
     print_result(result, engine.model.config.id2label, args.top_k)
     stats = result.stats
     print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
-          f"({stats['seconds']['total']:.2f} s; {stats['fallbacks']} chunks redone in fp32)")
+          f"({stats['seconds']['total']:.2f} s; {_memory_line(stats)}; {stats['fallbacks']} chunks redone in fp32)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result.to_dict(args.top_k)))

@@ -1,7 +1,8 @@
 """`fastig.Engine`: layer Integrated Gradients for a Hugging Face classifier, and its result."""
 
 import time
-from dataclasses import dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -10,9 +11,10 @@ from . import quadrature
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
 from .integrate import integrate_path
-from .models import OUTPUTS, check_target, find_layer, output_captured, output_replaced, score
+from .models import (OUTPUTS, check_target, find_layer, layers_recomputed, model_length, output_captured,
+                     output_replaced, recomputable_layers, score)
 from .precision import resolve
-from .scheduler import chunk_size_for, retain_freed_cpu_memory
+from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, pack, retain_freed_cpu_memory
 from .summarize import RankedToken, token_scores, top_bottom
 
 
@@ -75,6 +77,19 @@ class Attribution:
                 "alphas": self.alphas.tolist(), "stats": self.stats, "documents": documents}
 
 
+@dataclass
+class Batch:
+    """A group of documents padded to one length, on the engine's device.
+
+    input_ids, baseline_ids (or None): [G, L] long. model_kwargs: tensors [G, L].
+    lengths: each document's own number of tokens.
+    """
+    input_ids: torch.Tensor
+    baseline_ids: torch.Tensor | None
+    model_kwargs: dict
+    lengths: list
+
+
 def _stack_if_even(rows: list[torch.Tensor]):
     return torch.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
@@ -86,11 +101,14 @@ class Engine:
     or None when inputs are ids. layer: None (the embeddings module), a dotted module name
     or a module. precision: "fp32", "bf16" or "fp16" for the model's forward during the
     steps (accumulation is always fp32), or "auto" (bf16 or fp16 on GPUs, fp32 on CPU; see
-    fastig.precision). device: where to run; None keeps the model where it is.
+    fastig.precision). memory_budget: the peak memory the attribution may reach, in bytes
+    (an int, or "6GB", "512MiB") or as a share of the memory free now ("80%", the default
+    for None); on CPU it bounds the process's resident memory, on CUDA the memory torch
+    allocates on the device. device: where to run; None keeps the model where it is.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, layer: str | nn.Module | None = None,
-                 precision: str = "auto", device=None):
+                 precision: str = "auto", memory_budget=None, device=None):
         self.precision = resolve(precision, torch.device(device) if device is not None
                                  else next(model.parameters()).device)
         if device is not None:
@@ -99,6 +117,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.layer = find_layer(model, layer)
         self.device = next(model.parameters()).device
+        self.scheduler = Scheduler(self.device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget,
+                                   recomputable_layers=len(recomputable_layers(model)))
 
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
@@ -113,34 +133,52 @@ class Engine:
         special tokens. target: None (predicted class), an int, or one int per document.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
-        output: "probs" (softmax, the seed's choice) or "logits". chunk_size: steps per
-        model call (None: sized from the length). max_length: text tokens kept per text.
+        output: "probs" (softmax, the seed's choice) or "logits". chunk_size: sequences
+        (document steps) per model call instead of the memory budget's choice.
+        max_length: text tokens kept per text. Documents of similar length share model
+        calls; each result equals the one the document gets alone.
         """
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
+        chunk_size_override(chunk_size)
         alphas, weights = quadrature.rule(method, n_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)
         targets = check_target(target, len(docs), self.model.config.num_labels)
         retains_memory = self.device.type == "cpu" and retain_freed_cpu_memory()
+        self.scheduler.start_run()
 
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(docs) * n_steps, unit="step", desc="attributing")
+        per_doc, groups = [None] * len(docs), []
+        # Longest first: the first call at a length probes its memory, and shorter ones scale from it.
+        order = sorted(range(len(docs)), key=lambda i: -model_length(self.model.config, len(docs[i].input_ids)))
         try:
-            # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
-            # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
-            per_doc = [self._attribute_one(doc, t, alphas, weights, output, chunk_size, bar)
-                       for doc, t in zip(docs, targets)]
+            while order:
+                lengths = [model_length(self.model.config, len(docs[i].input_ids)) for i in order]
+                alone = [isinstance(docs[i].baseline_embedding, torch.Tensor) for i in order]
+                group = order[:pack(lengths, alone, self.scheduler.sequences_per_call(lengths[0], chunk_size), n_steps)]
+                order = order[len(group):]
+                # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
+                # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
+                results, group_stats = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
+                                                             alphas, weights, output, chunk_size, bar)
+                groups.append(group_stats)
+                for i, result in zip(group, results):
+                    per_doc[i] = result
         finally:
             if bar is not None:
                 bar.close()
 
-        seconds = {k: sum(d["seconds"][k] for d in per_doc) for k in per_doc[0]["seconds"]}
-        token_steps = sum(d["layer_length"] for d in per_doc) * n_steps
+        seconds = {k: sum(g["seconds"][k] for g in groups) for k in groups[0]["seconds"]}
+        token_steps = sum(len(doc.input_ids) for doc in docs) * n_steps
         stats = {"device": str(self.device), "precision": self.precision.name,
-                 "fallbacks": sum(d["fallbacks"] for d in per_doc), "retains_cpu_memory": retains_memory,
-                 "chunk_size": [d["chunk_size"] for d in per_doc], "seconds": seconds,
+                 "fallbacks": sum(g["fallbacks"] for g in groups), "retains_cpu_memory": retains_memory,
+                 "documents_per_group": [g["documents"] for g in groups],
+                 "chunk_size": [max(g["sequences_per_call"]) for g in groups],
+                 "model_calls": sum(len(g["sequences_per_call"]) for g in groups),
+                 **self.scheduler.run_stats(), "seconds": seconds,
                  "token_steps_per_s": token_steps / max(seconds["total"], 1e-12)}
         column = lambda key: torch.stack([d[key] for d in per_doc])  # noqa: E731
         return Attribution(
@@ -153,81 +191,91 @@ class Engine:
             output_at_baseline=column("output_at_baseline"), integrand=column("integrand"),
             alphas=alphas, n_steps=n_steps, method=method, output=output, stats=stats)
 
-    def _on_device(self, doc: Document) -> Document:
-        """The document's tensors moved once, so no step copies anything from the host."""
-        to = lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return replace(doc, input_ids=to(doc.input_ids), baseline_ids=to(doc.baseline_ids),
-                       baseline_embedding=to(doc.baseline_embedding),
-                       model_kwargs={k: to(v) for k, v in doc.model_kwargs.items()})
+    def _batch(self, docs: list[Document]) -> Batch:
+        """The group's ids, baseline ids and model arguments padded to its longest, on the device.
 
-    @staticmethod
-    def _model_kwargs(doc: Document, batch: int) -> dict:
-        # Expanded views: every step shares the same mask memory.
-        return {k: v.unsqueeze(0).expand(batch, -1) for k, v in doc.model_kwargs.items()}
+        Padding is the pad token with attention mask 0, as a tokenizer pads a batch: the
+        real tokens' outputs, and so their attributions, do not change.
+        """
+        length = max(len(doc.input_ids) for doc in docs)
+        pad_id = self.model.config.pad_token_id or 0
+        padded = lambda rows, fill: torch.stack([  # noqa: E731
+            nn.functional.pad(row, (0, length - len(row)), value=fill) for row in rows]).to(self.device)
+        baseline_ids = None
+        if docs[0].baseline_ids is not None:
+            baseline_ids = padded([doc.baseline_ids for doc in docs], pad_id)
+        return Batch(input_ids=padded([doc.input_ids for doc in docs], pad_id), baseline_ids=baseline_ids,
+                     model_kwargs={k: padded([doc.model_kwargs[k] for doc in docs], 0) for k in docs[0].model_kwargs},
+                     lengths=[len(doc.input_ids) for doc in docs])
 
-    def _logits_from_layer(self, doc: Document, z: torch.Tensor) -> torch.Tensor:
-        """Logits [c, C] of the model whose layer outputs z [c, L', H] for the document's ids (on device)."""
-        ids = doc.input_ids.unsqueeze(0).expand(len(z), -1)
+    def _logits_from_layer(self, batch: Batch, z: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        """Logits [c, C] of the model whose layer outputs z [c, L', H]; row i is document docs[i] of the batch."""
         with output_replaced(self.layer, z):
-            return self.model(input_ids=ids, **self._model_kwargs(doc, len(z))).logits
+            return self.model(input_ids=batch.input_ids[docs],
+                              **{k: v[docs] for k, v in batch.model_kwargs.items()}).logits
 
-    def _endpoints(self, doc: Document) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layer outputs e(x), e(b) [L', H] fp32 and logits at x and b [C], from real forwards.
-
-        doc: a document on the engine's device."""
-        ids = doc.input_ids.unsqueeze(0)
-        if doc.baseline_ids is not None:
-            ids = torch.stack([doc.input_ids, doc.baseline_ids])
+    def _endpoints(self, batch: Batch, docs: list[Document]) -> tuple[torch.Tensor, ...]:
+        """Layer outputs e(x), e(b) [G, L', H] fp32 and logits at x and b [G, C], from real forwards."""
+        group = len(batch.lengths)
+        ids, kwargs = batch.input_ids, batch.model_kwargs
+        if batch.baseline_ids is not None:
+            ids = torch.cat([ids, batch.baseline_ids])
+            kwargs = {k: torch.cat([v, v]) for k, v in kwargs.items()}
         captured = []
         with torch.no_grad(), output_captured(self.layer, captured):
-            logits = self.model(input_ids=ids, **self._model_kwargs(doc, len(ids))).logits
+            logits = self.model(input_ids=ids, **kwargs).logits
         layer_output = captured[-1]
-        if not isinstance(layer_output, torch.Tensor) or layer_output.ndim != 3 or layer_output.shape[1] < len(doc.input_ids):
+        if not isinstance(layer_output, torch.Tensor) or layer_output.ndim != 3 or layer_output.shape[1] < ids.shape[1]:
             shape = tuple(layer_output.shape) if isinstance(layer_output, torch.Tensor) else type(layer_output).__name__
             raise LayerNotFoundError(f"the layer's output is {shape}; token attribution needs a tensor "
                                      "[batch, length, hidden]: pass layer= an embeddings-like module")
         layer_output = layer_output.float()
-        end = layer_output[0]
-        if doc.baseline_ids is not None:
-            return end, layer_output[1], logits[0], logits[1]
-        start = doc.baseline_embedding
-        if isinstance(start, float):
-            start = torch.full_like(end, start)
-        start = start.float()
-        if start.shape != end.shape:
-            raise BaselineError(f"baseline embedding of shape {tuple(start.shape)} does not match the layer "
-                                f"output of shape {tuple(end.shape)} for this input")
+        end = layer_output[:group]
+        if batch.baseline_ids is not None:
+            return end, layer_output[group:], logits[:group], logits[group:]
+        start = end.clone()      # positions past a document's own length keep e(x): nothing to attribute there
+        for row, (doc, length) in enumerate(zip(docs, batch.lengths)):
+            embedding = doc.baseline_embedding
+            if isinstance(embedding, float):
+                start[row, :length] = embedding
+            elif embedding.shape != end.shape[1:]:
+                raise BaselineError(f"baseline embedding of shape {tuple(embedding.shape)} does not match the layer "
+                                    f"output of shape {tuple(end.shape[1:])} for this input")
+            else:
+                start[row] = embedding.to(self.device).float()
         with torch.no_grad():
-            baseline_logits = self._logits_from_layer(doc, start.unsqueeze(0))
-        return end, start, logits[0], baseline_logits[0]
+            baseline_logits = self._logits_from_layer(batch, start, torch.arange(group, device=self.device))
+        return end, start, logits[:group], baseline_logits
 
-    def _attribute_one(self, doc: Document, target, alphas, weights, output, chunk_size, bar) -> dict:
+    def _attribute_group(self, docs: list[Document], targets: list, alphas, weights, output, chunk_size,
+                         bar) -> tuple[list[dict], dict]:
         t0 = time.perf_counter()
-        doc = self._on_device(doc)
-        end, start, logits_x, logits_b = self._endpoints(doc)
-        prediction = int(logits_x.argmax())
-        target = prediction if target is None else target
-        target_index = torch.tensor([target], device=self.device)
-        f_x, f_b = score(torch.stack([logits_x, logits_b]).float(), target_index.expand(2), output)
+        batch = self._batch(docs)
+        end, start, logits_x, logits_b = self._endpoints(batch, docs)
+        predictions = logits_x.argmax(-1)
+        target_index = torch.tensor([int(p) if t is None else t for t, p in zip(targets, predictions.tolist())],
+                                    device=self.device)
+        f_x, f_b = score(torch.cat([logits_x, logits_b]).float(), target_index.repeat(2), output).chunk(2)
         t1 = time.perf_counter()
 
-        chunk = chunk_size_for(end.shape[0], len(alphas), chunk_size)
-        targets = target_index.expand(chunk)
+        def score_from_layer(z, rows):
+            with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
+                return score(self._logits_from_layer(batch, z, rows).float(), target_index[rows], output)
 
-        def score_from_layer(z):
-            return score(self._logits_from_layer(doc, z).float(), targets[: len(z)], output)
-
-        path = integrate_path(score_from_layer, start, end, alphas, weights, chunk,
+        path = integrate_path(score_from_layer, start, end, alphas, weights, self.scheduler, chunk_size,
                               on_chunk=bar.update if bar is not None else None, precision=self.precision)
         t2 = time.perf_counter()
-        full = (end - start) * path.gradient_sum                # [L', H]; L' > L when the model pads
-        delta = full.sum() - (f_x - f_b)
-        attributions = full[: len(doc.input_ids)].cpu()
+        full = (end - start) * path.gradient_sum                # [G, L', H]; L' > L when the model pads
+        deltas = full.sum((1, 2)) - (f_x - f_b)
+        results = []
+        for row, length in enumerate(batch.lengths):
+            attributions = full[row, :length].cpu()
+            results.append({
+                "attributions": attributions, "token_scores": token_scores(attributions),
+                "delta": deltas[row].cpu(), "prediction": predictions[row].cpu(), "target": target_index[row].cpu(),
+                "probs": torch.softmax(logits_x[row].float(), -1).cpu(), "output_at_input": f_x[row].cpu(),
+                "output_at_baseline": f_b[row].cpu(), "integrand": path.integrand[row].cpu()})
         seconds = {"endpoints": t1 - t0, **path.seconds, "finalize": time.perf_counter() - t2}
         seconds["total"] = time.perf_counter() - t0
-        return {"attributions": attributions, "token_scores": token_scores(attributions),
-                "delta": delta.cpu(), "prediction": torch.tensor(prediction), "target": torch.tensor(target),
-                "probs": torch.softmax(logits_x.float(), -1).cpu(), "output_at_input": f_x.cpu(),
-                "output_at_baseline": f_b.cpu(), "integrand": path.integrand.cpu(),
-                "layer_length": end.shape[0], "chunk_size": chunk, "seconds": seconds,
-                "fallbacks": path.fallbacks}
+        return results, {"documents": len(docs), "sequences_per_call": path.sequences_per_call,
+                         "seconds": seconds, "fallbacks": path.fallbacks}

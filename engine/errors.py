@@ -25,6 +25,10 @@ class BaselineError(InputError):
     """An unknown baseline name, or baseline ids/embeddings of the wrong shape."""
 
 
+class MemoryBudgetError(FastIGError):
+    """The memory budget, or the device's memory, cannot hold even one sequence of a document."""
+
+
 class ModelLoadError(FastIGError):
     """A model or tokenizer that cannot be loaded from the given path or hub name."""
 

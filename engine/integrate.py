@@ -5,23 +5,30 @@ scalar function of the layer output along the straight path from `start` to `end
 """
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .precision import Precision
+from .scheduler import PROBE_SEQUENCES, Scheduler, is_out_of_memory
 
 FP32 = Precision("fp32", "cpu")   # the fallback of a low-precision chunk; autocast-free on any device
 
 
 @dataclass
 class PathIntegral:
-    """gradient_sum: [L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [n_steps] fp32,
-    s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions)."""
+    """The integrals of G documents' paths.
+
+    gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [G, n_steps] fp32,
+    s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions).
+    sequences_per_call: the chunk sizes the model calls took, in order.
+    """
     gradient_sum: torch.Tensor
     integrand: torch.Tensor
     seconds: dict = field(default_factory=dict)
+    sequences_per_call: list = field(default_factory=list)
     fallbacks: int = 0          # chunks redone in fp32 after low precision produced inf or nan
 
 
@@ -30,11 +37,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _gradient(score_from_layer, z: torch.Tensor, precision: Precision) -> torch.Tensor | None:
+def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor, precision: Precision) -> torch.Tensor | None:
     """dF/dz [c, L*H] fp32 with the model's forward in `precision`; None if that gave inf or nan."""
     with torch.enable_grad():
         with precision.autocast():
-            scores = score_from_layer(z)
+            scores = score_from_layer(z, docs)
         (grads,) = torch.autograd.grad(scores.float().sum() * precision.score_scale, z)
     grads = grads.reshape(len(z), -1).float()
     if precision.name == "fp32":
@@ -43,42 +50,77 @@ def _gradient(score_from_layer, z: torch.Tensor, precision: Precision) -> torch.
     return grads if bool(torch.isfinite(grads).all()) else None
 
 
-def integrate_path(score_from_layer: Callable[[torch.Tensor], torch.Tensor],
-                   start: torch.Tensor, end: torch.Tensor,
-                   alphas: torch.Tensor, weights: torch.Tensor,
-                   chunk_size: int, on_chunk: Callable[[int], None] | None = None,
-                   precision: Precision = FP32) -> PathIntegral:
-    """Integrate dF/dz along z(a) = start + a (end - start).
+def _document_runs(lo: int, hi: int, n_steps: int):
+    """(document, its steps, rows of the chunk) for the (document, step) pairs lo..hi-1."""
+    for doc in range(lo // n_steps, (hi - 1) // n_steps + 1):
+        first, last = max(lo, doc * n_steps), min(hi, (doc + 1) * n_steps)
+        yield doc, slice(first - doc * n_steps, last - doc * n_steps), slice(first - lo, last - lo)
 
-    score_from_layer: z [c, L, H] -> F [c], differentiable in z.
-    start, end: [L, H] fp32 layer outputs of the baseline and the input.
-    alphas, weights: [n] fp32 quadrature rule. chunk_size: steps per model call.
-    on_chunk: called with the number of steps done after each chunk (progress bars).
+
+def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   start: torch.Tensor, end: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor,
+                   scheduler: Scheduler, chunk_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
+                   precision: Precision = FP32) -> PathIntegral:
+    """Integrate dF/dz along z(a) = start + a (end - start) for G documents of one length.
+
+    score_from_layer: (z [c, L, H], docs [c] long, which document each row is) -> F [c],
+    differentiable in z. start, end: [G, L, H] fp32 layer outputs of baselines and inputs.
+    alphas, weights: [n] fp32 quadrature rule. The G * n (document, step) pairs go through
+    the model in chunks sized by `scheduler` (or `chunk_size` per call); a chunk that runs
+    out of memory is redone in halves. on_chunk: called with the number of pairs done after each chunk (progress bars).
     precision: the model's forward runs under its autocast; a chunk whose gradient is not
     finite is redone in fp32 and counted in `fallbacks`.
     """
     device = end.device
-    difference = end - start                                    # [L, H]
-    gradient_sum = torch.zeros(difference.numel(), dtype=torch.float32, device=device)
-    integrand = torch.empty(len(alphas), dtype=torch.float32, device=device)
+    n_docs, length, n_steps = end.shape[0], end.shape[1], len(alphas)
+    difference = end - start                                    # [G, L, H]
+    flat_difference = difference.reshape(n_docs, -1)
+    gradient_sum = torch.zeros_like(flat_difference)
+    integrand = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
     alphas, weights = alphas.to(device), weights.to(device)
-    seconds = {"model": 0.0, "accumulate": 0.0}
-    fallbacks = 0
-    for lo in range(0, len(alphas), chunk_size):
-        hi = min(lo + chunk_size, len(alphas))
+    seconds = {"interpolate": 0.0, "model": 0.0, "accumulate": 0.0}
+    sizes, fallbacks = [], 0
+    size, lo, total = scheduler.sequences_per_call(length, chunk_size), 0, n_docs * n_steps
+    while lo < total:
+        probing = size is None
+        hi = min(lo + (PROBE_SEQUENCES if probing else size), total)
         t0 = time.perf_counter()
-        z = (start + alphas[lo:hi].view(-1, *[1] * start.ndim) * difference).requires_grad_(True)   # [c, L, H]
-        grads = _gradient(score_from_layer, z, precision)        # [c, L*H] fp32
-        if grads is None:
-            grads = _gradient(score_from_layer, z, FP32)
-            fallbacks += 1
+        try:
+            with scheduler.measured(length, hi - lo) if probing else nullcontext():
+                z = torch.empty((hi - lo, *end.shape[1:]), dtype=end.dtype, device=device)
+                for doc, steps, rows in _document_runs(lo, hi, n_steps):
+                    torch.addcmul(start[doc], alphas[steps].view(-1, 1, 1), difference[doc], out=z[rows])
+                docs = torch.arange(lo, hi, device=device) // n_steps
+                _sync(device)
+                t1 = time.perf_counter()
+                z.requires_grad_(True)
+                grads = _gradient(score_from_layer, z, docs, precision)        # [c, L*H] fp32
+                if grads is None:
+                    grads = _gradient(score_from_layer, z, docs, FP32)
+                    fallbacks += 1
+                _sync(device)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            out_of_memory = True
+        else:
+            out_of_memory = False
+        if out_of_memory:       # outside the handler, so the failed chunk's frames are gone
+            z = grads = None
+            size = scheduler.halve(hi - lo, length)
+            continue
+        t2 = time.perf_counter()
+        for doc, steps, rows in _document_runs(lo, hi, n_steps):
+            gradient_sum[doc].addmv_(grads[rows].t(), weights[steps])
+            integrand[doc, steps] = grads[rows] @ flat_difference[doc]
         _sync(device)
-        t1 = time.perf_counter()
-        gradient_sum.addmv_(grads.t(), weights[lo:hi])
-        integrand[lo:hi] = grads @ difference.reshape(-1)
-        _sync(device)
-        seconds["model"] += t1 - t0
-        seconds["accumulate"] += time.perf_counter() - t1
+        seconds["interpolate"] += t1 - t0
+        seconds["model"] += t2 - t1
+        seconds["accumulate"] += time.perf_counter() - t2
+        sizes.append(hi - lo)
         if on_chunk is not None:
             on_chunk(hi - lo)
-    return PathIntegral(gradient_sum.view_as(difference), integrand, seconds, fallbacks)
+        lo = hi
+        if probing:
+            size = scheduler.sequences_per_call(length, chunk_size)
+    return PathIntegral(gradient_sum.view_as(difference), integrand, seconds, sizes, fallbacks)

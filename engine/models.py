@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import LayerNotFoundError, ModelLoadError, TargetError
 
@@ -73,6 +74,14 @@ def _example_names(model: nn.Module) -> str:
     return ", ".join(names[:3]) or "see model.named_modules()"
 
 
+def model_length(config, length: int) -> int:
+    """The length the model computes at for `length` tokens: Longformer pads to its attention window."""
+    if config.model_type != "longformer":
+        return length
+    window = config.attention_window if isinstance(config.attention_window, int) else max(config.attention_window)
+    return -(-length // window) * window
+
+
 def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
     """F of each row: softmax probability (the seed's choice) or logit of `target`.
 
@@ -125,3 +134,33 @@ def output_replaced(layer: nn.Module, output: torch.Tensor):
             del layer.forward
         else:
             layer.forward = shadowed
+
+
+def recomputable_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers (transformers' GradientCheckpointingLayer) of a model."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+@contextmanager
+def layers_recomputed(model: nn.Module):
+    """Each transformer layer keeps only its input for the backward pass and recomputes the rest.
+
+    Activation checkpointing for eval-mode models (transformers' own switch works only in
+    training mode): the memory of a step falls from all layers' activations to one layer's,
+    for one more forward. Exact in eval mode, where nothing is random.
+    """
+    layers = recomputable_layers(model)
+    shadowed = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        forward = layer.forward
+        layer.forward = lambda *args, forward=forward, **kwargs: checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, shadowed):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward

@@ -1,28 +1,257 @@
-"""How many integration steps go into one model call, and how their memory is reused."""
+"""How much work goes into one model call: a memory budget, a probe chunk, out-of-memory retries.
+
+A model call takes a chunk of (document, step) pairs, each one sequence of the group's
+length. The number of sequences per call is chosen so that the peak memory of a call stays
+under the budget: the first chunk at a new, longer length is a small probe whose peak memory
+is measured, and the sequences per call are scaled from it. A call that still runs out of
+memory is redone with half as many sequences, and later calls keep the smaller size.
+"""
 
 import ctypes
 import os
+import re
+from contextlib import contextmanager
 
-from .errors import InputError
+import torch
 
-# With freed memory retained (below), time per step of a 4-layer Longformer-base-shaped model
-# at 512 tokens varied by under 7% from 1 to 16 steps per call (2-core EPYC), while 16 steps
-# per call peaked at 5.6 GB RSS: small calls cost nothing here. The memory-budget scheduler
-# will replace this rule.
-TOKEN_STEPS_PER_CALL = 2048
+from .errors import InputError, MemoryBudgetError
+
+DEFAULT_MEMORY_BUDGET = "80%"
+PROBE_SEQUENCES = 1
+# Calls are sized to this share of the room the budget leaves: the heap fragments differently
+# from call to call, and a call of the measured size peaked up to ~7% above its estimate.
+USABLE_SHARE = 0.9
+# Larger calls buy nothing on this side of the cap. CPU: time per step of a 4-layer Longformer-base
+# model at 512 tokens varied by under 7% from 1 to 16 steps per call (2-core EPYC), while 16 steps
+# per call peaked at 5.6 GB. CUDA: 64k token-steps keep a GPU busy at any length here.
+MAX_TOKEN_STEPS_PER_CALL = {"cpu": 2048, "cuda": 65536}
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def chunk_size_for(length: int, n_steps: int, chunk_size: int | None = None) -> int:
-    """Steps per model call for a document of `length` layer positions."""
-    if chunk_size is None:
-        return max(1, min(n_steps, TOKEN_STEPS_PER_CALL // max(length, 1)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size={chunk_size!r} must be a positive integer (steps per model call) or None")
-    return min(chunk_size, n_steps)
+def parse_memory_budget(budget) -> int | float:
+    """Bytes (an int, or a str such as "6GB", "512MiB") or a fraction of free memory ("80%" -> 0.8)."""
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        return budget
+    if isinstance(budget, str):
+        text = budget.strip().lower().replace(" ", "")
+        if text.endswith("%"):
+            try:
+                percent = float(text[:-1])
+            except ValueError:
+                percent = 0.0
+            if 0 < percent <= 100:
+                return percent / 100
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgt]i?b|b)?", text)
+        if match and float(match.group(1)) > 0:
+            return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    raise InputError(f"memory_budget={budget!r} is not a budget: give bytes (an int, or '6GB', '512MiB') "
+                     "or a share of free memory such as '80%'")
+
+
+def chunk_size_override(chunk_size: int | None) -> int | None:
+    """chunk_size, checked: a positive int of sequences per model call, or None."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InputError(f"chunk_size={chunk_size!r} must be a positive integer (sequences per model call) or None")
+    return chunk_size
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError when malloc fails."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+class MemoryMeter:
+    """Memory in use, its peak since `reset`, and what is free, for one device.
+
+    CUDA: the caching allocator's counters. CPU: the process's resident set (VmRSS, and
+    VmHWM reset through /proc/self/clear_refs), free memory is MemAvailable; where /proc
+    is missing (not Linux) `works` is False and nothing is measured.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.works = device.type == "cuda" or os.access("/proc/self/clear_refs", os.W_OK)
+
+    def reset(self, release_freed: bool) -> int:
+        """Start a new peak; returns the bytes in use now.
+
+        release_freed: on CPU, first hand the heap glibc retains back to the OS, or a probe
+        reuses it and looks smaller than it is (it costs page faults later: probes only).
+        """
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.works:
+            if release_freed:
+                _release_freed_cpu_memory()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return self.in_use()
+
+    def in_use(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return _proc_kib("/proc/self/status", "VmRSS") * 1024 if self.works else 0
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return _proc_kib("/proc/self/status", "VmHWM") * 1024 if self.works else 0
+
+    def free(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return _proc_kib("/proc/meminfo", "MemAvailable") * 1024 if self.works else 0
+
+
+def _proc_kib(path: str, key: str) -> int:
+    with open(path) as f:
+        return int(re.search(rf"^{key}:\s+(\d+)", f.read(), re.MULTILINE).group(1))
+
+
+class Scheduler:
+    """Sequences per model call for each length, under a memory budget.
+
+    memory_budget: bytes, or a fraction (parse_memory_budget) of the memory free when the
+    Scheduler is made, on top of what the process already uses then. The probe, and the
+    smaller size an out-of-memory error leaves, carry over from one run to the next.
+    recomputable_layers: how many layers `models.layers_recomputed` can recompute in the
+    backward pass, when one sequence with all activations kept does not fit the budget.
+    """
+
+    def __init__(self, device: torch.device, memory_budget=DEFAULT_MEMORY_BUDGET, recomputable_layers: int = 0):
+        self.meter = MemoryMeter(device)
+        budget = parse_memory_budget(memory_budget)
+        if isinstance(budget, float):
+            budget = self.meter.in_use() + int(budget * self.meter.free()) if self.meter.works else None
+        elif self.meter.works and budget <= self.meter.in_use():
+            raise MemoryBudgetError(f"memory_budget={memory_budget!r} is below the {self.meter.in_use() / 1e9:.2f} GB "
+                                    "this process already uses (the model included); raise it")
+        self.budget = budget
+        self.max_token_steps = MAX_TOKEN_STEPS_PER_CALL.get(device.type, MAX_TOKEN_STEPS_PER_CALL["cpu"])
+        self.out_of_memory_token_steps = None   # the largest call known to fit after an out-of-memory error
+        self.probe = None           # (length, bytes in use before, bytes per sequence) of the last probe
+        self.out_of_memory_retries = 0
+        self.recomputable_layers = recomputable_layers
+        # Until the first probe decides, layers are recomputed: that probe then needs the least memory.
+        self._deciding = self.budget is not None and recomputable_layers > 0
+        self.recompute_layers = self._deciding
+        self._peak = 0
+
+    def sequences_per_call(self, length: int, chunk_size: int | None = None) -> int | None:
+        """Sequences of `length` tokens per call; None when a probe must measure this length first.
+
+        chunk_size: the caller's fixed choice, kept unless an out-of-memory error showed it too large.
+        """
+        token_steps = self.max_token_steps
+        if self.out_of_memory_token_steps is not None:
+            token_steps = min(token_steps, self.out_of_memory_token_steps)
+            if chunk_size is not None:
+                chunk_size = min(chunk_size, max(1, self.out_of_memory_token_steps // length))
+        if chunk_size is not None:
+            return chunk_size
+        limit = max(1, token_steps // max(length, 1))
+        if self.budget is None:
+            return limit
+        if self.probe is None or length > self.probe[0]:
+            return None
+        probed_length, in_use, per_sequence = self.probe
+        # Linear in length from a longer probe: an over-estimate wherever memory grows faster.
+        per_sequence *= length / probed_length
+        fitting = int(USABLE_SHARE * (self.budget - in_use) // max(per_sequence, 1))
+        if fitting < 1:         # not one sequence: recompute layers in the backward pass and probe again
+            self.recompute(length)
+            return None
+        return min(fitting, limit)
+
+    @contextmanager
+    def measured(self, length: int, sequences: int):
+        """Run a probe chunk of `sequences` x `length` and remember its peak per sequence.
+
+        The first probe runs with layers recomputed, which needs the least memory. If the
+        budget holds one sequence for every layer at that peak, where keeping all layers'
+        activations surely fits, layers are kept from then on and the next chunk probes again.
+        """
+        self._peak = max(self._peak, self.meter.peak())
+        in_use = self.meter.reset(release_freed=True)
+        yield
+        peak = self.meter.peak()
+        self.probe = (length, in_use, (peak - in_use) / sequences)
+        self._peak = max(self._peak, peak)
+        if self._deciding:
+            self._deciding = False
+            if USABLE_SHARE * (self.budget - in_use) >= self.recomputable_layers * self.probe[2]:
+                self.recompute_layers, self.probe = False, None
+
+    def recompute(self, length: int) -> None:
+        """When one sequence does not fit: recompute each layer's activations in the backward pass, and probe again."""
+        if self.recompute_layers or not self.recomputable_layers:
+            needs = "" if self.probe is None else f" (about {(self.probe[1] + self.probe[2]) / 1e9:.2f} GB with the model)"
+            raise MemoryBudgetError(
+                f"memory_budget of {self.budget / 1e9:.2f} GB is too small: one {length}-token sequence does not fit{needs}, "
+                "even with its layers recomputed in the backward pass; raise the budget or shorten the documents")
+        self.recompute_layers = True
+        self.probe = None
+
+    def halve(self, sequences: int, length: int) -> int:
+        """After an out-of-memory error with `sequences` per call: the smaller size to redo it with."""
+        if sequences <= 1:
+            raise MemoryBudgetError(f"one {length}-token sequence does not fit in the device's memory; "
+                                    "shorten the documents or use a device with more memory")
+        self.out_of_memory_retries += 1
+        smaller = sequences // 2
+        self.out_of_memory_token_steps = min(self.out_of_memory_token_steps or smaller * length, smaller * length)
+        if self.meter.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return smaller
+
+    def start_run(self) -> None:
+        """Start measuring one run's peak memory."""
+        self._peak = 0
+        self.meter.reset(release_freed=False)
+
+    def run_stats(self) -> dict:
+        """Budget, probe and peak memory of the run since `start_run`, in bytes."""
+        probe = None if self.probe is None else {"length": self.probe[0], "in_use_bytes": self.probe[1],
+                                                 "bytes_per_sequence": round(self.probe[2])}
+        return {"memory_budget_bytes": self.budget, "probe": probe, "recompute_layers": self.recompute_layers,
+                "peak_memory_bytes": max(self._peak, self.meter.peak()) if self.meter.works else None,
+                "out_of_memory_retries": self.out_of_memory_retries}
+
+
+def pack(lengths: list[int], alone: list[bool], sequences_per_call: int | None, n_steps: int,
+         slack: float = 0.125) -> int:
+    """How many of the documents (their model lengths sorted longest first) share the next calls.
+
+    The first one and those within `slack` of its length, as many as fill one call with all
+    their steps; a document with its own baseline embedding, or of a length still to be
+    measured (sequences_per_call None), goes alone.
+    """
+    room = 1 if sequences_per_call is None or alone[0] else max(1, sequences_per_call // n_steps)
+    count = 1
+    while count < min(room, len(lengths)) and not alone[count] and lengths[count] >= lengths[0] * (1 - slack):
+        count += 1
+    return count
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _glibc_tuned = False
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:   # not glibc (macOS, musl, Windows)
+        return None
+
+
+def _release_freed_cpu_memory() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def retain_freed_cpu_memory() -> bool:
@@ -38,9 +267,7 @@ def retain_freed_cpu_memory() -> bool:
     global _glibc_tuned
     if _glibc_tuned or os.environ.get("FASTIG_RETAIN_CPU_MEMORY", "1") == "0":
         return _glibc_tuned
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _glibc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):   # not glibc (macOS, musl, Windows): nothing to tune
-        _glibc_tuned = False
+    libc = _libc()
+    _glibc_tuned = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) \
+        and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _glibc_tuned

@@ -38,6 +38,13 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
     assert len(saved["documents"][0]["top"]) == 3
 
 
+def test_attribute_reports_its_memory(model_dir, capsys):
+    assert main(["attribute", "--model", model_dir, "--text", make_text(30), "--n-steps", "8",
+                 "--memory-budget", "90%", "--chunk-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "up to 4 sequences per call, peak " in printed and " GB budget" in printed
+
+
 def test_attribute_reads_files(model_dir, tmp_path, capsys):
     doc = tmp_path / "doc.txt"
     doc.write_text(make_text(12), encoding="utf-8")
@@ -62,6 +69,9 @@ def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
     (["--text", "good", "--layer", "no.such.layer"], "layer='no.such.layer'"),
     (["--text", "good", "--method", "simpson"], "invalid choice: 'simpson'"),
     (["--text", "good", "--target", "first"], "--target 'first'"),
+    (["--text", "good", "--memory-budget", "lots"], "memory_budget='lots' is not a budget"),
+    (["--text", "good", "--memory-budget", "1MB"], "memory_budget='1MB' is below the"),
+    (["--text", "good", "--chunk-size", "0"], "chunk_size=0 must be a positive integer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, fragment):
     assert exit_code(["attribute", "--model", model_dir, *args]) == 2

@@ -1,0 +1,177 @@
+"""Memory-bounded scheduling: budgets, packing, out-of-memory retries, recomputed layers, memory flat in n_steps."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fastig
+from fastig.scheduler import parse_memory_budget
+
+from conftest import FAMILIES, assert_close, make_text
+
+N_STEPS = 9
+
+
+@pytest.mark.parametrize("budget, parsed", [("80%", 0.8), ("100%", 1.0), ("6GB", 6 * 10**9), ("6 GB", 6 * 10**9),
+                                            ("512MiB", 512 * 2**20), ("1.5gib", int(1.5 * 2**30)), (10**9, 10**9)])
+def test_memory_budget_forms(budget, parsed):
+    assert parse_memory_budget(budget) == parsed
+
+
+@pytest.mark.parametrize("budget", ["0%", "150%", "abc", "6XB", "-1GB", 0, -5, True, 0.5, None])
+def test_bad_memory_budget_is_refused(models, budget):
+    with pytest.raises(fastig.InputError, match="memory_budget"):
+        parse_memory_budget(budget)
+    if budget is not None:      # None is the Engine's default
+        with pytest.raises(fastig.InputError, match="memory_budget"):
+            fastig.Engine(models("bert"), memory_budget=budget)
+
+
+def _assert_same_document(result, i, alone, what):
+    expected = alone.attributions[0]
+    assert_close(result.attributions[i], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()), what=what)
+    # Near alpha = 0 the "zeros" baseline is ill-conditioned (LayerNorm of ~0): batching's rounding shows there.
+    scale = float(alone.integrand.abs().max())
+    assert_close(result.integrand[i], alone.integrand[0], rtol=1e-5, atol=1e-4 * scale, what=f"{what} integrand")
+    assert float(result.delta[i]) == pytest.approx(float(alone.delta[0]), abs=1e-6)
+    assert int(result.prediction[i]) == int(alone.prediction[0]) and result.tokens[i] == alone.tokens[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("baseline", ["pad", "zeros"])
+def test_packed_documents_equal_documents_alone(models, tokenizer, family, baseline):
+    engine = fastig.Engine(models(family), tokenizer)
+    texts = [make_text(n, seed=n) for n in (30, 12, 28, 27, 11, 30)]
+    packed = engine.attribute(texts, n_steps=N_STEPS, baseline=baseline, target=[0, 1, 2, 0, 1, 2])
+    assert max(packed.stats["documents_per_group"]) >= 3      # the three of 27-30 words share calls
+    assert packed.stats["model_calls"] < len(texts)
+    for i, text in enumerate(texts):
+        alone = engine.attribute(text, n_steps=N_STEPS, baseline=baseline, target=i % 3)
+        _assert_same_document(packed, i, alone, f"document {i}")
+
+
+def test_chunks_may_span_documents(models, tokenizer):
+    engine = fastig.Engine(models("roberta"), tokenizer)
+    texts = [make_text(20, seed=s) for s in range(4)]
+    spanning = engine.attribute(texts, n_steps=N_STEPS, chunk_size=7)   # 36 pairs: calls of 7 cross documents
+    assert spanning.stats["model_calls"] >= 36 // 7
+    for i, text in enumerate(texts):
+        _assert_same_document(spanning, i, engine.attribute(text, n_steps=N_STEPS, chunk_size=N_STEPS), f"doc {i}")
+
+
+def _failing_once(model, on_call: int, error: Exception):
+    """model.forward raising `error` on its `on_call`-th call; returns the batch sizes it saw."""
+    forward, sizes = model.forward, []
+
+    def fails_once(*args, **kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        if len(sizes) == on_call:
+            raise error
+        return forward(*args, **kwargs)
+    model.forward = fails_once
+    return sizes
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")])
+def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error):
+    text = make_text(40, seed=5)
+    clean = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=12, chunk_size=4)
+    model = models("bert")
+    sizes = _failing_once(model, on_call=3, error=error)      # call 1: the endpoints; 2: steps 0-3; 3: steps 4-7
+    result = fastig.Engine(model, tokenizer).attribute(text, n_steps=12, chunk_size=4)
+    assert sizes == [2, 4, 4, 2, 2, 2, 2]                      # the failed chunk redone in halves, then halves on
+    assert result.stats["out_of_memory_retries"] == 1 and result.stats["model_calls"] == 5
+    assert_close(result.attributions, clean.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+    assert_close(result.integrand, clean.integrand, rtol=1e-5, atol=1e-7, what="integrand")
+    assert float(result.delta[0]) == pytest.approx(float(clean.delta[0]), abs=1e-6)
+
+
+def test_out_of_memory_at_one_sequence_is_a_clear_error(models, tokenizer):
+    model = models("bert")
+    _failing_once(model, on_call=2, error=torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(fastig.MemoryBudgetError, match="one 12-token sequence does not fit"):
+        fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4, chunk_size=1)
+
+
+def test_other_runtime_errors_are_not_retried(models, tokenizer):
+    model = models("bert")
+    _failing_once(model, on_call=2, error=RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recomputed_layers_change_nothing(models, tokenizer, family):
+    text = make_text(25, seed=2)
+    plain = fastig.Engine(models(family), tokenizer).attribute(text, n_steps=N_STEPS)
+    engine = fastig.Engine(models(family), tokenizer)
+    engine.scheduler.recompute_layers, engine.scheduler._deciding = True, False
+    recomputed = engine.attribute(text, n_steps=N_STEPS)
+    assert recomputed.stats["recompute_layers"]
+    _assert_same_document(recomputed, 0, plain, "recomputed")
+    assert "forward" not in vars(engine.model.base_model.encoder.layer[0] if family != "distilbert"
+                                 else engine.model.distilbert.transformer.layer[0])
+
+
+# Runs in a fresh process so that peak resident memory belongs to one run alone.
+_MEMORY_RUN = textwrap.dedent("""
+    import json, resource, sys
+    import torch
+    import fastig
+    from transformers import BertConfig, BertForSequenceClassification
+
+    n_steps, budget = int(sys.argv[1]), sys.argv[2]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
+                        intermediate_size=512, max_position_embeddings=512, initializer_range=0.3)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 100, (1, 384))
+    engine = fastig.Engine(model, memory_budget=None if budget == "default" else budget)
+    in_use = engine.scheduler.meter.in_use()
+    try:
+        result = engine.attribute(ids, n_steps=n_steps)
+    except fastig.MemoryBudgetError as error:
+        print(json.dumps({"error": str(error)}))
+        sys.exit(0)
+    print(json.dumps({"in_use": in_use, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "delta": float(result.delta[0]), "integrand_sum": float(result.integrand.sum()),
+                      **{k: result.stats[k] for k in ("chunk_size", "probe", "peak_memory_bytes", "recompute_layers",
+                                                     "memory_budget_bytes")}}))
+""")
+
+
+def _memory_run(n_steps: int, budget="default") -> dict:
+    done = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(n_steps), str(budget)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_memory_is_flat_in_n_steps():
+    few, many = _memory_run(50), _memory_run(2000)
+    assert few["chunk_size"] == many["chunk_size"]
+    # 2,000 steps keep one [L, H] accumulator and a [2000] integrand more than 50: well under 16 MB.
+    assert abs(many["ru_maxrss"] - few["ru_maxrss"]) < 16 * 2**20, (few, many)
+    assert abs(many["peak_memory_bytes"] - few["peak_memory_bytes"]) < 16 * 2**20, (few, many)
+
+
+def test_budget_sets_the_chunk_and_bounds_the_peak():
+    free = _memory_run(16)
+    per_sequence = free["probe"]["bytes_per_sequence"]
+    assert per_sequence > 2**20                       # a real measurement: activations of a 384-token sequence
+    budget = free["probe"]["in_use_bytes"] + int(2.5 * per_sequence)
+    tight = _memory_run(16, budget)
+    assert tight["chunk_size"][0] < free["chunk_size"][0] and tight["peak_memory_bytes"] <= tight["memory_budget_bytes"] == budget
+    assert tight["delta"] == pytest.approx(free["delta"], abs=1e-5)       # the fp32 contract of delta
+    # Room for less than one sequence with all activations kept: layers are recomputed, the result is the same.
+    recomputed = _memory_run(16, free["probe"]["in_use_bytes"] + int(0.9 * per_sequence))
+    assert recomputed["recompute_layers"] and recomputed["peak_memory_bytes"] <= recomputed["memory_budget_bytes"]
+    assert recomputed["delta"] == pytest.approx(free["delta"], abs=1e-5)
+    assert recomputed["integrand_sum"] == pytest.approx(free["integrand_sum"], rel=1e-5)
+    impossible = _memory_run(16, free["probe"]["in_use_bytes"] + 2**20)
+    assert "too small" in impossible["error"]
