@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One lent-GPU session of checks, as prepared on the CPU machine: install fastig (and a carried
+# captum wheel from .whl/) into the device image, smoke-test the engine on CUDA, then run the
+# benchmark suite there. Results land under $OUT (the device tool brings them back).
+# Usage on the device machine: bash benchmarks/gpu_session.sh
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+# The layout setup.py maps (engine/ -> fastig, kernels/ and benchmarks/ inside it), without pip:
+# the image cannot fetch setuptools for an editable install.
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r engine /tmp/pkg/fastig && cp -r kernels benchmarks /tmp/pkg/fastig/
+export PYTHONPATH=/tmp/pkg:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import torch, transformers, captum; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'captum', captum.__version__)"
+python3 -c "import triton; print('triton', triton.__version__)" 2>/dev/null
+mkdir -p "$OUT/results"
+timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log"
+import torch, fastig
+from fastig.benchmarks.common import ModelSpec, random_ids
+spec = ModelSpec("longformer", 2, 256, 4, 64, 1024, 0.3, 0)
+model = spec.build()
+for precision in ("fp32", "bf16"):
+    engine = fastig.Engine(model, precision=precision, device="cuda")
+    result = engine.attribute(random_ids(model, 3, 512), n_steps=32)
+    s = result.stats
+    print(precision, "delta", result.delta.tolist(), "chunk", s["chunk_size"], "calls", s["model_calls"],
+          "peak GB", s["peak_memory_bytes"] / 1e9, "probe", s["probe"], "recompute", s["recompute_layers"])
+PY
+timeout "${QUICK_S:-200}" python3 -m fastig bench --quick --device cuda --out "$OUT/results" 2>&1 | tail -60
+timeout "${FULL_S:-270}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
+    2>&1 | tail -40
+ls -R "$OUT"
