@@ -15,7 +15,7 @@ setup(
                       "numpy", "tqdm", "pandas", "matplotlib"],
     extras_require={
         "dev": ["pytest>=7"],
-        "triton": ["triton; platform_system == 'Linux'"],
+        "triton": ["triton>=3.0; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["fastig = fastig.cli:main"]},
 )

@@ -27,6 +27,11 @@ for precision in ("fp32", "bf16"):
     print(precision, "delta", result.delta.tolist(), "chunk", s["chunk_size"], "calls", s["model_calls"],
           "peak GB", s["peak_memory_bytes"] / 1e9, "probe", s["probe"], "recompute", s["recompute_layers"])
 PY
+if [ "${KERNELS_ONLY:-0}" = 1 ]; then
+    (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider kernels_cases.py 2>&1 | tail -15)
+    timeout 90 python3 -m fastig.benchmarks.kernels --out "$OUT/results"
+    ls -R "$OUT"; exit 0
+fi
 timeout "${QUICK_S:-200}" python3 -m fastig bench --quick --device cuda --out "$OUT/results" 2>&1 | tail -60
 timeout "${FULL_S:-270}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
     2>&1 | tail -40

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import quadrature
+from . import kernels, quadrature
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
 from .integrate import integrate_path
@@ -15,7 +15,7 @@ from .models import (OUTPUTS, check_target, find_layer, layers_recomputed, model
                      output_replaced, recomputable_layers, score)
 from .precision import resolve
 from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, pack, retain_freed_cpu_memory
-from .summarize import RankedToken, token_scores, top_bottom
+from .summarize import RankedToken, normalized, top_bottom
 
 
 @dataclass
@@ -265,13 +265,13 @@ class Engine:
         path = integrate_path(score_from_layer, start, end, alphas, weights, self.scheduler, chunk_size,
                               on_chunk=bar.update if bar is not None else None, precision=self.precision)
         t2 = time.perf_counter()
-        full = (end - start) * path.gradient_sum                # [G, L', H]; L' > L when the model pads
-        deltas = full.sum((1, 2)) - (f_x - f_b)
+        # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
+        attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
+        deltas = token_sums.sum(-1) - (f_x - f_b)
         results = []
         for row, length in enumerate(batch.lengths):
-            attributions = full[row, :length].cpu()
             results.append({
-                "attributions": attributions, "token_scores": token_scores(attributions),
+                "attributions": attributions[row, :length].cpu(), "token_scores": normalized(token_sums[row, :length]).cpu(),
                 "delta": deltas[row].cpu(), "prediction": predictions[row].cpu(), "target": target_index[row].cpu(),
                 "probs": torch.softmax(logits_x[row].float(), -1).cpu(), "output_at_input": f_x[row].cpu(),
                 "output_at_baseline": f_b[row].cpu(), "integrand": path.integrand[row].cpu()})

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from . import kernels
 from .precision import Precision
 from .scheduler import PROBE_SEQUENCES, Scheduler, is_out_of_memory
 
@@ -21,10 +22,11 @@ FP32 = Precision("fp32", "cpu")   # the fallback of a low-precision chunk; autoc
 class PathIntegral:
     """The integrals of G documents' paths.
 
-    gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [G, n_steps] fp32,
+    difference: [G, L, H] fp32, end - start. gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [G, n_steps] fp32,
     s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions).
     sequences_per_call: the chunk sizes the model calls took, in order.
     """
+    difference: torch.Tensor
     gradient_sum: torch.Tensor
     integrand: torch.Tensor
     seconds: dict = field(default_factory=dict)
@@ -48,13 +50,6 @@ def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor, precision: 
         return grads
     grads /= precision.score_scale
     return grads if bool(torch.isfinite(grads).all()) else None
-
-
-def _document_runs(lo: int, hi: int, n_steps: int):
-    """(document, its steps, rows of the chunk) for the (document, step) pairs lo..hi-1."""
-    for doc in range(lo // n_steps, (hi - 1) // n_steps + 1):
-        first, last = max(lo, doc * n_steps), min(hi, (doc + 1) * n_steps)
-        yield doc, slice(first - doc * n_steps, last - doc * n_steps), slice(first - lo, last - lo)
 
 
 def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -87,10 +82,9 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         t0 = time.perf_counter()
         try:
             with scheduler.measured(length, hi - lo) if probing else nullcontext():
-                z = torch.empty((hi - lo, *end.shape[1:]), dtype=end.dtype, device=device)
-                for doc, steps, rows in _document_runs(lo, hi, n_steps):
-                    torch.addcmul(start[doc], alphas[steps].view(-1, 1, 1), difference[doc], out=z[rows])
-                docs = torch.arange(lo, hi, device=device) // n_steps
+                rows = torch.arange(lo, hi, device=device)
+                docs, steps = rows // n_steps, rows % n_steps
+                z = kernels.interpolate(start, difference, docs, alphas[steps])      # [c, L, H] fp32
                 _sync(device)
                 t1 = time.perf_counter()
                 z.requires_grad_(True)
@@ -110,9 +104,7 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
             size = scheduler.halve(hi - lo, length)
             continue
         t2 = time.perf_counter()
-        for doc, steps, rows in _document_runs(lo, hi, n_steps):
-            gradient_sum[doc].addmv_(grads[rows].t(), weights[steps])
-            integrand[doc, steps] = grads[rows] @ flat_difference[doc]
+        kernels.accumulate(gradient_sum, integrand, grads, flat_difference, docs, steps, weights)
         _sync(device)
         seconds["interpolate"] += t1 - t0
         seconds["model"] += t2 - t1
@@ -123,4 +115,4 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         lo = hi
         if probing:
             size = scheduler.sequences_per_call(length, chunk_size)
-    return PathIntegral(gradient_sum.view_as(difference), integrand, seconds, sizes, fallbacks)
+    return PathIntegral(difference, gradient_sum.view_as(difference), integrand, seconds, sizes, fallbacks)

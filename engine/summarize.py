@@ -10,7 +10,11 @@ def token_scores(attributions: torch.Tensor) -> torch.Tensor:
 
     attributions: [..., L, H] -> [..., L]; an all-zero row stays zero.
     """
-    sums = attributions.sum(dim=-1)
+    return normalized(attributions.sum(dim=-1))
+
+
+def normalized(sums: torch.Tensor) -> torch.Tensor:
+    """Token sums [..., L] divided by their L2 norm over L; all zeros stay zero."""
     norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
     return sums / torch.where(norm > 0, norm, torch.ones_like(norm))
 

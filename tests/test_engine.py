@@ -25,19 +25,6 @@ def test_chunk_size_does_not_change_results(models, tokenizer, family):
     assert [r.stats["chunk_size"] for r in runs] == [[1], [3], [N_STEPS]]
 
 
-@pytest.mark.parametrize("family", ["longformer", "bert"])
-def test_batch_of_texts_equals_separate_calls(models, tokenizer, family):
-    engine = fastig.Engine(models(family), tokenizer)
-    texts = [make_text(n, seed=n) for n in (5, 41, 17)]
-    batch = engine.attribute(texts, n_steps=N_STEPS, target=[0, 1, 2])
-    assert isinstance(batch.attributions, list) and len(batch) == 3
-    for i, text in enumerate(texts):
-        alone = engine.attribute(text, n_steps=N_STEPS, target=i)
-        assert_close(batch.attributions[i], alone.attributions[0], rtol=1e-6, atol=1e-8, what=f"document {i}")
-        assert batch.tokens[i] == alone.tokens[0]
-        assert float(batch.delta[i]) == pytest.approx(float(alone.delta[0]), abs=1e-7)
-
-
 def test_equal_lengths_stack_into_tensors(models, tokenizer):
     result = fastig.Engine(models("bert"), tokenizer).attribute([make_text(8, 1), make_text(8, 2)], n_steps=4)
     assert result.attributions.shape == (2, 10, 32) and result.token_scores.shape == (2, 10)
