@@ -136,9 +136,9 @@ class Scheduler:
         self.probe = None           # (length, bytes in use before, bytes per sequence) of the last probe
         self.out_of_memory_retries = 0
         self.recomputable_layers = recomputable_layers
-        # Until the first probe decides, layers are recomputed: that probe then needs the least memory.
+        # The first probe runs with layers recomputed, so that it needs the least memory, and decides.
         self._deciding = self.budget is not None and recomputable_layers > 0
-        self.recompute_layers = self._deciding
+        self.recompute_layers = False
         self._peak = 0
 
     def sequences_per_call(self, length: int, chunk_size: int | None = None) -> int | None:
@@ -177,6 +177,7 @@ class Scheduler:
         """
         self._peak = max(self._peak, self.meter.peak())
         in_use = self.meter.reset(release_freed=True)
+        self.recompute_layers |= self._deciding
         yield
         peak = self.meter.peak()
         self.probe = (length, in_use, (peak - in_use) / sequences)

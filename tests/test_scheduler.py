@@ -108,10 +108,11 @@ def test_other_runtime_errors_are_not_retried(models, tokenizer):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_recomputed_layers_change_nothing(models, tokenizer, family):
     text = make_text(25, seed=2)
-    plain = fastig.Engine(models(family), tokenizer).attribute(text, n_steps=N_STEPS)
+    plain = fastig.Engine(models(family), tokenizer).attribute(text, n_steps=N_STEPS, chunk_size=4)
+    assert not plain.stats["recompute_layers"]          # a fixed chunk size never probes, never recomputes
     engine = fastig.Engine(models(family), tokenizer)
-    engine.scheduler.recompute_layers, engine.scheduler._deciding = True, False
-    recomputed = engine.attribute(text, n_steps=N_STEPS)
+    engine.scheduler.recompute_layers = True
+    recomputed = engine.attribute(text, n_steps=N_STEPS, chunk_size=4)
     assert recomputed.stats["recompute_layers"]
     _assert_same_document(recomputed, 0, plain, "recomputed")
     assert "forward" not in vars(engine.model.base_model.encoder.layer[0] if family != "distilbert"
