@@ -62,7 +62,8 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
     differentiable in z. start, end: [G, L, H] fp32 layer outputs of baselines and inputs.
     alphas, weights: [n] fp32 quadrature rule. The G * n (document, step) pairs go through
     the model in chunks sized by `scheduler` (or `chunk_size` per call); a chunk that runs
-    out of memory is redone in halves. on_chunk: called with the number of pairs done after each chunk (progress bars).
+    out of memory is redone in halves. on_chunk: called with the number of pairs done after
+    each chunk (progress bars).
     precision: the model's forward runs under its autocast; a chunk whose gradient is not
     finite is redone in fp32 and counted in `fallbacks`.
     """
