@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .benchmarks import suite as bench_suite
+from .engine import ATTENTIONS
 from .errors import FastIGError, InputError
 from .models import OUTPUTS
 from .precision import PRECISIONS
@@ -46,6 +47,8 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--attention", default="banded", choices=ATTENTIONS,
+                   help="Longformer self-attention: banded (fastig's, the same function, faster) or model (as loaded)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model's dtype during the steps; accumulation is always fp32 "
                         "(default auto: bf16/fp16 on GPUs, fp32 on CPU)")
@@ -97,7 +100,8 @@ def _engine(args):
     from .models import load_classifier
 
     model, tokenizer = load_classifier(args.model, args.tokenizer, _device(args.device))
-    return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget)
+    return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget,
+                  attention=args.attention)
 
 
 def _attribution_kwargs(args) -> dict:

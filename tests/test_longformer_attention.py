@@ -1,0 +1,89 @@
+"""fastig's banded Longformer self-attention computes Hugging Face's function: outputs, gradients, attributions."""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from transformers import LongformerConfig, LongformerForSequenceClassification
+
+import fastig
+from fastig.longformer import banded_attention
+from fastig.models import output_captured, output_replaced
+
+from conftest import assert_close, make_text
+
+
+def _model(window: int, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    config = LongformerConfig(attention_window=window, max_position_embeddings=1026, num_hidden_layers=layers,
+                              hidden_size=hidden, num_attention_heads=heads, intermediate_size=2 * hidden,
+                              initializer_range=0.3, vocab_size=200, num_labels=3)
+    return LongformerForSequenceClassification(config).eval()
+
+
+def _logits_and_gradient(model, ids, attention_mask, global_mask, banded: bool):
+    """Logits and d(sum of softmax[:, 0])/d(embeddings output), from the same embeddings output."""
+    captured = []
+    with torch.no_grad(), output_captured(model.longformer.embeddings, captured):
+        model(input_ids=ids, attention_mask=attention_mask, global_attention_mask=global_mask)
+    z = captured[0].detach().requires_grad_(True)
+    with output_replaced(model.longformer.embeddings, z), banded_attention(model) if banded else nullcontext():
+        logits = model(input_ids=ids, attention_mask=attention_mask, global_attention_mask=global_mask).logits
+    (gradient,) = torch.autograd.grad(logits.softmax(-1)[:, 0].sum(), z)
+    return logits, gradient
+
+
+# window, length, batch, padding of the last sequence, global positions per sequence (None: no global token)
+CASES = [(8, 40, 2, 5, [[0], [0]]), (16, 96, 3, 20, None), (16, 64, 2, 40, [[0, 5], [0]]),
+         (4, 1, 1, 0, [[0]]), (32, 300, 2, 150, [[0, 1, 2], [299]]), (8, 7, 2, 3, [[], [2]])]
+
+
+@pytest.mark.parametrize("window, length, batch, padding, global_positions", CASES)
+def test_banded_attention_is_hugging_faces(window, length, batch, padding, global_positions):
+    model = _model(window)
+    ids = torch.randint(5, 200, (batch, length))
+    attention_mask = torch.ones_like(ids)
+    if padding:
+        attention_mask[-1, -padding:] = 0
+        ids[-1, -padding:] = model.config.pad_token_id
+    global_mask = torch.zeros_like(ids)
+    for row, positions in enumerate(global_positions or []):
+        global_mask[row, positions] = 1
+    expected_logits, expected_gradient = _logits_and_gradient(model, ids, attention_mask, global_mask, banded=False)
+    logits, gradient = _logits_and_gradient(model, ids, attention_mask, global_mask, banded=True)
+    assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5, what="logits")
+    assert_close(gradient, expected_gradient, rtol=1e-4, atol=1e-5 * float(expected_gradient.abs().max()),
+                 what="gradient")
+
+
+def test_banded_attention_is_restored_and_keeps_attention_maps():
+    model = _model(8)
+    ids = torch.randint(5, 200, (1, 24))
+    with torch.no_grad():
+        with banded_attention(model):
+            maps = model(input_ids=ids, output_attentions=True).attentions   # falls back to Hugging Face's
+        plain = model(input_ids=ids).logits
+    assert len(maps) == 2 and maps[0].shape[-1] == 8 + 1 + 1                 # window + token + the global CLS
+    assert all("forward" not in vars(m) for m in model.modules())
+    with torch.no_grad(), banded_attention(model):
+        assert_close(model(input_ids=ids).logits, plain, rtol=1e-5, atol=1e-5, what="logits")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_engine_results_do_not_depend_on_the_attention(models, tokenizer, precision):
+    texts = [make_text(40, seed=4), make_text(9, seed=5)]
+    runs = {attention: fastig.Engine(models("longformer"), tokenizer, precision=precision, attention=attention)
+            .attribute(texts, n_steps=8) for attention in ("model", "banded")}
+    assert runs["banded"].stats["attention"] == "banded"
+    for i in range(len(texts)):
+        expected = runs["model"].token_scores[i]
+        if precision == "fp32":
+            assert_close(runs["banded"].attributions[i], runs["model"].attributions[i], rtol=1e-4,
+                         atol=1e-5 * float(runs["model"].attributions[i].abs().max()), what=f"document {i}")
+        else:   # bf16 rounds differently in each: the low-precision contract
+            assert torch.corrcoef(torch.stack([runs["banded"].token_scores[i], expected]))[0, 1] >= 0.999
+
+
+def test_unknown_attention_is_refused(models):
+    with pytest.raises(fastig.InputError, match="attention='flash' is unknown"):
+        fastig.Engine(models("longformer"), attention="flash")
