@@ -91,6 +91,13 @@ class Batch:
     lengths: list
 
 
+def _packing_key(doc: Document):
+    """Documents share model calls only with the same kind of baseline: ids, or a constant layer output."""
+    if doc.baseline_ids is not None:
+        return "ids"
+    return None if isinstance(doc.baseline_embedding, torch.Tensor) else doc.baseline_embedding
+
+
 def _stack_if_even(rows: list[torch.Tensor]):
     return torch.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
@@ -168,9 +175,8 @@ class Engine:
             with banded_attention(self.model) if self.attention == "banded" else nullcontext():
                 while order:
                     lengths = [model_length(self.model.config, len(docs[i].input_ids)) for i in order]
-                    alone = [isinstance(docs[i].baseline_embedding, torch.Tensor) for i in order]
                     sequences = self.scheduler.sequences_per_call(lengths[0], chunk_size)
-                    group = order[:pack(lengths, alone, sequences, n_steps)]
+                    group = order[:pack(lengths, [_packing_key(docs[i]) for i in order], sequences, n_steps)]
                     order = order[len(group):]
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.

@@ -223,17 +223,17 @@ class Scheduler:
                 "out_of_memory_retries": self.out_of_memory_retries}
 
 
-def pack(lengths: list[int], alone: list[bool], sequences_per_call: int | None, n_steps: int,
-         slack: float = 0.125) -> int:
+def pack(lengths: list[int], keys: list, sequences_per_call: int | None, n_steps: int, slack: float = 0.125) -> int:
     """How many of the documents (their model lengths sorted longest first) share the next calls.
 
-    The first one and those within `slack` of its length, as many as fill one call with all
-    their steps; a document with its own baseline embedding, or of a length still to be
-    measured (sequences_per_call None), goes alone.
+    The first one and those within `slack` of its length with the same key (the kind of
+    baseline), as many as fill one call with all their steps; a document whose key is None
+    (its own baseline embedding), or of a length still to be measured (sequences_per_call
+    None), goes alone.
     """
-    room = 1 if sequences_per_call is None or alone[0] else max(1, sequences_per_call // n_steps)
+    room = 1 if sequences_per_call is None or keys[0] is None else max(1, sequences_per_call // n_steps)
     count = 1
-    while count < min(room, len(lengths)) and not alone[count] and lengths[count] >= lengths[0] * (1 - slack):
+    while count < min(room, len(lengths)) and keys[count] == keys[0] and lengths[count] >= lengths[0] * (1 - slack):
         count += 1
     return count
 

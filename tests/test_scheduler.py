@@ -176,3 +176,14 @@ def test_budget_sets_the_chunk_and_bounds_the_peak():
     assert recomputed["integrand_sum"] == pytest.approx(free["integrand_sum"], rel=1e-5)
     impossible = _memory_run(16, free["probe"]["in_use_bytes"] + 2**20)
     assert "too small" in impossible["error"]
+
+
+def test_documents_with_different_baselines_are_not_packed_together(models, tokenizer):
+    engine = fastig.Engine(models("bert"), tokenizer)
+    texts = [make_text(n, seed=n) for n in (30, 10, 29, 10)]
+    mixed = engine.attribute(texts, n_steps=N_STEPS, baseline=["pad", "zeros", "pad", "zeros"])
+    # Longest first: the first "pad" alone (it probes), the second "pad", then both "zeros" together.
+    assert mixed.stats["documents_per_group"] == [1, 1, 2]
+    for i, text in enumerate(texts):
+        _assert_same_document(mixed, i, engine.attribute(text, n_steps=N_STEPS, baseline=["pad", "zeros"][i % 2]),
+                              f"document {i}")
