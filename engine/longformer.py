@@ -9,11 +9,12 @@ outputs equal Hugging Face's to fp32 rounding.
 """
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import forwards_shadowed
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -92,14 +93,13 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     return output
 
 
-@contextmanager
 def banded_attention(model: nn.Module):
-    """Every LongformerSelfAttention of `model` runs `banded_self_attention` (attention maps are not returned)."""
+    """Every LongformerSelfAttention of `model` runs `banded_self_attention` inside the block.
+
+    Attention maps (output_attentions) and training mode still go to Hugging Face's code."""
     from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
-    layers = [m for m in model.modules() if isinstance(m, LongformerSelfAttention)]
-
-    def forward_of(attention):
+    def banded(attention):
         def forward(hidden_states, attention_mask=None, is_index_masked=None, is_index_global_attn=None,
                     is_global_attn=None, output_attentions=False):
             if output_attentions or attention.training:
@@ -108,15 +108,4 @@ def banded_attention(model: nn.Module):
             return (banded_self_attention(attention, hidden_states, attention_mask, is_index_masked,
                                           is_index_global_attn, is_global_attn),)
         return forward
-
-    shadowed = [layer.__dict__.get("forward") for layer in layers]
-    for layer in layers:
-        layer.forward = forward_of(layer)
-    try:
-        yield
-    finally:
-        for layer, forward in zip(layers, shadowed):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
+    return forwards_shadowed([m for m in model.modules() if isinstance(m, LongformerSelfAttention)], banded)

@@ -3,6 +3,7 @@
 import numbers
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -119,21 +120,33 @@ def output_captured(layer: nn.Module, store: list):
 
 
 @contextmanager
+def forwards_shadowed(modules: list[nn.Module], forward_of: Callable[[nn.Module], Callable]):
+    """Each module's `forward` is `forward_of(module)` inside the block, and its own again after.
+
+    An instance attribute shadows the class's forward, so nn.Module.__call__ (and the hooks
+    others put on the module) still run; an instance forward already there is restored.
+    """
+    shadowed = [module.__dict__.get("forward") for module in modules]
+    replacements = [forward_of(module) for module in modules]
+    for module, forward in zip(modules, replacements):
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, shadowed):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
 def output_replaced(layer: nn.Module, output: torch.Tensor):
     """The layer returns `output` instead of computing: the rest of the model runs from it.
 
     Shadowing `forward` rather than hooking the output skips the layer's own work (a
     gather and a LayerNorm over every step) and keeps hooks others put on it working.
     """
-    shadowed = layer.__dict__.get("forward")
-    layer.forward = lambda *args, **kwargs: output
-    try:
-        yield
-    finally:
-        if shadowed is None:
-            del layer.forward
-        else:
-            layer.forward = shadowed
+    return forwards_shadowed([layer], lambda module: lambda *args, **kwargs: output)
 
 
 def recomputable_layers(model: nn.Module) -> list[nn.Module]:
@@ -143,7 +156,6 @@ def recomputable_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-@contextmanager
 def layers_recomputed(model: nn.Module):
     """Each transformer layer keeps only its input for the backward pass and recomputes the rest.
 
@@ -151,16 +163,7 @@ def layers_recomputed(model: nn.Module):
     training mode): the memory of a step falls from all layers' activations to one layer's,
     for one more forward. Exact in eval mode, where nothing is random.
     """
-    layers = recomputable_layers(model)
-    shadowed = [layer.__dict__.get("forward") for layer in layers]
-    for layer in layers:
+    def recomputed(layer):
         forward = layer.forward
-        layer.forward = lambda *args, forward=forward, **kwargs: checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    try:
-        yield
-    finally:
-        for layer, forward in zip(layers, shadowed):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
+        return lambda *args, **kwargs: checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forwards_shadowed(recomputable_layers(model), recomputed)
