@@ -138,13 +138,15 @@ class Job:
     method: str = "gausslegendre"
     batch: int | None = None        # Captum's internal_batch_size; fastig: steps per call (None: its default)
     precision: str = "fp32"         # fastig only
+    attention: str = "banded"       # fastig only: Longformer self-attention, "banded" (fastig's) or "model" (HF's)
     repeats: int = 3
     device: str = "cpu"
 
     @property
     def label(self) -> str:
         if self.provider == "fastig":
-            return f"fastig {self.precision}" + (f" chunk={self.batch}" if self.batch else "")
+            return (f"fastig {self.precision}" + (" hf-attention" if self.attention == "model" else "")
+                    + (f" chunk={self.batch}" if self.batch else ""))
         return f"captum ibs={self.batch}"
 
     @property
@@ -192,7 +194,7 @@ def _engine_and_ids(job: Job):
     """The job's engine (its model built afresh in this process) and its documents' ids."""
     import fastig
     engine = fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
-                           device=job.device)
+                           device=job.device, attention=job.attention)
     return engine, random_ids(engine.model, job.documents, job.length)
 
 

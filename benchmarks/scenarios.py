@@ -87,6 +87,15 @@ def fastig_precisions(name: str, mode: str, device: str) -> list[str]:
     return names
 
 
+def fastig_jobs(name: str, mode: str, base: Job) -> list[Job]:
+    """fastig at each precision; on Longformer also fp32 with Hugging Face's attention, to show what
+    the banded attention changes (left out of the quick steps sweep on CPU, to keep that suite short)."""
+    jobs = [replace(base, precision=p) for p in fastig_precisions(name, mode, base.device)]
+    if base.model.family == "longformer" and not (mode == "quick" and base.device == "cpu" and name == "steps_sweep"):
+        jobs.append(replace(base, attention="model"))
+    return jobs
+
+
 def best_captum_batch(job: Job, candidates: tuple) -> tuple[int, dict]:
     """The internal_batch_size with the least time per step for this job's length, by a small sweep."""
     batches = [b for b in candidates if b <= max(job.n_steps, 1)] or [min(candidates)]
@@ -125,15 +134,15 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
         base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device)
         captum_jobs = [replace(base, provider="captum", batch=b)
                        for b in _captum_batches(best, first_length, length, n_steps)]
-        fastig_jobs = [replace(base, precision=p) for p in fastig_precisions(name, mode, device)]
+        fastig_runs = fastig_jobs(name, mode, base)
         results = {}
-        for job in captum_jobs + fastig_jobs:
+        for job in captum_jobs + fastig_runs:
             results[job] = in_child(measure, job)
             log(f"{name}: {job.label:<18} {length:>5} tokens x {documents} docs, {n_steps:>4} steps: "
                 f"{results[job]['seconds']:8.2f} s, peak {results[job]['peak_memory_mb']:7.0f} MB")
         seed = next(results[job] for job in captum_jobs if job.batch == CAPTUM_SEED_BATCH)
         captum_seconds = {job.batch: results[job]["seconds"] for job in captum_jobs}
-        for job in captum_jobs + fastig_jobs:
+        for job in captum_jobs + fastig_runs:
             row = _row(job, results[job], peaks)
             if job.provider == "fastig":
                 agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),

@@ -44,6 +44,10 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     # every precision the engine offers is timed in a tiny run
     providers = {r["provider"] for s in report["scenarios"] for r in s["rows"]}
     assert {f"fastig {p}" for p in PRECISIONS if p != "auto"} <= providers
+    # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
+    for section in report["scenarios"]:
+        if section["model"].startswith("Longformer"):
+            assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
 def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
