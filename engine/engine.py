@@ -170,14 +170,16 @@ class Engine:
             bar = tqdm(total=len(docs) * n_steps, unit="step", desc="attributing")
         per_doc, groups = [None] * len(docs), []
         # Longest first: the first call at a length probes its memory, and shorter ones scale from it.
-        order = sorted(range(len(docs)), key=lambda i: -model_length(self.model.config, len(docs[i].input_ids)))
+        model_lengths = [model_length(self.model.config, len(doc.input_ids)) for doc in docs]
+        order = sorted(range(len(docs)), key=lambda i: -model_lengths[i])
+        lengths, keys = [model_lengths[i] for i in order], [_packing_key(docs[i]) for i in order]
         try:
             with banded_attention(self.model) if self.attention == "banded" else nullcontext():
-                while order:
-                    lengths = [model_length(self.model.config, len(docs[i].input_ids)) for i in order]
-                    sequences = self.scheduler.sequences_per_call(lengths[0], chunk_size)
-                    group = order[:pack(lengths, [_packing_key(docs[i]) for i in order], sequences, n_steps)]
-                    order = order[len(group):]
+                first = 0
+                while first < len(order):
+                    sequences = self.scheduler.sequences_per_call(lengths[first], chunk_size)
+                    count = pack(lengths[first:], keys[first:], sequences, n_steps)
+                    group, first = order[first:first + count], first + count
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
                     results, group_stats = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
@@ -286,13 +288,17 @@ class Engine:
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
         deltas = token_sums.sum(-1) - (f_x - f_b)
+        # One copy to the host per tensor and group, not per document.
+        attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b, integrand = (
+            t.cpu() for t in (attributions, token_sums, deltas, predictions, target_index,
+                              torch.softmax(logits_x.float(), -1), f_x, f_b, path.integrand))
         results = []
         for row, length in enumerate(batch.lengths):
             results.append({
-                "attributions": attributions[row, :length].cpu(), "token_scores": normalized(token_sums[row, :length]).cpu(),
-                "delta": deltas[row].cpu(), "prediction": predictions[row].cpu(), "target": target_index[row].cpu(),
-                "probs": torch.softmax(logits_x[row].float(), -1).cpu(), "output_at_input": f_x[row].cpu(),
-                "output_at_baseline": f_b[row].cpu(), "integrand": path.integrand[row].cpu()})
+                "attributions": attributions[row, :length], "token_scores": normalized(token_sums[row, :length]),
+                "delta": deltas[row], "prediction": predictions[row], "target": targets_used[row],
+                "probs": probs[row], "output_at_input": f_x[row], "output_at_baseline": f_b[row],
+                "integrand": integrand[row]})
         seconds = {"endpoints": t1 - t0, **path.seconds, "finalize": time.perf_counter() - t2}
         seconds["total"] = time.perf_counter() - t0
         return results, {"documents": len(docs), "sequences_per_call": path.sequences_per_call,

@@ -22,8 +22,8 @@ FP32 = Precision("fp32", "cpu")   # the fallback of a low-precision chunk; autoc
 class PathIntegral:
     """The integrals of G documents' paths.
 
-    difference: [G, L, H] fp32, end - start. gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k). integrand: [G, n_steps] fp32,
-    s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions).
+    difference: [G, L, H] fp32, end - start. gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k).
+    integrand: [G, n_steps] fp32, s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions).
     sequences_per_call: the chunk sizes the model calls took, in order.
     """
     difference: torch.Tensor
