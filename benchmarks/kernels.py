@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fastig.benchmarks.common import machine
+from fastig.benchmarks.suite import slug
 
 SHAPES = [(1, 4096, 768, 16), (3, 512, 768, 48)]      # documents G, length L, hidden H, rows c per call
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -68,7 +69,7 @@ def run() -> dict:
                              "dtype": dtype_name, "bytes": moved, "triton_ms": fused_ms, "torch_ms": reference_ms,
                              "triton_gb_per_s": moved / fused_ms / 1e6, "torch_gb_per_s": moved / reference_ms / 1e6,
                              "share_of_peak": moved / (fused_ms / 1e3) / peak, "speedup": reference_ms / fused_ms})
-    return {"machine": machine("cuda"), "date": datetime.date.today().isoformat(),
+    return {"machine": machine("cuda"), "mode": "kernels", "date": datetime.date.today().isoformat(),
             "copy_peak_gb_per_s": peak / 1e9, "rows": rows}
 
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     report = run()
     text = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{report['machine']['device'].lower().replace(' ', '-')}-kernels-{report['date']}"
+    stem = args.out / slug(report)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(text)
     print(text)

@@ -154,7 +154,7 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
-def _slug(report: dict) -> str:
+def slug(report: dict) -> str:
     m = report["machine"]
     name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
     name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
@@ -163,7 +163,7 @@ def _slug(report: dict) -> str:
 
 def write(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / _slug(report)
+    stem = out / slug(report)
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
     paths[0].write_text(json.dumps(report, indent=1) + "\n")
     paths[1].write_text(markdown(report) + "\n")
