@@ -155,6 +155,7 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def slug(report: dict) -> str:
+    """<device>-<mode>-<date>: the file name of a run's results (CPU names carry the core count)."""
     m = report["machine"]
     name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
     name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
