@@ -1,50 +1,65 @@
-"""Longformer's self-attention as blocked banded attention: the same function, without the bookkeeping.
+"""Longformer's self-attention as banded attention: the same function, without the bookkeeping.
 
 Hugging Face's LongformerSelfAttention builds overlapping diagonal chunks with copies and
-fills (on the 2-core EPYC, aten::copy_ 26%, fill_ 18% and bmm 26% of a step). Here each
-block of w queries (w the one-sided window) attends the 3w keys around it plus the global
-keys, through one scaled_dot_product_attention call over all blocks; global queries attend
-everything through the global projections, as in Hugging Face. Eval mode only (no dropout);
-outputs equal Hugging Face's to fp32 rounding.
+fills (on the 2-core EPYC, aten::copy_ 26%, fill_ 18% and bmm 26% of a step). Here the local
+attention (each token attends the tokens within the one-sided window w, and the global
+tokens) runs as one attention call, by one of two kernels:
+
+- "blocks": each block of w queries attends the 3w keys around it plus the global keys,
+  through one scaled_dot_product_attention over all blocks (any device, any dtype);
+- "flex": FlexAttention with a sliding-window + global block mask, compiled (CUDA only:
+  FlexAttention has no backward pass on CPU, and attribution needs input gradients).
+
+Global queries attend everything through the global projections, as in Hugging Face. Eval
+mode only (no dropout); outputs equal Hugging Face's to fp32 rounding.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .models import forwards_shadowed
+
+KERNELS = ("blocks", "flex")
+
+
+class GlobalTokens(NamedTuple):
+    """The global tokens of a batch: is_global [B, L]; index [B, G] their positions, first
+    the real ones in order, then filler where a row has fewer than G; valid [B, G] which are real."""
+    is_global: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+
+
+def default_kernel(device: torch.device) -> str:
+    """"blocks" on every device: on the H200 it ran the 12-layer step 1.8-2.1x faster than "flex" in fp32
+    and 1.0-1.17x in bf16 (benchmarks/results/nvidia-h200-full-2026-11-26.md, model_step)."""
+    return "blocks"
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], heads, -1)                  # [B, L, E] -> [B, L, heads, d]
 
 
-def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
-                          is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
-                          is_global_attn: bool) -> torch.Tensor:
-    """LongformerSelfAttention.forward's output [B, L, E] for hidden_states [B, L, E].
-
-    attention_mask: [B, L] float, 0 for local tokens, negative for padding, positive for
-    global tokens (Hugging Face's encoding). L is a multiple of the window, as the model pads it.
-    """
-    batch, length, _ = hidden_states.shape
-    heads, head_dim, w = attention.num_heads, attention.head_dim, attention.one_sided_attn_window_size
-    blocks = length // w
-    scale = 1 / math.sqrt(head_dim)
-    query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
-    key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
+def blocks_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int) -> torch.Tensor:
+    """Local attention [B, L, h, d] of query (already scaled), key, value [B, L, h, d], by blocks of w queries."""
+    batch, length, heads, head_dim = query.shape
+    blocks, device = length // w, query.device
 
     # Keys of block b: positions b*w - w ... b*w + 2w - 1, from keys padded by w at both ends.
     def spans(x):                                                             # [B, L, h, d] -> [B, blocks, h, 3w, d]
         return F.pad(x, (0, 0, 0, 0, w, w)).unfold(1, 3 * w, w).transpose(-1, -2)
     key_spans, value_spans = spans(key), spans(value)
-    offsets = torch.arange(3 * w, device=hidden_states.device)
-    rows = torch.arange(w, device=hidden_states.device)
+    offsets = torch.arange(3 * w, device=device)
+    rows = torch.arange(w, device=device)
     distance = offsets[None, :] - rows[:, None]                 # key slot t, query row s: j - i = t - s - w
     in_band = (distance >= 0) & (distance <= 2 * w)             # |i - j| <= w
-    positions = torch.arange(blocks, device=hidden_states.device)[:, None] * w - w + offsets    # [blocks, 3w]
+    positions = torch.arange(blocks, device=device)[:, None] * w - w + offsets    # [blocks, 3w]
     inside = (positions >= 0) & (positions < length)
     lowest = torch.finfo(query.dtype).min
     # Padding and global keys leave the window (global keys come back as global columns), as in Hugging Face.
@@ -52,25 +67,83 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     key_mask = torch.where(inside, torch.where(removed, lowest, 0.0), -math.inf).to(query.dtype)
     mask = torch.where(in_band, key_mask[:, :, None, :], -math.inf)                     # [B, blocks, w, 3w]
 
-    if is_global_attn:
-        count = int(is_index_global_attn.sum(1).max())
-        order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
-        global_index, global_valid = order.indices[:, :count], order.values[:, :count].bool()      # [B, G]
-        gather = lambda x: x.gather(1, global_index[:, :, None, None].expand(-1, -1, heads, head_dim))  # noqa: E731
+    if global_tokens is not None:
+        gather = lambda x: x.gather(1, global_tokens.index[:, :, None, None].expand(-1, -1, heads, head_dim))  # noqa: E731
         expand = lambda x: x[:, None].transpose(-2, -3).expand(-1, blocks, -1, -1, -1)      # noqa: E731
         key_spans = torch.cat([expand(gather(key)), key_spans], dim=-2)
         value_spans = torch.cat([expand(gather(value)), value_spans], dim=-2)
-        global_mask = torch.where(global_valid, 0.0, -math.inf).to(query.dtype)             # [B, G]
+        global_mask = torch.where(global_tokens.valid, 0.0, -math.inf).to(query.dtype)      # [B, G]
         mask = torch.cat([global_mask[:, None, None, :].expand(-1, blocks, w, -1), mask], dim=-1)
 
     query_blocks = query.view(batch, blocks, w, heads, head_dim).transpose(2, 3)       # [B, blocks, h, w, d]
     flat = lambda x: x.reshape(batch * blocks, heads, *x.shape[-2:])  # noqa: E731
     output = F.scaled_dot_product_attention(flat(query_blocks), flat(key_spans), flat(value_spans),
                                             attn_mask=mask.reshape(batch * blocks, 1, w, -1), scale=1.0)
-    output = output.view(batch, blocks, heads, w, head_dim).transpose(2, 3).reshape(batch, length, -1)
-    output = output.masked_fill(is_index_masked[:, :, None], 0.0)
+    return output.view(batch, blocks, heads, w, head_dim).transpose(2, 3).reshape(batch, length, heads, head_dim)
 
+
+_flex = {}      # the compiled FlexAttention, and the block mask of the last attention mask seen
+
+
+def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int) -> torch.Tensor:
+    """Local attention [B, L, h, d] as `blocks_local_attention`, by FlexAttention with a block mask.
+
+    Key j is seen by query i when |i - j| <= w and j is neither padding nor global, or when j is
+    global; padding queries also see themselves (their output is zeroed later, and a row with no
+    key at all would give nan gradients). Every layer of a forward gets the same attention mask,
+    so its block mask is built once (kept while the mask tensor is alive and unchanged).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    batch, length = attention_mask.shape
+    removed = attention_mask != 0
+    is_global = global_tokens.is_global if global_tokens is not None else torch.zeros_like(removed)
+    cached = _flex.get("mask")
+    if cached is None or cached[0] is not attention_mask or cached[1] != (attention_mask._version, w):
+
+        def sees(b, h, q, k):
+            return (((q - k).abs() <= w) & ~removed[b, k]) | is_global[b, k] | (q == k)
+        block_mask = create_block_mask(sees, batch, None, length, length, device=attention_mask.device)
+        _flex["mask"] = cached = (attention_mask, (attention_mask._version, w), block_mask)
+    if query.is_cuda and "compiled" not in _flex:
+        _flex["compiled"] = torch.compile(flex_attention)
+    # Uncompiled, FlexAttention is a slow reference (it forms all L x L scores): the CPU's case, forward only.
+    kernel = _flex["compiled"] if query.is_cuda else flex_attention
+    output = kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                             block_mask=cached[2], scale=1.0)
+    return output.transpose(1, 2)
+
+
+LOCAL_ATTENTIONS = {"blocks": blocks_local_attention, "flex": flex_local_attention}
+
+
+def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                          is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
+                          is_global_attn: bool, kernel: str | None = None) -> torch.Tensor:
+    """LongformerSelfAttention.forward's output [B, L, E] for hidden_states [B, L, E].
+
+    attention_mask: [B, L] float, 0 for local tokens, negative for padding, positive for
+    global tokens (Hugging Face's encoding). L is a multiple of the window, as the model pads it.
+    kernel: "blocks" or "flex" for the local attention; None picks by device (default_kernel).
+    """
+    batch, length, _ = hidden_states.shape
+    heads, head_dim, w = attention.num_heads, attention.head_dim, attention.one_sided_attn_window_size
+    scale = 1 / math.sqrt(head_dim)
+    query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
+    key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
+    global_tokens = None
     if is_global_attn:
+        count = int(is_index_global_attn.sum(1).max())
+        order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
+        global_tokens = GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
+
+    local = LOCAL_ATTENTIONS[kernel or default_kernel(hidden_states.device)]
+    output = local(query, key, value, attention_mask, global_tokens, w)                     # [B, L, h, d]
+    output = output.reshape(batch, length, -1).masked_fill(is_index_masked[:, :, None], 0.0)
+
+    if global_tokens is not None:
+        global_index, global_valid, count = global_tokens.index, global_tokens.valid, global_tokens.index.shape[1]
         # Global tokens attend every token through the global projections; their output replaces the local one.
         global_hidden = hidden_states.gather(1, global_index[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
         global_query = _heads(attention.query_global(global_hidden) * scale, heads).transpose(1, 2)   # [B, h, G, d]
@@ -80,7 +153,7 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
         folded_query = torch.einsum("bhgd,hde->bhge", global_query, key_weight)                  # [B, h, G, E]
         key_bias = torch.einsum("bhgd,hd->bhg", global_query, attention.key_global.bias.view(heads, head_dim))
         scores = folded_query @ hidden_states[:, None].transpose(-1, -2) + key_bias[..., None]  # [B, h, G, L]
-        scores = scores.masked_fill(is_index_masked[:, None, None, :], lowest)
+        scores = scores.masked_fill(is_index_masked[:, None, None, :], torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
         mixed = probs @ hidden_states[:, None]                                                    # [B, h, G, E]
         value_weight = attention.value_global.weight.view(heads, head_dim, -1)
@@ -93,11 +166,16 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     return output
 
 
-def banded_attention(model: nn.Module):
-    """Every LongformerSelfAttention of `model` runs `banded_self_attention` inside the block.
+def banded_attention(model: nn.Module, kernel: str | None = None):
+    """Every LongformerSelfAttention of `model` runs `banded_self_attention` inside the block,
+    with the local-attention `kernel` ("blocks", "flex"; None: default_kernel of the device).
 
-    Attention maps (output_attentions) and training mode still go to Hugging Face's code."""
+    Also for plain inference: `with banded_attention(model): model(...)`. Attention maps
+    (output_attentions) and training mode still go to Hugging Face's code."""
     from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+    if kernel is not None and kernel not in KERNELS:
+        raise InputError(f"kernel={kernel!r} is unknown; allowed: {', '.join(KERNELS)}")
 
     def banded(attention):
         def forward(hidden_states, attention_mask=None, is_index_masked=None, is_index_global_attn=None,
@@ -106,6 +184,6 @@ def banded_attention(model: nn.Module):
                 return type(attention).forward(attention, hidden_states, attention_mask, is_index_masked,
                                                is_index_global_attn, is_global_attn, output_attentions)
             return (banded_self_attention(attention, hidden_states, attention_mask, is_index_masked,
-                                          is_index_global_attn, is_global_attn),)
+                                          is_index_global_attn, is_global_attn, kernel),)
         return forward
     return forwards_shadowed([m for m in model.modules() if isinstance(m, LongformerSelfAttention)], banded)
