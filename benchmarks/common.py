@@ -186,6 +186,13 @@ def _warm_up(job: Job, engine, run, n_steps: int) -> None:
     run(min(n_steps, steps))
 
 
+def _peak_memory_mb(device: str) -> float:
+    """The process's peak: CUDA memory allocated since the last reset, or the CPU's resident high-water mark."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
+
+
 def _sync(job: Job):
     return torch.cuda.synchronize if job.device == "cuda" else None
 
@@ -206,12 +213,8 @@ def measure(job: Job) -> dict:
     if job.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, times, (attributions, delta) = median_seconds(run, job.repeats, _sync(job))
-    if job.device == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:   # ru_maxrss is in KiB on Linux
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "times": times, "peak_memory_mb": peak_mb, "attributions": attributions,
-            "delta": delta, "relative_delta": _relative_delta(attributions, delta)}
+    return {"seconds": seconds, "times": times, "peak_memory_mb": _peak_memory_mb(job.device),
+            "attributions": attributions, "delta": delta, "relative_delta": _relative_delta(attributions, delta)}
 
 
 def _relative_delta(attributions: list, delta: torch.Tensor) -> float:
@@ -258,6 +261,66 @@ def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
     return out
+
+
+@dataclass(frozen=True)
+class StepJob:
+    """One model step as fastig runs it: forward from the embeddings output plus the input-gradient
+    backward, for `sequences` sequences of `length` tokens in one call."""
+    model: ModelSpec
+    length: int
+    sequences: int
+    precision: str = "fp32"
+    attention: str = "model"        # "model" (the model's own), or a banded kernel of fastig.longformer
+    repeats: int = 3
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        if self.model.family != "longformer":
+            return f"{self.model.family} {self.precision}"
+        attention = "hf-attention" if self.attention == "model" else f"banded {self.attention}"
+        return f"longformer {self.precision} {attention}"
+
+
+def model_step(job: StepJob) -> dict:
+    """Runs in a child process: median seconds of one step, its first call (compilation
+    included), and the peak memory. On CPU with the allocator setting fastig's runs have."""
+    from contextlib import nullcontext
+
+    from fastig.longformer import banded_attention
+    from fastig.models import find_layer, output_captured, output_replaced
+    from fastig.precision import resolve
+    from fastig.scheduler import retain_freed_cpu_memory
+
+    if job.device == "cpu":
+        retain_freed_cpu_memory()
+
+    model = job.model.build().to(job.device)
+    ids = random_ids(model, job.sequences, job.length).to(job.device)
+    kwargs = {}
+    if job.model.family == "longformer":     # the CLS token global, as fastig runs Longformer
+        kwargs["global_attention_mask"] = torch.zeros_like(ids)
+        kwargs["global_attention_mask"][:, 0] = 1
+    layer, captured = find_layer(model), []
+    with torch.no_grad(), output_captured(layer, captured):
+        model(input_ids=ids, **kwargs)
+    z = captured[0].float().requires_grad_(True)
+    precision = resolve(job.precision, torch.device(job.device))
+
+    def step():
+        with (output_replaced(layer, z), precision.autocast(),
+              banded_attention(model, job.attention) if job.attention != "model" else nullcontext()):
+            logits = model(input_ids=ids, **kwargs).logits
+        return torch.autograd.grad(logits[:, 0].float().sum(), z)[0]
+
+    first, _, _ = median_seconds(step, 1, _sync(job))
+    step()
+    if job.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds, times, _ = median_seconds(step, job.repeats, _sync(job))
+    return {"seconds": seconds, "times": times, "first_call_seconds": first,
+            "peak_memory_mb": _peak_memory_mb(job.device)}
 
 
 # transformers imports model code lazily, 2-3 s per process; the server pays it once.

@@ -10,7 +10,8 @@ from fastig.precision import PRECISIONS
 from fastig.quadrature import METHODS
 from fastig.reference import CaptumResult, compare
 
-from .common import CAPTUM_SEED_BATCH, Job, ModelSpec, in_child, log, measure, seconds_per_step, steps_to_tolerance
+from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, in_child, log, measure, model_step, seconds_per_step,
+                     steps_to_tolerance)
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 
@@ -18,7 +19,8 @@ TOLERANCES = (1e-2, 1e-3, 1e-4)
 @dataclass(frozen=True)
 class Sizes:
     model: ModelSpec
-    configs: tuple          # (length, documents, n_steps) per measurement; equal_accuracy searches n_steps
+    configs: tuple          # (length, documents, n_steps) per measurement; equal_accuracy searches n_steps;
+                            # model_step: (length, sequences per call, 1)
     captum_batches: tuple   # internal_batch_size candidates of the sweep
     max_steps: int = 0      # equal accuracy: the largest n_steps tried
 
@@ -58,6 +60,11 @@ SIZES = {
         "quick": Sizes(LONGFORMER_SMALL, tuple((n, 1, 4) for n in (512, 1024, 2048, 4096)), (1, 2, 4)),
         "tiny": Sizes(TINY_LONGFORMER, tuple((n, 1, 2) for n in (16, 32, 64)), (1, 2)),
     },
+    "model_step": {
+        "full": Sizes(LONGFORMER_BASE, ((512, 32, 1), (1024, 16, 1), (4096, 4, 1)), ()),
+        "quick": Sizes(replace(LONGFORMER_BASE, layers=2), ((512, 8, 1), (1024, 4, 1), (4096, 1, 1)), ()),
+        "tiny": Sizes(TINY_LONGFORMER, ((16, 4, 1), (64, 1, 1)), ()),
+    },
     "equal_accuracy": {
         "full": Sizes(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2), ((128, 1, 0),),
                       GPU_BATCHES, max_steps=4096),
@@ -73,6 +80,7 @@ TITLES = {
     "short_documents": "many short documents",
     "steps_sweep": "time and memory against n_steps",
     "length_sweep": "time and memory against length",
+    "model_step": "one model step (forward + input-gradient backward) by attention, and BERT of the same shape",
     "equal_accuracy": "steps and time to reach a relative convergence delta",
 }
 
@@ -82,6 +90,8 @@ def fastig_precisions(name: str, mode: str, device: str) -> list[str]:
     on CPU leaves out fp16 (40x slower than fp32 on the EPYC, which has no fp16 matmul units)
     and times bf16 in its headline scenario only, to stay within its minutes."""
     names = [p for p in PRECISIONS if p != "auto"]
+    if name == "model_step":    # the precisions issue 6's targets name
+        return ["fp32", "bf16"]
     if mode == "quick" and device == "cpu":
         return ["fp32", "bf16"] if name == "quick" else ["fp32"]
     return names
@@ -191,8 +201,48 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
             "ladders": ladders, "rows": rows}
 
 
+def step_attentions(device: str) -> list[str]:
+    """Hugging Face's Longformer attention and each banded kernel that runs on the device."""
+    return ["model", "blocks"] + (["flex"] if device == "cuda" else [])
+
+
+def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
+    """One step (what every (document, step) pair of IG costs) of the Longformer with each attention,
+    and of BERT with the same layers where it takes the length (its positions end at 512)."""
+    sizes = SIZES["model_step"][mode]
+    longformer = sizes.model
+    bert = ModelSpec("bert", longformer.layers, longformer.hidden, longformer.heads, max_tokens=512,
+                     initializer_range=longformer.initializer_range)
+    rows = []
+    for length, sequences, _ in sizes.configs:
+        for precision in fastig_precisions("model_step", mode, device):
+            base = StepJob(longformer, length, sequences, precision, repeats=repeats, device=device)
+            jobs = [replace(base, attention=a) for a in step_attentions(device)]
+            if length <= bert.max_tokens:
+                jobs.append(replace(base, model=bert))
+            results = {}
+            for job in jobs:
+                results[job] = in_child(model_step, job)
+                log(f"model_step: {job.label:<34} {length:>5} tokens x {sequences:>2}: "
+                    f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s), "
+                    f"peak {results[job]['peak_memory_mb']:7.0f} MB")
+            seconds = {job.attention if job.model is longformer else "bert": results[job]["seconds"] for job in jobs}
+            for job in jobs:
+                result, tokens = results[job], length * sequences
+                achieved = tokens * job.model.flops_per_token_step(length) / result["seconds"]
+                rows.append({"provider": job.label, "precision": precision, "attention": job.attention,
+                             "family": job.model.family, "length": length, "sequences": sequences, **result,
+                             "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
+                             "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
+                             "speedup_vs_hf_attention": seconds["model"] / result["seconds"],
+                             "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
+    return {"name": "model_step", "title": TITLES["model_step"], "model": longformer.describe(), "rows": rows}
+
+
 def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
     """One scenario's section of the report; `peaks` holds the measured matmul FLOP/s by precision."""
     if name == "equal_accuracy":
         return equal_accuracy(mode, repeats, device)
+    if name == "model_step":
+        return model_steps(mode, repeats, device, peaks)
     return compare_providers(name, mode, repeats, device, peaks)

@@ -92,6 +92,21 @@ def _accuracy_table(section: dict) -> list[str]:
     return lines
 
 
+def _step_table(section: dict) -> list[str]:
+    lines = ["| model, precision, attention | tokens | sequences | time (s) | first call (s) | token-steps/s | peak MB "
+             "| GFLOP/s (of matmul peak) | vs HF attention | time / BERT's |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in section["rows"]:
+        share = f" ({r['fraction_of_peak']:.1%})" if r["fraction_of_peak"] is not None else ""
+        lines.append(f"| {r['provider']} | {r['length']} | {r['sequences']} | {r['seconds']:.3g} "
+                     f"| {r['first_call_seconds']:.3g} | {r['token_steps_per_s']:.0f} | {r['peak_memory_mb']:.0f} "
+                     f"| {r['achieved_gflops']:.1f}{share} | {r['speedup_vs_hf_attention']:.2f}x "
+                     f"| {_number(r['time_vs_bert'], 3)} |")
+    lines += ["", "GFLOP/s counts useful work (a Longformer token sees its window and itself). BERT runs where its "
+              "positions reach (512 tokens); time / BERT's compares the same step of the same-shape BERT."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     m, peaks = report["machine"], report["matmul_peak_flops"]
     lines = [f"Device: **{m['device']}** ({m['cores']} cores, {m['torch_threads']} torch threads); torch {m['torch']}, "
@@ -101,9 +116,10 @@ def markdown(report: dict) -> str:
              + ", ".join(f"{name} {peaks[name] / 1e9:.0f} GFLOP/s" for name in DTYPES if name in peaks)
              + f". Suite wall time {report['seconds'] / 60:.1f} min.", ""]
     for section in report["scenarios"]:
-        lines += [f"**{section['name']}** — {section['title']}: {section['model']}; Captum's best "
-                  f"internal_batch_size by sweep: {section['captum_best_batch']}.", ""]
-        table = _accuracy_table if section["name"] == "equal_accuracy" else _comparison_table
+        sweep = (f"; Captum's best internal_batch_size by sweep: {section['captum_best_batch']}"
+                 if "captum_best_batch" in section else "")
+        lines += [f"**{section['name']}** — {section['title']}: {section['model']}{sweep}.", ""]
+        table = {"equal_accuracy": _accuracy_table, "model_step": _step_table}.get(section["name"], _comparison_table)
         lines += table(section) + [""]
     return "\n".join(lines)
 
@@ -155,11 +171,14 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def slug(report: dict) -> str:
-    """<device>-<mode>-<date>: the file name of a run's results (CPU names carry the core count)."""
+    """<device>-<mode>[-<scenario>]-<date>: the file name of a run's results (CPU names carry the core
+    count; a run of one scenario names it, so that it does not overwrite the day's run of the suite)."""
     m = report["machine"]
     name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
     name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
-    return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], report["date"]]))
+    only = report["scenarios"][0]["name"] if len(report.get("scenarios", ())) == 1 else None
+    return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], only,
+                                  report["date"]]))
 
 
 def write(report: dict, out: Path) -> list[Path]:

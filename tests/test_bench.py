@@ -46,14 +46,14 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     assert {f"fastig {p}" for p in PRECISIONS if p != "auto"} <= providers
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
-        if section["model"].startswith("Longformer"):
+        if section["model"].startswith("Longformer") and section["name"] != "model_step":
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
 def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
     report, _, _ = bench
     for section in report["scenarios"]:
-        if section["name"] == "equal_accuracy":
+        if section["name"] in ("equal_accuracy", "model_step"):
             continue
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
@@ -81,6 +81,24 @@ def test_equal_accuracy_steps_meet_their_tolerance(bench):
         ladder = dict(section["ladders"][f"{row['provider']} {row['method']}"])
         assert ladder[row["n_steps"]] <= row["tolerance"]
         assert all(rel > row["tolerance"] for n, rel in ladder.items() if n < row["n_steps"])
+
+
+def test_model_step_times_every_attention_and_bert_where_it_fits(bench):
+    report, _, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "model_step")
+    for length, sequences, _ in scenarios.SIZES["model_step"]["tiny"].configs:
+        for precision in ("fp32", "bf16"):
+            rows = {r["provider"]: r for r in section["rows"] if (r["length"], r["precision"]) == (length, precision)}
+            expected = {f"longformer {precision} hf-attention", f"longformer {precision} banded blocks"}
+            if length <= 512:
+                expected.add(f"bert {precision}")
+            assert set(rows) == expected
+            hugging_face, bert = rows[f"longformer {precision} hf-attention"], rows.get(f"bert {precision}")
+            for row in rows.values():
+                assert row["sequences"] == sequences and row["first_call_seconds"] > 0
+                assert row["token_steps_per_s"] == pytest.approx(length * sequences / row["seconds"])
+                assert row["speedup_vs_hf_attention"] == pytest.approx(hugging_face["seconds"] / row["seconds"])
+                assert row["time_vs_bert"] == (pytest.approx(row["seconds"] / bert["seconds"]) if bert else None)
 
 
 def test_markdown_and_readme_show_the_run(bench):
