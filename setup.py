@@ -14,7 +14,8 @@ setup(
     install_requires=["torch>=2.1", "transformers>=4.40", "captum>=0.7", "accelerate>=0.30",
                       "numpy", "tqdm", "pandas", "matplotlib"],
     extras_require={
-        "dev": ["pytest>=7"],
+        # transformers-interpret: a real tool on Captum, run unchanged under fastig.patch_captum() in the tests
+        "dev": ["pytest>=7", "transformers-interpret==0.10.0"],
         "triton": ["triton>=3.0; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["fastig = fastig.cli:main"]},

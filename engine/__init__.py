@@ -10,6 +10,20 @@ from .models import load_classifier
 
 __version__ = "0.1.0"
 
+
+def patch_captum():
+    """captum.attr.LayerIntegratedGradients becomes fastig.captum's drop-in everywhere (see
+    fastig.captum.patch_captum); also a context manager that undoes it on exit."""
+    from .captum import patch_captum as patch
+    return patch()
+
+
+def unpatch_captum() -> None:
+    """Captum's own LayerIntegratedGradients again, wherever patch_captum() put fastig's."""
+    from .captum import unpatch_captum as unpatch
+    unpatch()
+
+
 __all__ = ["Attribution", "Engine", "FastIGError", "InputError", "EmptyTextError", "TargetError", "MethodError",
            "BaselineError", "ModelLoadError", "LayerNotFoundError", "MemoryBudgetError",
-           "load_classifier", "__version__"]
+           "load_classifier", "patch_captum", "unpatch_captum", "__version__"]
