@@ -130,7 +130,7 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
 @dataclass(frozen=True)
 class Job:
     """One timed measurement: a provider on a model, documents of one length, one rule."""
-    provider: str                   # "fastig" | "captum"
+    provider: str                   # "fastig" | "captum" | "dropin" (Captum's code under fastig.patch_captum())
     model: ModelSpec
     length: int
     n_steps: int
@@ -147,7 +147,7 @@ class Job:
         if self.provider == "fastig":
             return (f"fastig {self.precision}" + (" hf-attention" if self.attention == "model" else "")
                     + (f" chunk={self.batch}" if self.batch else ""))
-        return f"captum ibs={self.batch}"
+        return f"{'fastig.captum' if self.provider == 'dropin' else 'captum'} ibs={self.batch}"
 
     @property
     def token_steps(self) -> int:
@@ -162,10 +162,15 @@ def _provider(job: Job, engine, ids):
             result = engine.attribute(ids, n_steps=n_steps, chunk_size=job.batch, **settings)
             return list(result.attributions), result.delta
     else:
+        from contextlib import nullcontext
+
+        from fastig import patch_captum
         from fastig.reference import captum_attribute
 
         def run(n_steps=job.n_steps):
-            result = captum_attribute(engine, ids, n_steps=n_steps, internal_batch_size=job.batch, **settings)
+            # The drop-in: the same code calling captum.attr.LayerIntegratedGradients, patched as a tool would be.
+            with patch_captum() if job.provider == "dropin" else nullcontext():
+                result = captum_attribute(engine, ids, n_steps=n_steps, internal_batch_size=job.batch, **settings)
             return result.attributions, result.delta
     return run
 

@@ -85,6 +85,11 @@ TITLES = {
 }
 
 
+# Where the suite also times fastig.captum's drop-in class, run by the Captum provider's own code
+# under fastig.patch_captum(), with the largest internal_batch_size Captum ran at.
+DROP_IN_SCENARIOS = ("quick", "short_documents")
+
+
 def fastig_precisions(name: str, mode: str, device: str) -> list[str]:
     """Every precision the engine offers by name ("auto" resolves to one of them). A quick run
     on CPU leaves out fp16 (40x slower than fp32 on the EPYC, which has no fp16 matmul units)
@@ -145,6 +150,8 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
         captum_jobs = [replace(base, provider="captum", batch=b)
                        for b in _captum_batches(best, first_length, length, n_steps)]
         fastig_runs = fastig_jobs(name, mode, base)
+        if name in DROP_IN_SCENARIOS:
+            fastig_runs.append(replace(captum_jobs[-1], provider="dropin"))
         results = {}
         for job in captum_jobs + fastig_runs:
             results[job] = in_child(measure, job)
@@ -154,7 +161,7 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
         captum_seconds = {job.batch: results[job]["seconds"] for job in captum_jobs}
         for job in captum_jobs + fastig_runs:
             row = _row(job, results[job], peaks)
-            if job.provider == "fastig":
+            if job.provider != "captum":
                 agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),
                                     CaptumResult(seed["attributions"], seed["delta"], 0.0))
                 row.update(rel_l2_vs_captum=agreement.rel_l2, pearson_vs_captum=agreement.pearson,

@@ -171,13 +171,14 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def slug(report: dict) -> str:
-    """<device>-<mode>[-<scenario>]-<date>: the file name of a run's results (CPU names carry the core
-    count; a run of one scenario names it, so that it does not overwrite the day's run of the suite)."""
+    """<device>-<mode>[-<scenario>...]-<date>: the file name of a run's results (CPU names carry the core
+    count; a run of some scenarios names them, so that it does not overwrite the day's run of the suite)."""
     m = report["machine"]
     name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
     name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
-    only = report["scenarios"][0]["name"] if len(report.get("scenarios", ())) == 1 else None
-    return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], only,
+    names = [s["name"] for s in report.get("scenarios", ())]
+    some = names if names and set(names) != set(scenarios.SIZES) else []
+    return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], *some,
                                   report["date"]]))
 
 

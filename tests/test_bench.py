@@ -44,6 +44,10 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     # every precision the engine offers is timed in a tiny run
     providers = {r["provider"] for s in report["scenarios"] for r in s["rows"]}
     assert {f"fastig {p}" for p in PRECISIONS if p != "auto"} <= providers
+    # fastig.captum's drop-in class (Captum's calling code, patched) where the suite times it
+    for section in report["scenarios"]:
+        if section["name"] in scenarios.DROP_IN_SCENARIOS:
+            assert any(r["provider"].startswith("fastig.captum ibs=") for r in section["rows"]), section["name"]
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
         if section["model"].startswith("Longformer") and section["name"] != "model_step":
