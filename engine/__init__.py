@@ -4,8 +4,8 @@ Importing fastig imports neither triton nor captum, and queries no GPU.
 """
 
 from .engine import Attribution, Engine
-from .errors import (BaselineError, EmptyTextError, FastIGError, InputError, LayerNotFoundError, MemoryBudgetError,
-                     MethodError, ModelLoadError, TargetError)
+from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, InputError, LayerNotFoundError,
+                     MemoryBudgetError, MethodError, ModelLoadError, TargetError)
 from .models import load_classifier
 
 __version__ = "0.1.0"
@@ -25,5 +25,5 @@ def unpatch_captum() -> None:
 
 
 __all__ = ["Attribution", "Engine", "FastIGError", "InputError", "EmptyTextError", "TargetError", "MethodError",
-           "BaselineError", "ModelLoadError", "LayerNotFoundError", "MemoryBudgetError",
+           "BaselineError", "DataError", "ModelLoadError", "LayerNotFoundError", "MemoryBudgetError",
            "load_classifier", "patch_captum", "unpatch_captum", "__version__"]

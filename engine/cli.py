@@ -1,4 +1,4 @@
-"""The `fastig` command: attribute, check, demo and bench. Errors print one line and exit 2."""
+"""The `fastig` command: attribute, check, demo, dataset, aggregate and bench. Errors print one line and exit 2."""
 
 import argparse
 import json
@@ -29,22 +29,9 @@ def _target(value: str):
         raise argparse.ArgumentTypeError(f"--target {value!r}: give a class index or 'predicted'")
 
 
-def _add_attribution_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="local folder or hub name of a sequence classifier")
     p.add_argument("--tokenizer", help="tokenizer folder or hub name, if not the model's")
-    p.add_argument("--text", action="append", help="a document (repeat for several)")
-    p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
-    p.add_argument("--target", type=_target, default=None, help="class index, or 'predicted' (default)")
-    p.add_argument("--n-steps", type=int, default=50)
-    p.add_argument("--method", default="gausslegendre", choices=METHODS)
-    p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
-    p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
-    p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
-                                                  "(default: sized from the memory budget)")
-    p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
-                   help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
-                        "(default: %(default)s)")
-    p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--attention", default="banded", choices=ATTENTIONS,
@@ -52,6 +39,36 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model's dtype during the steps; accumulation is always fp32 "
                         "(default auto: bf16/fp16 on GPUs, fp32 on CPU)")
+    p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
+                   help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
+                        "(default: %(default)s)")
+
+
+def _add_rule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--method", default="gausslegendre", choices=METHODS)
+    p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
+    p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
+    p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
+
+
+def _add_attribution_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    _add_rule_args(p)
+    p.add_argument("--text", action="append", help="a document (repeat for several)")
+    p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
+    p.add_argument("--target", type=_target, default=None, help="class index, or 'predicted' (default)")
+    p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
+                                                  "(default: sized from the memory budget)")
+
+
+def _dataset_target(value: str):
+    if value in ("label", "predicted"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target {value!r}: give label, predicted or a class index")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--documents", type=int, default=5, help="held-out reviews to explain")
     p.add_argument("--top-k", type=int, default=8)
+
+    p = commands.add_parser("dataset", help="attribute a whole data set into resumable shards")
+    _add_model_args(p)
+    _add_rule_args(p)
+    p.add_argument("--data", required=True,
+                   help="a CSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
+    p.add_argument("--split", default="test", help="split of a save_to_disk folder or hub data set (default: test)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="labels", help="class ids or label names ('' for none; default: labels)")
+    p.add_argument("--limit", type=int, help="only the first N documents")
+    p.add_argument("--target", type=_dataset_target, default="predicted",
+                   help="label (each document's label), predicted (default) or a class index")
+    p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
+    p.add_argument("--shard-size", type=int, default=32, help="documents per shard written (default 32)")
+    p.add_argument("--out", type=Path, required=True, help="output folder; the same command resumes a stopped run")
+
+    p = commands.add_parser("aggregate", help="rank tokens per class over a `fastig dataset` run")
+    p.add_argument("run", type=Path, help="the --out folder of `fastig dataset`")
+    p.add_argument("--by", default="label", choices=("label", "predicted"), help="class of a document (default label)")
+    p.add_argument("--merge-subwords", action="store_true", help="merge subword pieces into words (## and Ġ/▁)")
+    p.add_argument("--top", type=int, default=10, help="tokens printed per class and end (default 10)")
+    p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-words])")
 
     p = commands.add_parser("bench", help="time fastig against Captum in one run; write JSON, markdown and a plot")
     bench_suite.build_parser(p)
@@ -172,12 +211,72 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.n_steps, args.documents, args.top_k)
 
 
+def cmd_dataset(args) -> int:
+    import torch
+    import transformers
+
+    from . import __version__
+    from .dataset import class_ids, read_rows, run_dataset
+    from .errors import TargetError
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: give at least 1")
+    rows = read_rows(args.data, args.split, args.text_column, args.label_column or None, args.limit,
+                     need_labels=args.target == "label")
+    engine = _engine(args)
+    config = engine.model.config
+    if isinstance(args.target, int) and not 0 <= args.target < config.num_labels:
+        raise TargetError(f"--target {args.target} is out of range: the model has {config.num_labels} classes")
+    rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
+    settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
+                "data": args.data, "split": args.split, "text_column": args.text_column,
+                "label_column": args.label_column, "limit": args.limit, "target": args.target,
+                "n_steps": args.n_steps, "method": args.method, "baseline": args.baseline, "output": args.output,
+                "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
+                "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
+    versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    summary = run_dataset(engine, rows, args.out, settings, versions, args.target, args.top_k, args.shard_size,
+                          n_steps=args.n_steps, method=args.method, baseline=args.baseline, output=args.output,
+                          max_length=args.max_length)
+    rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
+    print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now "
+          f"({rate:.0f} token-steps/s), {summary['resumed_with']} from before, {summary['skipped']} skipped "
+          "(skipped.csv); documents.jsonl, documents.csv")
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    import csv
+
+    from .aggregate import class_file_name, class_rankings, per_document, read_run
+
+    records, manifest = read_run(args.run)
+    labels = manifest["settings"].get("labels", {})
+    out = args.out or args.run / f"aggregate-by-{args.by}{'-words' if args.merge_subwords else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    rankings = class_rankings(records, args.by, args.merge_subwords)
+    for cls in sorted(rankings):
+        rows = rankings[cls]
+        with open(out / class_file_name(cls, labels), "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("token", "sum", "mean", "count", "documents"), *rows])
+        documents = sum(1 for r in records if r["label" if args.by == "label" else "prediction"] == cls)
+        print(f"class {cls} ({labels.get(str(cls), cls)}), {documents} documents by {args.by}, {len(rows)} tokens")
+        print(f"  {'highest sum':<30}{'lowest sum':<30}")
+        for high, low in zip(rows[:args.top], rows[::-1][:args.top]):
+            print(f"  {high[0][:18]:<18}{high[1]:+9.4f}   {low[0][:18]:<18}{low[1]:+9.4f}")
+    with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("id", "token", "sum", "count"), *per_document(records, args.merge_subwords)])
+    print(f"wrote {len(rankings)} class files and per_document.csv to {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     bench_suite.main(args)
     return 0
 
 
-COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo, "dataset": cmd_dataset,
+            "aggregate": cmd_aggregate, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:
@@ -189,5 +288,6 @@ def main(argv=None) -> int:
         print(f"fastig {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastig {args.command}: interrupted", file=sys.stderr)
+        resume = "; run the same command again to continue where it stopped" if args.command == "dataset" else ""
+        print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
         return 130

@@ -25,6 +25,11 @@ class BaselineError(InputError):
     """An unknown baseline name, or baseline ids/embeddings of the wrong shape."""
 
 
+class DataError(InputError):
+    """A data set that cannot be read or used: a missing file or column, labels that are not class
+    ids, or an output folder holding a run with other settings."""
+
+
 class MemoryBudgetError(FastIGError):
     """The memory budget, or the device's memory, cannot hold even one sequence of a document."""
 
