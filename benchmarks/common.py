@@ -188,7 +188,7 @@ def _warm_up(job: Job, engine, run, n_steps: int) -> None:
     while job.provider == "fastig" and steps is None:   # the probe; a second one if it keeps all activations
         run(min(n_steps, max(PROBE_SEQUENCES, 2)))     # 2: the fewest steps every rule takes
         steps = engine.scheduler.sequences_per_call(length)
-    run(min(n_steps, steps))
+    run(max(2, min(n_steps, steps)))                    # Captum's trapezoid rule refuses 1 step
 
 
 def _peak_memory_mb(device: str) -> float:
