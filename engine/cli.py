@@ -1,4 +1,5 @@
-"""The `fastig` command: attribute, check, demo, dataset, aggregate and bench. Errors print one line and exit 2."""
+"""The `fastig` command: attribute, check, demo, dataset, aggregate, report and bench. Errors print one line
+and exit 2."""
 
 import argparse
 import json
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="tokens printed per class and end (default 10)")
     p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-words])")
 
+    p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
+    p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and one page per document")
+    p.add_argument("--merge-subwords", action="store_true", help="highlight words, not subword pieces")
+    p.add_argument("--by", default="label", choices=("label", "predicted"), help="class of a document in the charts")
+
     p = commands.add_parser("bench", help="time fastig against Captum in one run; write JSON, markdown and a plot")
     bench_suite.build_parser(p)
     return parser
@@ -180,9 +187,13 @@ def cmd_attribute(args) -> int:
     print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
           f"({stats['seconds']['total']:.2f} s; {_memory_line(stats)}; {stats['fallbacks']} chunks redone in fp32)")
     if args.out:
+        from .report import load, write_report
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.to_dict(args.top_k)))
-        print(f"wrote {args.out}")
+        labels = {str(k): v for k, v in engine.model.config.id2label.items()}
+        args.out.write_text(json.dumps({**result.to_dict(args.top_k), "labels": labels}))
+        index = write_report(*load(args.out)[:3], args.out.with_suffix(".report"), f"fastig: {args.out.name}")
+        print(f"wrote {args.out} and the HTML report {index}")
     return 0
 
 
@@ -270,13 +281,22 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import load, write_report
+
+    records, labels, alphas, title = load(args.source)
+    index = write_report(records, labels, alphas, args.out, title, args.merge_subwords, args.by)
+    print(f"wrote {len(records)} document pages and {index}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     bench_suite.main(args)
     return 0
 
 
 COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo, "dataset": cmd_dataset,
-            "aggregate": cmd_aggregate, "bench": cmd_bench}
+            "aggregate": cmd_aggregate, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

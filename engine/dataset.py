@@ -178,7 +178,8 @@ def _record(row: Row, result, i: int, special_ids: set, top_k: int) -> dict:
             "delta": float(result.delta[i]), "output_at_input": float(result.output_at_input[i]),
             "output_at_baseline": float(result.output_at_baseline[i]), "tokens": result.tokens[i],
             "special_positions": [p for p, t in enumerate(result.input_ids[i].tolist()) if t in special_ids],
-            "token_scores": scores.tolist(), "top": [vars(t) for t in top], "bottom": [vars(t) for t in bottom]}
+            "token_scores": scores.tolist(), "top": [vars(t) for t in top], "bottom": [vars(t) for t in bottom],
+            "integrand": result.integrand[i].tolist()}
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: dict, target, top_k: int = 20,

@@ -141,6 +141,7 @@ def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> 
     from .cli import print_result
     from .engine import Engine
     from .reference import captum_attribute, compare
+    from .report import records_from_result, write_report
 
     model, tokenizer, metrics = demo_model()
     print(f"demo model: all-MiniLM-L6-v2 fine-tuned on {metrics['train']} Rotten Tomatoes snippets, "
@@ -172,5 +173,10 @@ def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> 
                   "probability": float(result.probs[i, result.prediction[i]]),
                   "delta": float(result.delta[i]), "captum_delta": float(captum.delta[i])}
                  for i in range(len(result))).to_csv(out / "documents.csv", index=False)
-    print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'}")
+    records = records_from_result(result.to_dict(k))
+    for record, label in zip(records, labels):
+        record["label"] = label
+    index = write_report(records, {str(i): name for i, name in LABELS.items()}, result.alphas.tolist(),
+                         out / "report", "fastig demo: movie reviews")
+    print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'} and the HTML report {index}")
     return 0

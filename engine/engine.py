@@ -55,6 +55,21 @@ class Attribution:
         """The k most positive and k most negative tokens of document `doc`."""
         return top_bottom(self.tokens[doc], self.token_scores[doc], k)
 
+    def to_captum_record(self, doc: int = 0, true_label=None):
+        """Document `doc` as captum.attr.visualization.VisualizationDataRecord, for visualize_text."""
+        from captum.attr import visualization
+
+        prediction = int(self.prediction[doc])
+        return visualization.VisualizationDataRecord(self.token_scores[doc], float(self.probs[doc, prediction]), prediction,
+                                       true_label, int(self.target[doc]), float(self.token_scores[doc].sum()),
+                                       self.tokens[doc], float(self.delta[doc]))
+
+    def _repr_html_(self) -> str:
+        """Captum's visualize_text table of every document, for notebooks."""
+        from .report import captum_record_table, records_from_result
+
+        return captum_record_table(records_from_result(self.to_dict()), {})
+
     def to_dict(self, k: int = 20) -> dict:
         """JSON-ready summary per document (no hidden-size tensors)."""
         documents = []

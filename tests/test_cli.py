@@ -99,7 +99,9 @@ def test_demo_fine_tunes_once_then_reuses_the_cache(tmp_path, monkeypatch, capsy
     assert main(["demo", "--out", str(out), "--n-steps", "4", "--documents", "2"]) == 0
     printed = capsys.readouterr().out
     assert "held-out accuracy" in printed and "Captum LayerIntegratedGradients" in printed
-    assert {p.name for p in out.iterdir()} == {"result.json", "documents.csv", "token_scores.csv"}
+    assert {p.name for p in out.iterdir()} == {"result.json", "documents.csv", "token_scores.csv", "report"}
+    assert str(out / "report" / "index.html") in printed
+    assert {p.name for p in (out / "report").iterdir()} == {"index.html", "document-0.html", "document-1.html"}
     assert len(json.loads((out / "result.json").read_text())["documents"]) == 2
 
     monkeypatch.setattr(demo, "fine_tune", lambda *a, **k: pytest.fail("the cached model was not reused"))

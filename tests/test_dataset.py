@@ -106,9 +106,11 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_one(model_dir, data_fi
     resumed, uninterrupted = _records(out), _records(tmp_path / "uninterrupted")
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     for a, b in zip(resumed, uninterrupted):
-        numbers = ("token_scores", "delta", "probability", "output_at_input", "output_at_baseline", "top", "bottom")
+        numbers = ("token_scores", "delta", "probability", "output_at_input", "output_at_baseline", "top", "bottom",
+                   "integrand")
         assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
         assert a["token_scores"] == pytest.approx(b["token_scores"], abs=1e-6)     # unit-norm per document
+        assert a["integrand"] == pytest.approx(b["integrand"], rel=1e-5, abs=1e-7)
         for key in ("delta", "probability", "output_at_input", "output_at_baseline"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
     assert sorted(json.loads((out / "index.json").read_text())) == [f"{i:05d}.jsonl" for i in range(11)]

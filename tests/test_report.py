@@ -1,0 +1,163 @@
+"""HTML reports, rendered by a real browser (headless Chromium): they show what they claim, and run nothing."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastig.report import color, document_page, index_page, integrand_svg, write_report
+
+from test_cli import exit_code
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+BROWSER = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+
+ATTACK = "<script>alert(1)</script>"
+
+
+def _record(i: int, n_tokens: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    tokens = ["[CLS]"] + [f"w{j}" for j in range(n_tokens - 2)] + ["[SEP]"]
+    scores = rng.uniform(-1, 1, n_tokens)
+    scores /= np.linalg.norm(scores)
+    ranked = sorted(range(n_tokens), key=lambda p: -scores[p])
+    entry = lambda p: {"position": p, "token": tokens[p], "score": float(scores[p])}  # noqa: E731
+    return {"id": i, "label": i % 2, "prediction": 1, "probability": 0.8, "target": 1, "delta": 1e-4,
+            "output_at_input": 0.8, "output_at_baseline": 0.3, "tokens": tokens, "token_scores": scores.tolist(),
+            "special_positions": [0, n_tokens - 1], "top": [entry(p) for p in ranked[:5]],
+            "bottom": [entry(p) for p in ranked[::-1][:5]], "integrand": rng.normal(size=8).tolist()}
+
+
+def _browser(*args) -> subprocess.CompletedProcess:
+    if BROWSER is None:
+        pytest.fail("no headless Chromium: .ci/run installs chromium-headless-shell from the Debian packages")
+    return subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _rendered_height(page: Path) -> int:
+    """The page's laid-out height in the browser (a copy of the page reports it into the DOM)."""
+    probe = page.with_name(f"probe-{page.name}")
+    probe.write_text(page.read_text().replace(
+        "</body>", "<script>document.body.dataset.height = document.documentElement.scrollHeight;</script></body>"))
+    dom = _browser("--dump-dom", probe.as_uri()).stdout
+    return int(re.search(r'data-height="(\d+)"', dom).group(1))
+
+
+def _screenshot(page: Path, height: int = 900) -> np.ndarray:
+    import matplotlib.image
+
+    shot = page.with_suffix(".png")
+    _browser(f"--screenshot={shot}", f"--window-size=1200,{height}", page.as_uri())
+    return matplotlib.image.imread(shot)[..., :3]
+
+
+def _greens_and_reds(pixels: np.ndarray) -> tuple[int, int]:
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    green = (g > r + 0.15) & (g > b + 0.15)
+    red = (r > g + 0.15) & (r > b + 0.15)
+    return int(green.sum()), int(red.sum())
+
+
+def test_colors_follow_captum():
+    assert color(1.0) == "hsl(120, 75%, 50%)" and color(-1.0) == "hsl(0, 75%, 60%)"
+    assert color(0.0) == "hsl(0, 75%, 100%)" and color(3.0) == color(1.0)
+
+
+def test_a_page_shows_positive_tokens_green_and_negative_red(tmp_path):
+    only_positive, only_negative = _record(0, 30), _record(1, 30)
+    only_positive["token_scores"] = [0.0] + [0.9] * 28 + [0.0]
+    only_negative["token_scores"] = [0.0] + [-0.9] * 28 + [0.0]
+    counts = {}
+    for name, record in (("positive", only_positive), ("negative", only_negative)):
+        page = tmp_path / f"{name}.html"
+        page.write_text(document_page(record, {}, [0.1 * i for i in range(8)]))
+        pixels = _screenshot(page)
+        assert pixels.std() > 0.05, f"{name}: the page rendered blank"
+        counts[name] = _greens_and_reds(pixels)
+    assert counts["positive"][0] > 2000 and counts["positive"][1] < counts["positive"][0] / 20
+    assert counts["negative"][1] > 2000 and counts["negative"][0] < counts["negative"][1] / 20
+
+
+def test_page_height_grows_with_the_document(tmp_path):
+    heights = []
+    for n_tokens in (20, 2000):
+        page = tmp_path / f"doc-{n_tokens}.html"
+        page.write_text(document_page(_record(0, n_tokens), {}, [0.1 * i for i in range(8)]))
+        heights.append(_rendered_height(page))
+    assert heights[1] > heights[0] + 500
+
+
+def test_tokens_and_labels_are_text_and_run_nothing(tmp_path):
+    record = _record(0, 10)
+    record["tokens"][3] = ATTACK
+    record["tokens"][4] = 'say "hi" & <b>bye</b>'
+    record["top"][0]["token"] = ATTACK
+    labels = {"0": ATTACK, "1": "fine & dandy"}
+    index = write_report([record], labels, [0.5], tmp_path / "report", f"title {ATTACK}")
+    for page in (index, tmp_path / "report" / "document-0.html"):
+        source = page.read_text()
+        assert ATTACK not in source and html.escape(ATTACK) in source
+        dom = _browser("--dump-dom", page.as_uri()).stdout
+        assert "alert(1)" not in "".join(re.findall(r"<script[^>]*>(.*?)</script>", dom, flags=re.S))
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom          # shown as text
+        assert "<b>bye</b>" not in dom
+
+
+def test_index_lists_every_document_sortably_with_class_charts(tmp_path):
+    records = [_record(i, 12 + i, seed=i) for i in range(6)]
+    index = write_report(records, {"0": "neg", "1": "pos"}, [0.5], tmp_path / "report", "six documents")
+    source = index.read_text()
+    for r in records:
+        assert f'href="document-{r["id"]}.html"' in source and (tmp_path / "report" / f"document-{r['id']}.html").exists()
+    assert source.count("data:image/png;base64,") == 4          # 2 classes x (by sum, by mean)
+    assert "http" not in source.replace("http://www.w3.org/2000/svg", "")   # nothing fetched
+    pixels = _screenshot(index, 1400)
+    assert pixels.std() > 0.05
+    greens, reds = _greens_and_reds(pixels)
+    assert greens > 500 and reds > 500                          # the charts' bars
+
+
+def test_integrand_svg_plots_every_point():
+    svg = integrand_svg([0.1, 0.5, 0.9], [1.0, -2.0, 3.0])
+    assert svg.count(",") >= 3 and "polyline" in svg
+
+
+def test_report_command_on_a_result_json(saved_model, tmp_path, capsys):
+    model = str(saved_model("bert"))
+    out = tmp_path / "result.json"
+    assert exit_code(["attribute", "--model", model, "--text", "the good movie", "--text", f"a bad {ATTACK} plot",
+                      "--n-steps", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out.with_suffix(".report") / "index.html") in printed
+    assert exit_code(["report", str(out), "--out", str(tmp_path / "again"), "--merge-subwords"]) == 0
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["document-0.html", "document-1.html",
+                                                                      "index.html"]
+    labels = json.loads(out.read_text())["labels"]
+    assert labels == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
+
+
+def test_report_of_something_else_is_refused(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("[1, 2]")
+    assert exit_code(["report", str(tmp_path / "x.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "neither a `fastig dataset` folder nor a result.json" in capsys.readouterr().err
+
+
+def test_attribution_renders_in_notebooks_and_as_a_captum_record(models, tokenizer):
+    from captum.attr import visualization
+
+    import fastig
+    result = fastig.Engine(models("bert"), tokenizer).attribute(["the good movie", "bad & plot"], n_steps=4)
+    markup = result._repr_html_()
+    assert markup.count("<tr>") == 3 and ">&amp;</mark>" in markup and ">&</mark>" not in markup
+    record = result.to_captum_record(1, true_label=0)
+    assert isinstance(record, visualization.VisualizationDataRecord)
+    rendered = visualization.visualize_text([record], legend=False).data    # Captum's own renderer takes it
+    assert all(f" {token} " in rendered for token in ("bad", "plot"))
+    assert record.raw_input_ids == result.tokens[1] and record.true_class == 0
+    assert record.attr_score == pytest.approx(float(result.token_scores[1].sum()))
