@@ -61,6 +61,13 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=_target, default=None, help="class index, or 'predicted' (default)")
     p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
                                                   "(default: sized from the memory budget)")
+    _add_processes_arg(p, "each document's steps")
+
+
+def _add_processes_arg(p: argparse.ArgumentParser, shared: str) -> None:
+    p.add_argument("--processes", type=int, default=1,
+                   help=f"split {shared} over N processes on this machine (runs accelerate launch; "
+                        "on several machines use accelerate launch yourself)")
 
 
 def _dataset_target(value: str):
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label (each document's label), predicted (default) or a class index")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int, default=32, help="documents per shard written (default 32)")
+    _add_processes_arg(p, "the documents")
     p.add_argument("--out", type=Path, required=True, help="output folder; the same command resumes a stopped run")
 
     p = commands.add_parser("aggregate", help="rank tokens per class over a `fastig dataset` run")
@@ -141,11 +149,17 @@ def _device(name: str | None):
     return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _engine(args):
+def _engine(args, state=None):
+    """The engine of the command's model; in a launched process (state), on that process's GPU if there are GPUs."""
     from .engine import Engine
     from .models import load_classifier
 
-    model, tokenizer = load_classifier(args.model, args.tokenizer, _device(args.device))
+    import torch
+
+    device = _device(args.device)
+    if state is not None and device.type == "cuda":
+        device = torch.device(f"cuda:{state.local_process_index}")
+    model, tokenizer = load_classifier(args.model, args.tokenizer, device)
     return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget,
                   attention=args.attention)
 
@@ -179,9 +193,17 @@ def _memory_line(stats: dict) -> str:
 
 
 def cmd_attribute(args) -> int:
+    from .distributed import StepShare, launched, process_state
+
     texts = _texts(args)
-    engine = _engine(args)
-    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **_attribution_kwargs(args))
+    state = process_state() if launched() else None
+    engine = _engine(args, state)
+    if state is not None:
+        engine.steps_share = StepShare(state)
+    main_process = state is None or state.is_main_process
+    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
+    if not main_process:
+        return 0
     print_result(result, engine.model.config.id2label, args.top_k)
     stats = result.stats
     print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
@@ -228,13 +250,15 @@ def cmd_dataset(args) -> int:
 
     from . import __version__
     from .dataset import class_ids, read_rows, run_dataset
+    from .distributed import launched, process_state
     from .errors import TargetError
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
     rows = read_rows(args.data, args.split, args.text_column, args.label_column or None, args.limit,
                      need_labels=args.target == "label")
-    engine = _engine(args)
+    state = process_state() if launched() else None
+    engine = _engine(args, state)
     config = engine.model.config
     if isinstance(args.target, int) and not 0 <= args.target < config.num_labels:
         raise TargetError(f"--target {args.target} is out of range: the model has {config.num_labels} classes")
@@ -247,8 +271,10 @@ def cmd_dataset(args) -> int:
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     summary = run_dataset(engine, rows, args.out, settings, versions, args.target, args.top_k, args.shard_size,
-                          n_steps=args.n_steps, method=args.method, baseline=args.baseline, output=args.output,
-                          max_length=args.max_length)
+                          state=state, n_steps=args.n_steps, method=args.method, baseline=args.baseline,
+                          output=args.output, max_length=args.max_length)
+    if state is not None and not state.is_main_process:
+        return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
     print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now "
           f"({rate:.0f} token-steps/s), {summary['resumed_with']} from before, {summary['skipped']} skipped "
@@ -299,9 +325,31 @@ COMMANDS = {"attribute": cmd_attribute, "check": cmd_check, "demo": cmd_demo, "d
             "aggregate": cmd_aggregate, "report": cmd_report, "bench": cmd_bench}
 
 
+def _without_processes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        processes = getattr(args, "processes", 1)
+        if processes < 1:
+            raise InputError(f"--processes {processes}: give 1 or more")
+        if processes > 1:
+            from .distributed import launched, relaunch
+
+            if launched():
+                raise InputError("--processes inside accelerate launch: give one or the other")
+            return relaunch(_without_processes(argv), processes)
         return COMMANDS[args.command](args)
     except FastIGError as err:
         message = " ".join(str(err).split())   # one line, whatever the wrapped library said

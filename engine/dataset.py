@@ -3,7 +3,7 @@
 out/
   manifest.json     the settings (compared on resume) and library versions
   skipped.csv       documents left out, with the reason (empty texts)
-  shards/NNNNN.jsonl  one record per document, written whole: temp file, fsync, rename
+  shards/R-NNNNN.jsonl  one record per document, written whole by process R: temp file, fsync, rename
   index.json        which ids each shard holds (rebuilt from the shards on every start)
   documents.jsonl   all records sorted by id, and documents.csv one line per document,
                     written once every document is done
@@ -147,8 +147,9 @@ def _write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def check_manifest(out: Path, settings: dict, versions: dict) -> None:
-    """Start a run in `out`, or resume one with the same settings; a difference is refused by name."""
+def check_manifest(out: Path, settings: dict, versions: dict, write: bool = True) -> None:
+    """Start a run in `out` (the manifest written if `write`), or resume one with the same settings;
+    a difference is refused by name."""
     path = out / "manifest.json"
     if path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))["settings"]
@@ -158,7 +159,8 @@ def check_manifest(out: Path, settings: dict, versions: dict) -> None:
             raise DataError(f"--out {str(out)!r} holds a run with other settings: {'; '.join(changed)}; "
                             "run with the same settings to resume it, or use another --out")
         return
-    _write_atomically(path, json.dumps({"settings": settings, "versions": versions}, indent=1) + "\n")
+    if write:
+        _write_atomically(path, json.dumps({"settings": settings, "versions": versions}, indent=1) + "\n")
 
 
 def shards(out: Path) -> list[Path]:
@@ -183,50 +185,64 @@ def _record(row: Row, result, i: int, special_ids: set, top_k: int) -> dict:
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: dict, target, top_k: int = 20,
-                shard_size: int = 32, progress: bool = True, **attribute_kwargs) -> dict:
+                shard_size: int = 32, progress: bool = True, state=None, **attribute_kwargs) -> dict:
     """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
 
     target: "label", "predicted" or a class index. attribute_kwargs go to Engine.attribute
-    (n_steps, method, baseline, output, max_length). Returns counts and timings of this call.
+    (n_steps, method, baseline, output, max_length). state: accelerate's PartialState when
+    several processes share the rows (fastig.distributed): each takes every N-th of the
+    pending rows, longest first, and writes its own shards; the main process merges.
+    Returns counts and timings of this call (this process's share).
     """
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size}: give at least 1 document per shard")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(exist_ok=True)
-    check_manifest(out, settings, versions)
-    for stale in (out / "shards").glob(".*.tmp"):   # a shard a stopped run did not finish
+    rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
+    wait = (lambda: None) if state is None else state.wait_for_everyone
+    if rank == 0:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+    wait()
+    check_manifest(out, settings, versions, write=rank == 0)
+    for stale in (out / "shards").glob(f".{rank}-*.tmp"):   # a shard this process did not finish last time
         stale.unlink()
 
     reasons, lengths = {}, {}
     for row in rows:
         reasons[row.id], lengths[row.id] = _skip_reason(row.text, engine.tokenizer)
     skipped = [(i, reason) for i, reason in reasons.items() if reason is not None]
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([("id", "reason"), *skipped])
-    _write_atomically(out / "skipped.csv", buffer.getvalue())
+    if rank == 0:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([("id", "reason"), *skipped])
+        _write_atomically(out / "skipped.csv", buffer.getvalue())
     index = {path.name: [r["id"] for r in read_records([path])] for path in shards(out)}
+    wait()      # every process has seen the same shards before any writes a new one
     done = {i for ids in index.values() for i in ids}
     pending = [row for row in rows if row.id not in done and reasons[row.id] is None]
-    # Longest first, in shards of similar lengths: the engine packs them into shared calls.
+    # Longest first, in shards of similar lengths: the engine packs them into shared calls. Dealt
+    # round-robin, each process gets a similar share of tokens.
     pending.sort(key=lambda row: (-lengths[row.id], row.id))
+    pending = pending[rank::processes]
+    written = len(list((out / "shards").glob(f"{rank}-*.jsonl")))
     special_ids = set(engine.tokenizer.all_special_ids)
     n_steps = attribute_kwargs.get("n_steps", 50)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(rows) - len(skipped), initial=len(done), unit="doc", desc="documents")
+        share = "documents" if processes == 1 else f"documents (the main process's share, 1 of {processes})"
+        bar = tqdm(total=len(pending), unit="doc", desc=share, disable=rank != 0)
     started, token_steps = time.perf_counter(), 0
     try:
         for first in range(0, len(pending), shard_size):
             batch = pending[first:first + shard_size]
-            targets = [row.label if target == "label" else None if target == "predicted" else target for row in batch]
+            targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
             result = engine.attribute([row.text for row in batch], target=targets, **attribute_kwargs)
             records = [_record(row, result, i, special_ids, top_k) for i, row in enumerate(batch)]
-            name = f"{len(index):05d}.jsonl"
+            name = f"{rank}-{written:05d}.jsonl"
             _write_atomically(out / "shards" / name, "".join(json.dumps(r) + "\n" for r in records))
+            written += 1
             index[name] = [row.id for row in batch]
-            _write_atomically(out / "index.json", json.dumps(index) + "\n")
+            if processes == 1:
+                _write_atomically(out / "index.json", json.dumps(index) + "\n")
             token_steps += sum(len(r["tokens"]) for r in records) * n_steps
             if bar is not None:
                 bar.update(len(batch))
@@ -234,6 +250,12 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: di
     finally:
         if bar is not None:
             bar.close()
+    summary = {"documents": None, "skipped": len(skipped), "resumed_with": len(done), "attributed_now": len(pending),
+               "seconds": time.perf_counter() - started, "token_steps": token_steps}
+    wait()
+    if rank != 0:
+        return summary
+    index = {path.name: [r["id"] for r in read_records([path])] for path in shards(out)}
     _write_atomically(out / "index.json", json.dumps(index) + "\n")
     records = sorted(read_records(shards(out)), key=lambda r: r["id"])
     _write_atomically(out / "documents.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -243,5 +265,4 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: di
     writer.writerows((r["id"], r["label"], r["prediction"], r["probability"], r["target"], r["delta"],
                       len(r["tokens"])) for r in records)
     _write_atomically(out / "documents.csv", buffer.getvalue())
-    return {"documents": len(records), "skipped": len(skipped), "resumed_with": len(done),
-            "attributed_now": len(pending), "seconds": time.perf_counter() - started, "token_steps": token_steps}
+    return {**summary, "documents": len(records)}

@@ -151,6 +151,8 @@ class Engine:
         self.device = next(model.parameters()).device
         self.scheduler = Scheduler(self.device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget,
                                    recomputable_layers=len(recomputable_layers(model)))
+        # fastig.distributed.StepShare when several processes share each document's steps (see there).
+        self.steps_share = None
 
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
@@ -194,6 +196,8 @@ class Engine:
                 while first < len(order):
                     sequences = self.scheduler.sequences_per_call(lengths[first], chunk_size)
                     count = pack(lengths[first:], keys[first:], sequences, n_steps)
+                    if self.steps_share is not None:    # the processes' budgets differ; their groups must not
+                        count = self.steps_share.agree(count)
                     group, first = order[first:first + count], first + count
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
@@ -297,8 +301,15 @@ class Engine:
             with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
                 return score(self._logits_from_layer(batch, z, rows).float(), target_index[rows], output)
 
-        path = integrate_path(score_from_layer, start, end, alphas, weights, self.scheduler, chunk_size,
+        share = self.steps_share
+        mine = slice(None) if share is None else share.steps(len(alphas))
+        path = integrate_path(score_from_layer, start, end, alphas[mine], weights[mine], self.scheduler, chunk_size,
                               on_chunk=bar.update if bar is not None else None, precision=self.precision)
+        if share is not None:       # every process's steps: sums over all of them
+            integrand = torch.zeros(len(docs), len(alphas), device=self.device)
+            integrand[:, mine] = path.integrand
+            path.integrand = share.sum(integrand)
+            share.sum(path.gradient_sum)
         t2 = time.perf_counter()
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)

@@ -113,7 +113,7 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_one(model_dir, data_fi
         assert a["integrand"] == pytest.approx(b["integrand"], rel=1e-5, abs=1e-7)
         for key in ("delta", "probability", "output_at_input", "output_at_baseline"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
-    assert sorted(json.loads((out / "index.json").read_text())) == [f"{i:05d}.jsonl" for i in range(11)]
+    assert sorted(json.loads((out / "index.json").read_text())) == [f"0-{i:05d}.jsonl" for i in range(11)]
 
 
 def test_resuming_with_other_settings_is_refused_by_name(model_dir, data_files, csv_run, capsys):

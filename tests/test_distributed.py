@@ -1,0 +1,124 @@
+"""Two CPU processes under accelerate launch (gloo): the results of one process, and an error if a rank dies."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_text
+from test_cli import exit_code
+
+TEXTS = [make_text(6 + 4 * i, seed=10 + i) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(saved_model):
+    return str(saved_model("bert"))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "docs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "labels"), *((t, i % 3) for i, t in enumerate(TEXTS))])
+    return path
+
+
+def _fastig(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastig", *args], capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "documents.jsonl").read_text().splitlines()]
+
+
+def _close(a: list, b: list, tolerance: float) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def test_steps_split_over_two_processes_give_the_single_process_result(model_dir, tmp_path):
+    args = ["attribute", "--model", model_dir, "--text", TEXTS[7], "--text", TEXTS[2], "--n-steps", "24"]
+    assert exit_code([*args, "--out", str(tmp_path / "one.json")]) == 0
+    launched = _fastig(*args, "--processes", "2", "--out", str(tmp_path / "two.json"))
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.count("document 0:") == 1          # the main process alone prints
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["documents"] for n in ("one", "two"))
+    for a, b in zip(one, two, strict=True):
+        assert a["tokens"] == b["tokens"] and a["prediction"] == b["prediction"]
+        assert _close(a["token_scores"], b["token_scores"], 1e-6)           # unit norm: relative to 1
+        assert _close(a["integrand"], b["integrand"], 1e-6 * max(map(abs, a["integrand"])))
+        assert abs(a["delta"] - b["delta"]) <= 1e-6
+
+
+def test_documents_split_over_two_processes_give_the_single_process_files(model_dir, data_file, tmp_path):
+    args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "2",
+            "--target", "label"]
+    assert exit_code([*args, "--out", str(tmp_path / "one")]) == 0
+    launched = _fastig(*args, "--processes", "2", "--out", str(tmp_path / "two"))
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
+    assert {name[0] for name in shards} == {"0", "1"}          # both processes wrote
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["id"] for r in two] == [r["id"] for r in one] == list(range(len(TEXTS)))
+    for a, b in zip(one, two):
+        assert (a["tokens"], a["label"], a["prediction"], a["target"]) == (b["tokens"], b["label"], b["prediction"],
+                                                                          b["target"])
+        assert _close(a["token_scores"], b["token_scores"], 1e-6) and abs(a["delta"] - b["delta"]) <= 1e-6
+    for name in ("skipped.csv", "manifest.json"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    index = json.loads((tmp_path / "two" / "index.json").read_text())
+    assert sorted(i for ids in index.values() for i in ids) == list(range(len(TEXTS)))
+
+
+def _workers(marker: str) -> dict[int, int]:
+    """{LOCAL_RANK: pid} of the fastig worker processes whose command line holds `marker`."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environment = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                               if b"=" in item)
+        except OSError:
+            continue
+        if marker.encode() in command and b"LOCAL_RANK" in environment:
+            found[int(environment[b"LOCAL_RANK"])] = int(pid)
+    return found
+
+
+def test_a_killed_rank_ends_the_run_with_an_error_and_loses_nothing(model_dir, data_file, tmp_path):
+    out = tmp_path / "killed"
+    args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "512", "--shard-size", "1",
+            "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "fastig", *args, "--processes", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "shards").glob("1-*.jsonl"))) < 1:
+            assert process.poll() is None and time.monotonic() < deadline, "rank 1 wrote no shard"
+            time.sleep(0.01)
+        os.kill(_workers(str(out))[1], signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0 and time.monotonic() - started < 60
+    assert "fastig" in stderr and ("FAILED" in stderr or "Signal 9" in stderr or "SIGKILL" in stderr), stderr[-2000:]
+    assert not (out / "documents.jsonl").exists()
+    finished = _fastig(*args)                                   # the same command, one process: it completes
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert [r["id"] for r in _records(out)] == list(range(len(TEXTS)))
+    assert "from before" in finished.stdout and " 0 from before" not in finished.stdout
+
+
+def test_processes_inside_a_launched_run_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert exit_code(["attribute", "--model", "m", "--text", "a", "--processes", "2"]) == 2
+    assert "--processes inside accelerate launch" in capsys.readouterr().err
