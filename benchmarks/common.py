@@ -328,6 +328,53 @@ def model_step(job: StepJob) -> dict:
             "peak_memory_mb": _peak_memory_mb(job.device)}
 
 
+def save_model(spec: ModelSpec, folder) -> str:
+    """The spec's model with a word-level tokenizer (token k is "w<k>") saved as a local model folder."""
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    model = spec.build()
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
+                                [f"w{k}" for k in range(min(model.config.vocab_size, 30000) - 5)]) + "\n")
+    model.save_pretrained(folder)
+    BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
+    return str(folder)
+
+
+def command_for(folder, model_dir: str, length: int, documents: int, n_steps: int, device: str) -> list[str]:
+    """`fastig attribute` of one document, or `fastig dataset` of a CSV of `documents`, each `length` tokens."""
+    import csv
+
+    generator = torch.Generator().manual_seed(length + documents)
+    texts = [" ".join(f"w{k}" for k in torch.randint(0, 20000, (length - 2,), generator=generator).tolist())
+             for _ in range(documents)]
+    common = ["--model", model_dir, "--n-steps", str(n_steps), "--device", device]
+    if documents == 1:
+        (folder / "document.txt").write_text(texts[0])
+        return ["attribute", *common, "--file", str(folder / "document.txt")]
+    with open(folder / "documents.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text",), *((t,) for t in texts)])
+    return ["dataset", *common, "--data", str(folder / "documents.csv"), "--shard-size", "4",
+            "--out", str(folder / "run")]
+
+
+def timed_command(command: list[str], processes: int) -> float:
+    """Wall time of `fastig <command>` in `processes` processes, from start to exit (model loading included)."""
+    import shutil
+    import subprocess
+
+    for argument in command:            # a data set run must not resume the previous one
+        if argument.endswith("/run"):
+            shutil.rmtree(argument, ignore_errors=True)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "fastig", *command, "--processes", str(processes)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fastig {' '.join(command[:1])} in {processes} processes failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
 # transformers imports model code lazily, 2-3 s per process; the server pays it once.
 _PRELOAD = ["torch", "transformers", "transformers.models.bert.modeling_bert",
             "transformers.models.longformer.modeling_longformer", "captum.attr", "fastig", "fastig.reference",

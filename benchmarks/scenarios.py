@@ -4,14 +4,18 @@ full: the sizes a GPU answers (and a patient CPU). quick: the same questions siz
 2-core CPU in minutes. tiny: seconds, for the smoke test; its numbers mean nothing.
 """
 
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
 
 from fastig.precision import PRECISIONS
 from fastig.quadrature import METHODS
 from fastig.reference import CaptumResult, compare
 
-from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, in_child, log, measure, model_step, seconds_per_step,
-                     steps_to_tolerance)
+from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, command_for, in_child, log, measure, model_step,
+                     save_model, seconds_per_step, steps_to_tolerance, timed_command)
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 
@@ -65,6 +69,11 @@ SIZES = {
         "quick": Sizes(replace(LONGFORMER_BASE, layers=2), ((512, 8, 1), (1024, 4, 1), (4096, 1, 1)), ()),
         "tiny": Sizes(TINY_LONGFORMER, ((16, 4, 1), (64, 1, 1)), ()),
     },
+    "processes": {      # (length, documents, n_steps): one document runs `attribute`, several run `dataset`
+        "full": Sizes(LONGFORMER_BASE, ((4096, 1, 256), (512, 64, 32)), ()),
+        "quick": Sizes(LONGFORMER_SMALL, ((4096, 1, 64), (256, 32, 16)), ()),
+        "tiny": Sizes(TINY_LONGFORMER, ((64, 1, 8), (32, 4, 4)), ()),
+    },
     "equal_accuracy": {
         "full": Sizes(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2), ((128, 1, 0),),
                       GPU_BATCHES, max_steps=4096),
@@ -81,6 +90,7 @@ TITLES = {
     "steps_sweep": "time and memory against n_steps",
     "length_sweep": "time and memory against length",
     "model_step": "one model step (forward + input-gradient backward) by attention, and BERT of the same shape",
+    "processes": "one process against N (accelerate launch), for one long document and for a data set",
     "equal_accuracy": "steps and time to reach a relative convergence delta",
 }
 
@@ -246,10 +256,37 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     return {"name": "model_step", "title": TITLES["model_step"], "model": longformer.describe(), "rows": rows}
 
 
+def process_scaling(mode: str, device: str) -> dict:
+    """Wall time of the same command in 1 and N processes (N: the cores of a CPU up to 2, the GPUs),
+    with the speed-up and the scaling efficiency (speed-up / N). Timed once each: the commands are long."""
+    import os
+
+    processes = torch.cuda.device_count() if device == "cuda" else min(2, os.cpu_count() or 1)
+    sizes = SIZES["processes"][mode]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = save_model(sizes.model, Path(folder) / "model")
+        for length, documents, n_steps in sizes.configs:
+            command = command_for(Path(folder), model_dir, length, documents, n_steps, device)
+            times = {n: timed_command(command, n) for n in sorted({1, processes})}
+            for n, seconds in times.items():
+                speedup = times[1] / seconds
+                rows.append({"task": "one document" if documents == 1 else "data set", "length": length,
+                             "documents": documents, "n_steps": n_steps, "processes": n, "seconds": seconds,
+                             "token_steps_per_s": length * documents * n_steps / seconds, "speedup": speedup,
+                             "efficiency": speedup / n})
+                log(f"processes: {rows[-1]['task']:<12} {length:>5} tokens x {documents:>2}, {n_steps} steps, "
+                    f"{n} process(es): {seconds:7.2f} s, efficiency {speedup / n:.2f}")
+    return {"name": "processes", "title": TITLES["processes"], "model": sizes.model.describe(), "rows": rows,
+            "processes": processes}
+
+
 def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
     """One scenario's section of the report; `peaks` holds the measured matmul FLOP/s by precision."""
     if name == "equal_accuracy":
         return equal_accuracy(mode, repeats, device)
     if name == "model_step":
         return model_steps(mode, repeats, device, peaks)
+    if name == "processes":
+        return process_scaling(mode, device)
     return compare_providers(name, mode, repeats, device, peaks)

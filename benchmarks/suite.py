@@ -107,6 +107,16 @@ def _step_table(section: dict) -> list[str]:
     return lines
 
 
+def _processes_table(section: dict) -> list[str]:
+    lines = ["| task | tokens | documents | steps | processes | time (s) | token-steps/s | speed-up | efficiency |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in section["rows"]:
+        lines.append(f"| {r['task']} | {r['length']} | {r['documents']} | {r['n_steps']} | {r['processes']} "
+                     f"| {r['seconds']:.2f} | {r['token_steps_per_s']:.0f} | {r['speedup']:.2f}x | {r['efficiency']:.2f} |")
+    return lines + ["", "Wall time of the whole command, model loading and process start included, timed once; "
+                        "efficiency = speed-up / processes."]
+
+
 def markdown(report: dict) -> str:
     m, peaks = report["machine"], report["matmul_peak_flops"]
     lines = [f"Device: **{m['device']}** ({m['cores']} cores, {m['torch_threads']} torch threads); torch {m['torch']}, "
@@ -119,7 +129,8 @@ def markdown(report: dict) -> str:
         sweep = (f"; Captum's best internal_batch_size by sweep: {section['captum_best_batch']}"
                  if "captum_best_batch" in section else "")
         lines += [f"**{section['name']}** — {section['title']}: {section['model']}{sweep}.", ""]
-        table = {"equal_accuracy": _accuracy_table, "model_step": _step_table}.get(section["name"], _comparison_table)
+        table = {"equal_accuracy": _accuracy_table, "model_step": _step_table,
+                 "processes": _processes_table}.get(section["name"], _comparison_table)
         lines += table(section) + [""]
     return "\n".join(lines)
 

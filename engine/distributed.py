@@ -13,6 +13,7 @@ with an error instead of hanging, and a rank that dies makes the launcher stop t
 
 import datetime
 import os
+import socket
 import subprocess
 import sys
 
@@ -68,7 +69,15 @@ def launch_command(argv: list[str], processes: int) -> list[str]:
     if 0 < gpus < processes:
         raise InputError(f"--processes {processes}: this machine has {gpus} GPUs; give at most {gpus}")
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fastig", *argv]
+            "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "fastig", *argv]
+
+
+def _free_port() -> int:
+    """A port free now: runs started one after the other do not meet on the launcher's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def relaunch(argv: list[str], processes: int) -> int:

@@ -6,6 +6,7 @@ times, and the reported delta and FLOP estimates are right.
 """
 
 import json
+import os
 import struct
 
 import pytest
@@ -42,7 +43,7 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     assert machine["cores"] >= 1 and machine["torch"] == torch.__version__ and machine["captum"]
     assert all(report["matmul_peak_flops"][p] > 0 for p in ("fp32", "bf16", "fp16"))
     # every precision the engine offers is timed in a tiny run
-    providers = {r["provider"] for s in report["scenarios"] for r in s["rows"]}
+    providers = {r["provider"] for s in report["scenarios"] for r in s["rows"] if "provider" in r}
     assert {f"fastig {p}" for p in PRECISIONS if p != "auto"} <= providers
     # fastig.captum's drop-in class (Captum's calling code, patched) where the suite times it
     for section in report["scenarios"]:
@@ -50,14 +51,14 @@ def test_every_scenario_is_reported_with_its_machine(bench):
             assert any(r["provider"].startswith("fastig.captum ibs=") for r in section["rows"]), section["name"]
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
-        if section["model"].startswith("Longformer") and section["name"] != "model_step":
+        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "processes"):
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
 def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
     report, _, _ = bench
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step"):
+        if section["name"] in ("equal_accuracy", "model_step", "processes"):
             continue
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
@@ -103,6 +104,18 @@ def test_model_step_times_every_attention_and_bert_where_it_fits(bench):
                 assert row["token_steps_per_s"] == pytest.approx(length * sequences / row["seconds"])
                 assert row["speedup_vs_hf_attention"] == pytest.approx(hugging_face["seconds"] / row["seconds"])
                 assert row["time_vs_bert"] == (pytest.approx(row["seconds"] / bert["seconds"]) if bert else None)
+
+
+def test_processes_compare_one_process_with_several(bench):
+    report, _, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "processes")
+    assert section["processes"] == min(2, os.cpu_count())
+    for length, documents, n_steps in scenarios.SIZES["processes"]["tiny"].configs:
+        rows = {r["processes"]: r for r in section["rows"] if (r["length"], r["documents"]) == (length, documents)}
+        assert set(rows) == {1, section["processes"]}
+        for n, row in rows.items():
+            assert row["speedup"] == pytest.approx(rows[1]["seconds"] / row["seconds"])
+            assert row["efficiency"] == pytest.approx(row["speedup"] / n)
 
 
 def test_markdown_and_readme_show_the_run(bench):

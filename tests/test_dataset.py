@@ -218,3 +218,9 @@ def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_p
     assert read_rows(str(tmp_path / "saved"), split="test", limit=5) == expected
     with pytest.raises(DataError, match="--split 'train' is not a split"):
         read_rows(str(tmp_path / "saved"), split="train")
+
+
+def test_the_default_target_is_each_documents_prediction(model_dir, data_files, tmp_path):
+    assert exit_code(_args(model_dir, data_files / "docs.csv", tmp_path / "predicted", "--limit", "4")) == 0
+    records = _records(tmp_path / "predicted")
+    assert [r["id"] for r in records] == [0, 1, 2, 3] and all(r["target"] == r["prediction"] for r in records)
