@@ -248,6 +248,24 @@ def steps_to_tolerance(job: Job, ladder: list[int], tolerances: list[float]) -> 
     return {"ladder": reached, "needed": needed}
 
 
+def auto_to_tolerance(job: Job, tolerances: list[float]) -> dict:
+    """Runs in a child process: fastig's n_steps="auto" at each tolerance: the evaluations it used
+    (the most over the documents), whether it met the tolerance, and its median time."""
+    engine, ids = _engine_and_ids(job)
+
+    def run(tolerance):
+        return engine.attribute(ids, n_steps="auto", tolerance=tolerance, target=0)
+
+    run(max(tolerances))                    # warm-up
+    found = {}
+    for tolerance in tolerances:
+        seconds, times, result = median_seconds(lambda: run(tolerance), job.repeats, _sync(job))
+        found[tolerance] = {"n_steps": max(result.stats["evaluations"]), "met": all(result.stats["tolerance_met"]),
+                            "seconds": seconds, "times": times,
+                            "relative_delta": _relative_delta(list(result.attributions), result.delta)}
+    return found
+
+
 def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:
     """Runs in a child process: Captum's seconds per step at each internal_batch_size (one call each).
 

@@ -14,8 +14,8 @@ from fastig.precision import PRECISIONS
 from fastig.quadrature import METHODS
 from fastig.reference import CaptumResult, compare
 
-from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, command_for, in_child, log, measure, model_step,
-                     save_model, seconds_per_step, steps_to_tolerance, timed_command)
+from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance, command_for, in_child, log, measure,
+                     model_step, save_model, seconds_per_step, steps_to_tolerance, timed_command)
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 
@@ -205,6 +205,13 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
             log(f"equal_accuracy: {job.label:<18} {method:<18} " + ", ".join(
                 f"{t:g}: {found['needed'][t][0]} steps" if t in found["needed"] else f"{t:g}: > {sizes.max_steps}"
                 for t in TOLERANCES))
+    auto = in_child(auto_to_tolerance, jobs[0], list(TOLERANCES))
+    for tolerance, found in auto.items():
+        rows.append({"provider": f"{jobs[0].label} auto", "method": "auto", "tolerance": tolerance,
+                     "n_steps": found["n_steps"] if found["met"] else None, "seconds": found["seconds"] if found["met"]
+                     else None, "times": found["times"], "length": length, "documents": documents,
+                     "relative_delta": found["relative_delta"]})
+    log("equal_accuracy: fastig auto " + ", ".join(f"{t:g}: {f['n_steps']} evaluations" for t, f in auto.items()))
     for tolerance in TOLERANCES:
         reached = [r for r in rows if r["tolerance"] == tolerance and r["seconds"] is not None]
         captum = {r["method"]: r["seconds"] for r in reached if r["provider"].startswith("captum")}

@@ -88,7 +88,15 @@ def _accuracy_table(section: dict) -> list[str]:
                                                      if r.get("speedup_vs_captum_fastest_rule") else "")
             if r else "–" for r in row) + " |")
     lines += ["", "In brackets: fastig's speed-up over Captum with the same rule (per rule), and over "
-              "Captum's fastest rule (last rows), at the same tolerance."]
+              "Captum's fastest rule (last rows), at the same tolerance. auto: n_steps=\"auto\", the evaluations "
+              "it used (the most over the documents)."]
+    captum_default = {r["tolerance"]: r["n_steps"] for r in section["rows"]
+                      if r["provider"].startswith("captum") and r["method"] == "gausslegendre"}
+    auto = {r["tolerance"]: r["n_steps"] for r in section["rows"] if r["method"] == "auto"}
+    ratios = [f"{t:g}: {captum_default[t] / auto[t]:.1f}x" for t in tolerances
+              if auto.get(t) and captum_default.get(t)]
+    if ratios:
+        lines.append("Evaluations of Captum's default rule (gausslegendre) over auto's: " + ", ".join(ratios) + ".")
     return lines
 
 

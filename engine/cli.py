@@ -45,8 +45,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _n_steps(value: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--n-steps {value!r}: give a number of steps or auto")
+
+
 def _add_rule_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--n-steps", type=_n_steps, default=50,
+                   help="points of the rule, or auto: adaptive until --tolerance is met (default 50)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="with --n-steps auto: the |delta| to reach, as a share of |F(x) - F(b)| (default 1e-3)")
+    p.add_argument("--max-steps", type=int, default=1024,
+                   help="with --n-steps auto: the most model evaluations per document (default 1024)")
     p.add_argument("--method", default="gausslegendre", choices=METHODS)
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
     p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
@@ -165,7 +179,8 @@ def _engine(args, state=None):
 
 
 def _attribution_kwargs(args) -> dict:
-    return dict(target=args.target, n_steps=args.n_steps, method=args.method, baseline=args.baseline,
+    return dict(target=args.target, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
+                method=args.method, baseline=args.baseline,
                 output=args.output, max_length=args.max_length)
 
 
@@ -206,6 +221,9 @@ def cmd_attribute(args) -> int:
         return 0
     print_result(result, engine.model.config.id2label, args.top_k)
     stats = result.stats
+    if "evaluations" in stats:
+        print(f"n_steps auto: {stats['evaluations']} model evaluations per document for |delta| <= "
+              f"{stats['tolerance']:g} |F(x) - F(b)| (met: {stats['tolerance_met']})")
     print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
           f"({stats['seconds']['total']:.2f} s; {_memory_line(stats)}; {stats['fallbacks']} chunks redone in fp32)")
     if args.out:
@@ -222,11 +240,14 @@ def cmd_attribute(args) -> int:
 def cmd_check(args) -> int:
     from .reference import MAX_DELTA_DIFF, MAX_REL_L2, MIN_LOW_PRECISION_PEARSON, captum_attribute, compare
 
+    if args.n_steps == "auto":
+        raise InputError("--n-steps auto: check compares with Captum, which needs a fixed number of steps")
     texts = _texts(args)
     engine = _engine(args)
     kwargs = _attribution_kwargs(args)
     ours = engine.attribute(texts, chunk_size=args.chunk_size, **kwargs)
-    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **kwargs)
+    rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps")}   # n_steps is fixed here
+    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **rule_kwargs)
     c = compare(ours, theirs)
     print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
           f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
@@ -266,13 +287,15 @@ def cmd_dataset(args) -> int:
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
                 "label_column": args.label_column, "limit": args.limit, "target": args.target,
-                "n_steps": args.n_steps, "method": args.method, "baseline": args.baseline, "output": args.output,
+                "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
+                "max_steps": args.max_steps if args.n_steps == "auto" else None,
+                "method": args.method, "baseline": args.baseline, "output": args.output,
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     summary = run_dataset(engine, rows, args.out, settings, versions, args.target, args.top_k, args.shard_size,
-                          state=state, n_steps=args.n_steps, method=args.method, baseline=args.baseline,
-                          output=args.output, max_length=args.max_length)
+                          state=state, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
+                          method=args.method, baseline=args.baseline, output=args.output, max_length=args.max_length)
     if state is not None and not state.is_main_process:
         return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0

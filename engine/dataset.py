@@ -175,7 +175,11 @@ def read_records(paths: list[Path]) -> list[dict]:
 def _record(row: Row, result, i: int, special_ids: set, top_k: int) -> dict:
     prediction, scores = int(result.prediction[i]), result.token_scores[i]
     top, bottom = top_bottom(result.tokens[i], scores, top_k)
-    return {"id": row.id, "label": row.label, "prediction": prediction,
+    adaptive = {}
+    if result.n_steps == "auto":    # each document's own points
+        adaptive = {"alphas": result.alphas[i].tolist(), "evaluations": result.stats["evaluations"][i],
+                    "tolerance_met": result.stats["tolerance_met"][i]}
+    return {**adaptive, "id": row.id, "label": row.label, "prediction": prediction,
             "probability": float(result.probs[i, prediction]), "target": int(result.target[i]),
             "delta": float(result.delta[i]), "output_at_input": float(result.output_at_input[i]),
             "output_at_baseline": float(result.output_at_baseline[i]), "tokens": result.tokens[i],
@@ -243,7 +247,7 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: di
             index[name] = [row.id for row in batch]
             if processes == 1:
                 _write_atomically(out / "index.json", json.dumps(index) + "\n")
-            token_steps += sum(len(r["tokens"]) for r in records) * n_steps
+            token_steps += sum(len(r["tokens"]) * r.get("evaluations", n_steps) for r in records)
             if bar is not None:
                 bar.update(len(batch))
                 bar.set_postfix_str(f"{token_steps / (time.perf_counter() - started):.0f} token-steps/s")

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from . import kernels, quadrature
+from .adaptive import GAUSS_POINTS, check_auto, integrate_adaptive
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
-from .longformer import banded_attention
 from .integrate import integrate_path
+from .longformer import banded_attention
 from .models import (OUTPUTS, check_target, find_layer, layers_recomputed, model_length, output_captured,
                      output_replaced, recomputable_layers, score)
 from .precision import resolve
@@ -29,7 +30,9 @@ class Attribution:
     delta: [B] convergence delta, sum(attributions) - (F(x) - F(b)).
     prediction: [B] predicted class. probs: [B, C] softmax of the logits at x.
     target: [B] class attributed. output_at_input, output_at_baseline: [B] F(x) and F(b).
-    integrand: [B, n_steps] s_k = <dF/dz(z_k), e(x) - e(b)> along the path at `alphas`.
+    integrand: [B, n_steps] s_k = <dF/dz(z_k), e(x) - e(b)> along the path at `alphas` [n_steps].
+    With n_steps="auto", alphas is a list of each document's points and integrand a list (or
+    [B, n] when all used the same number of points).
     """
     attributions: torch.Tensor | list
     token_scores: torch.Tensor | list
@@ -41,9 +44,9 @@ class Attribution:
     target: torch.Tensor
     output_at_input: torch.Tensor
     output_at_baseline: torch.Tensor
-    integrand: torch.Tensor
-    alphas: torch.Tensor
-    n_steps: int
+    integrand: torch.Tensor | list
+    alphas: torch.Tensor | list
+    n_steps: int | str
     method: str
     output: str
     stats: dict = field(default_factory=dict)
@@ -86,11 +89,13 @@ class Attribution:
                 "output_at_baseline": float(self.output_at_baseline[i]),
                 "delta": float(self.delta[i]),
                 "integrand": self.integrand[i].tolist(),
+                **({"alphas": self.alphas[i].tolist()} if isinstance(self.alphas, list) else {}),
                 "top": [vars(t) for t in top],
                 "bottom": [vars(t) for t in bottom],
             })
         return {"n_steps": self.n_steps, "method": self.method, "output": self.output,
-                "alphas": self.alphas.tolist(), "stats": self.stats, "documents": documents}
+                "alphas": None if isinstance(self.alphas, list) else self.alphas.tolist(), "stats": self.stats,
+                "documents": documents}
 
 
 @dataclass
@@ -158,9 +163,10 @@ class Engine:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)
 
-    def attribute(self, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
+    def attribute(self, texts_or_ids, target=None, n_steps: int | str = 50, method: str = "gausslegendre",
                   baseline="pad", output: str = "probs", chunk_size: int | None = None,
-                  max_length: int | None = None, progress: bool = False) -> Attribution:
+                  max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
+                  max_steps: int = 1024) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str, or a LongTensor [B, L] / [L] of ids holding the
@@ -171,11 +177,22 @@ class Engine:
         (document steps) per model call instead of the memory budget's choice.
         max_length: text tokens kept per text. Documents of similar length share model
         calls; each result equals the one the document gets alone.
+        n_steps="auto": adaptive Gauss-Kronrod quadrature (fastig.adaptive) per document until
+        |delta| <= tolerance * |F(x) - F(b)| or max_steps model evaluations; `method` is not
+        used then. The result's alphas and integrand are per document, and stats hold the
+        evaluations used and whether the tolerance was met.
         """
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
         chunk_size_override(chunk_size)
-        alphas, weights = quadrature.rule(method, n_steps)
+        auto = None
+        if n_steps == "auto":
+            check_auto(tolerance, max_steps)
+            auto, method = (tolerance, max_steps), "auto"
+            alphas = weights = None
+        else:
+            alphas, weights = quadrature.rule(method, n_steps)
+        steps_per_document = GAUSS_POINTS if auto else n_steps      # what packing plans with
         docs = self.documents(texts_or_ids, baseline, max_length)
         targets = check_target(target, len(docs), self.model.config.num_labels)
         retains_memory = self.device.type == "cpu" and retain_freed_cpu_memory()
@@ -184,7 +201,7 @@ class Engine:
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(docs) * n_steps, unit="step", desc="attributing")
+            bar = tqdm(total=None if auto else len(docs) * n_steps, unit="step", desc="attributing")
         per_doc, groups = [None] * len(docs), []
         # Longest first: the first call at a length probes its memory, and shorter ones scale from it.
         model_lengths = [model_length(self.model.config, len(doc.input_ids)) for doc in docs]
@@ -195,14 +212,14 @@ class Engine:
                 first = 0
                 while first < len(order):
                     sequences = self.scheduler.sequences_per_call(lengths[first], chunk_size)
-                    count = pack(lengths[first:], keys[first:], sequences, n_steps)
+                    count = pack(lengths[first:], keys[first:], sequences, steps_per_document)
                     if self.steps_share is not None:    # the processes' budgets differ; their groups must not
                         count = self.steps_share.agree(count)
                     group, first = order[first:first + count], first + count
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
                     results, group_stats = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
-                                                                 alphas, weights, output, chunk_size, bar)
+                                                                 alphas, weights, output, chunk_size, bar, auto)
                     groups.append(group_stats)
                     for i, result in zip(group, results):
                         per_doc[i] = result
@@ -211,7 +228,7 @@ class Engine:
                 bar.close()
 
         seconds = {k: sum(g["seconds"][k] for g in groups) for k in groups[0]["seconds"]}
-        token_steps = sum(len(doc.input_ids) for doc in docs) * n_steps
+        token_steps = sum(len(doc.input_ids) * d["evaluations"] for doc, d in zip(docs, per_doc))
         stats = {"device": str(self.device), "precision": self.precision.name, "attention": self.attention,
                  "fallbacks": sum(g["fallbacks"] for g in groups), "retains_cpu_memory": retains_memory,
                  "documents_per_group": [g["documents"] for g in groups],
@@ -219,6 +236,9 @@ class Engine:
                  "model_calls": sum(len(g["sequences_per_call"]) for g in groups),
                  **self.scheduler.run_stats(), "seconds": seconds,
                  "token_steps_per_s": token_steps / max(seconds["total"], 1e-12)}
+        if auto:
+            stats.update(tolerance=tolerance, max_steps=max_steps, evaluations=[d["evaluations"] for d in per_doc],
+                         tolerance_met=[d["tolerance_met"] for d in per_doc])
         column = lambda key: torch.stack([d[key] for d in per_doc])  # noqa: E731
         return Attribution(
             attributions=_stack_if_even([d["attributions"] for d in per_doc]),
@@ -227,8 +247,10 @@ class Engine:
             input_ids=_stack_if_even([doc.input_ids for doc in docs]),
             delta=column("delta"), prediction=column("prediction"), probs=column("probs"),
             target=column("target"), output_at_input=column("output_at_input"),
-            output_at_baseline=column("output_at_baseline"), integrand=column("integrand"),
-            alphas=alphas, n_steps=n_steps, method=method, output=output, stats=stats)
+            output_at_baseline=column("output_at_baseline"),
+            integrand=_stack_if_even([d["integrand"] for d in per_doc]) if auto else column("integrand"),
+            alphas=[d["alphas"] for d in per_doc] if auto else alphas, n_steps=n_steps, method=method, output=output,
+            stats=stats)
 
     def _batch(self, docs: list[Document]) -> Batch:
         """The group's ids, baseline ids and model arguments padded to its longest, on the device.
@@ -287,7 +309,8 @@ class Engine:
         return end, start, logits[:group], baseline_logits
 
     def _attribute_group(self, docs: list[Document], targets: list, alphas, weights, output, chunk_size,
-                         bar) -> tuple[list[dict], dict]:
+                         bar, auto: tuple | None = None) -> tuple[list[dict], dict]:
+        """The group's results; auto = (tolerance, max_steps) integrates adaptively instead of by alphas, weights."""
         t0 = time.perf_counter()
         batch = self._batch(docs)
         end, start, logits_x, logits_b = self._endpoints(batch, docs)
@@ -301,30 +324,43 @@ class Engine:
             with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
                 return score(self._logits_from_layer(batch, z, rows).float(), target_index[rows], output)
 
-        share = self.steps_share
-        mine = slice(None) if share is None else share.steps(len(alphas))
-        path = integrate_path(score_from_layer, start, end, alphas[mine], weights[mine], self.scheduler, chunk_size,
-                              on_chunk=bar.update if bar is not None else None, precision=self.precision)
-        if share is not None:       # every process's steps: sums over all of them
-            integrand = torch.zeros(len(docs), len(alphas), device=self.device)
-            integrand[:, mine] = path.integrand
-            path.integrand = share.sum(integrand)
-            share.sum(path.gradient_sum)
+        def run_path(path_start, path_end, rows_doc, path_alphas, path_weights):
+            """The step loop over paths whose rows belong to documents rows_doc (None: one path per document)."""
+            score_rows = score_from_layer if rows_doc is None else lambda z, rows: score_from_layer(z, rows_doc[rows])
+            share = self.steps_share
+            mine = slice(None) if share is None else share.steps(len(path_alphas))
+            path = integrate_path(score_rows, path_start, path_end, path_alphas[mine], path_weights[mine],
+                                  self.scheduler, chunk_size, on_chunk=bar.update if bar is not None else None,
+                                  precision=self.precision)
+            if share is not None:       # every process's steps: sums over all of them
+                integrand = torch.zeros(len(path_start), len(path_alphas), device=self.device)
+                integrand[:, mine] = path.integrand
+                path.integrand = share.sum(integrand)
+                share.sum(path.gradient_sum)
+            return path
+
+        if auto is None:
+            path = run_path(start, end, None, alphas, weights)
+        else:
+            path = integrate_adaptive(run_path, start, end, f_x - f_b, *auto)
         t2 = time.perf_counter()
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
         deltas = token_sums.sum(-1) - (f_x - f_b)
         # One copy to the host per tensor and group, not per document.
-        attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b, integrand = (
+        attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
             t.cpu() for t in (attributions, token_sums, deltas, predictions, target_index,
-                              torch.softmax(logits_x.float(), -1), f_x, f_b, path.integrand))
+                              torch.softmax(logits_x.float(), -1), f_x, f_b))
+        integrand = path.integrand if auto is not None else path.integrand.cpu()
         results = []
         for row, length in enumerate(batch.lengths):
             results.append({
                 "attributions": attributions[row, :length], "token_scores": normalized(token_sums[row, :length]),
                 "delta": deltas[row], "prediction": predictions[row], "target": targets_used[row],
                 "probs": probs[row], "output_at_input": f_x[row], "output_at_baseline": f_b[row],
-                "integrand": integrand[row]})
+                "integrand": integrand[row], "alphas": alphas if auto is None else path.alphas[row],
+                "evaluations": len(alphas) if auto is None else path.evaluations[row],
+                "tolerance_met": None if auto is None else path.met[row]})
         seconds = {"endpoints": t1 - t0, **path.seconds, "finalize": time.perf_counter() - t2}
         seconds["total"] = time.perf_counter() - t0
         return results, {"documents": len(docs), "sequences_per_call": path.sequences_per_call,

@@ -127,7 +127,7 @@ def document_page(record: dict, labels: dict, alphas: list[float], merge_subword
             f"F(b) = {record['output_at_baseline']:.4g}; {len(record['tokens'])} tokens.</p>"
             + "<div class=\"tables\">" + _ranked_table(f"Top {len(record['top'])} tokens", record["top"])
             + _ranked_table(f"Bottom {len(record['bottom'])} tokens", record["bottom"]) + "</div>"
-            + "<h2>Path integrand</h2>" + integrand_svg(alphas, record.get("integrand", [])))
+            + "<h2>Path integrand</h2>" + integrand_svg(record.get("alphas") or alphas, record.get("integrand", [])))
     return _page(f"document {record['id']}", body)
 
 
@@ -194,7 +194,7 @@ def records_from_result(result: dict) -> list[dict]:
                         "output_at_baseline": doc["output_at_baseline"], "tokens": doc["tokens"],
                         "token_scores": doc["token_scores"], "top": doc["top"], "bottom": doc["bottom"],
                         "special_positions": doc.get("special_positions", [0, len(doc["tokens"]) - 1]),
-                        "integrand": doc.get("integrand", [])})
+                        "integrand": doc.get("integrand", []), "alphas": doc.get("alphas", result.get("alphas"))})
     return records
 
 
@@ -206,8 +206,9 @@ def load(path: Path) -> tuple[list[dict], dict, list[float], str]:
     if path.is_dir():
         records, manifest = read_run(path)
         settings = manifest["settings"]
-        alphas, _ = rule(settings["method"], settings["n_steps"])
-        return records, settings.get("labels", {}), alphas.tolist(), f"fastig: {settings['data']}"
+        # With n_steps "auto" every record holds its own points.
+        alphas = [] if settings["n_steps"] == "auto" else rule(settings["method"], settings["n_steps"])[0].tolist()
+        return records, settings.get("labels", {}), alphas, f"fastig: {settings['data']}"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         records = records_from_result(result)
