@@ -259,9 +259,9 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: di
     wait()
     if rank != 0:
         return summary
-    index = {path.name: [r["id"] for r in read_records([path])] for path in shards(out)}
-    _write_atomically(out / "index.json", json.dumps(index) + "\n")
-    records = sorted(read_records(shards(out)), key=lambda r: r["id"])
+    by_shard = {path.name: read_records([path]) for path in shards(out)}      # every process's shards
+    _write_atomically(out / "index.json", json.dumps({name: [r["id"] for r in rs] for name, rs in by_shard.items()}) + "\n")
+    records = sorted((r for rs in by_shard.values() for r in rs), key=lambda r: r["id"])
     _write_atomically(out / "documents.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
