@@ -11,6 +11,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from .dataset import read_records
 from .errors import DataError
 
 GROUPINGS = ("label", "predicted")
@@ -89,8 +90,6 @@ def class_file_name(cls: int, labels: dict) -> str:
 
 def read_run(run: Path) -> tuple[list[dict], dict]:
     """The records of a finished run and its manifest; an unfinished run is named as such."""
-    from .dataset import read_records
-
     manifest, documents = run / "manifest.json", run / "documents.jsonl"
     if not manifest.is_file():
         raise DataError(f"{str(run)!r} is not a `fastig dataset` output folder (no manifest.json)")

@@ -272,7 +272,7 @@ def cmd_dataset(args) -> int:
     from . import __version__
     from .dataset import class_ids, read_rows, run_dataset
     from .distributed import launched, process_state
-    from .errors import TargetError
+    from .models import check_target
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
@@ -281,8 +281,8 @@ def cmd_dataset(args) -> int:
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
-    if isinstance(args.target, int) and not 0 <= args.target < config.num_labels:
-        raise TargetError(f"--target {args.target} is out of range: the model has {config.num_labels} classes")
+    if isinstance(args.target, int):    # refused before any work, as the engine would refuse it
+        check_target(args.target, 1, config.num_labels)
     rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,

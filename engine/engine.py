@@ -358,9 +358,9 @@ class Engine:
                 "attributions": attributions[row, :length], "token_scores": normalized(token_sums[row, :length]),
                 "delta": deltas[row], "prediction": predictions[row], "target": targets_used[row],
                 "probs": probs[row], "output_at_input": f_x[row], "output_at_baseline": f_b[row],
-                "integrand": integrand[row], "alphas": alphas if auto is None else path.alphas[row],
+                "integrand": integrand[row],
                 "evaluations": len(alphas) if auto is None else path.evaluations[row],
-                "tolerance_met": None if auto is None else path.met[row]})
+                **({} if auto is None else {"alphas": path.alphas[row], "tolerance_met": path.met[row]})})
         seconds = {"endpoints": t1 - t0, **path.seconds, "finalize": time.perf_counter() - t2}
         seconds["total"] = time.perf_counter() - t0
         return results, {"documents": len(docs), "sequences_per_call": path.sequences_per_call,

@@ -14,8 +14,9 @@ import io
 import json
 from pathlib import Path
 
-from .aggregate import class_rankings, words
+from .aggregate import class_rankings, read_run, words
 from .errors import DataError
+from .quadrature import rule
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #111; max-width: 1100px; }
@@ -200,9 +201,6 @@ def records_from_result(result: dict) -> list[dict]:
 
 def load(path: Path) -> tuple[list[dict], dict, list[float], str]:
     """(records, labels, alphas, title) of a `fastig dataset` folder or a result.json."""
-    from .aggregate import read_run
-    from .quadrature import rule
-
     if path.is_dir():
         records, manifest = read_run(path)
         settings = manifest["settings"]
