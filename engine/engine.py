@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import kernels, quadrature
-from .adaptive import GAUSS_POINTS, check_auto, integrate_adaptive
+from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document, build_documents
 from .integrate import integrate_path
@@ -177,7 +177,7 @@ class Engine:
         (document steps) per model call instead of the memory budget's choice.
         max_length: text tokens kept per text. Documents of similar length share model
         calls; each result equals the one the document gets alone.
-        n_steps="auto": adaptive Gauss-Kronrod quadrature (fastig.adaptive) per document until
+        n_steps="auto": adaptive quadrature (fastig.adaptive) per document until
         |delta| <= tolerance * |F(x) - F(b)| or max_steps model evaluations; `method` is not
         used then. The result's alphas and integrand are per document, and stats hold the
         evaluations used and whether the tolerance was met.
@@ -192,7 +192,7 @@ class Engine:
             alphas = weights = None
         else:
             alphas, weights = quadrature.rule(method, n_steps)
-        steps_per_document = GAUSS_POINTS if auto else n_steps      # what packing plans with
+        steps_per_document = INITIAL_POINTS if auto else n_steps      # what packing plans with
         docs = self.documents(texts_or_ids, baseline, max_length)
         targets = check_target(target, len(docs), self.model.config.num_labels)
         retains_memory = self.device.type == "cpu" and retain_freed_cpu_memory()
@@ -324,25 +324,42 @@ class Engine:
             with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
                 return score(self._logits_from_layer(batch, z, rows).float(), target_index[rows], output)
 
-        def run_path(path_start, path_end, rows_doc, path_alphas, path_weights):
-            """The step loop over paths whose rows belong to documents rows_doc (None: one path per document)."""
+        def run_path(path_start, path_end, path_alphas, path_weights, rows_doc=None, share=self.steps_share):
+            """The step loop over paths whose rows belong to documents rows_doc (None: one path per document);
+            with several processes, each takes its share of the steps and the sums are over all."""
             score_rows = score_from_layer if rows_doc is None else lambda z, rows: score_from_layer(z, rows_doc[rows])
-            share = self.steps_share
             mine = slice(None) if share is None else share.steps(len(path_alphas))
             path = integrate_path(score_rows, path_start, path_end, path_alphas[mine], path_weights[mine],
                                   self.scheduler, chunk_size, on_chunk=bar.update if bar is not None else None,
                                   precision=self.precision)
-            if share is not None:       # every process's steps: sums over all of them
-                integrand = torch.zeros(len(path_start), len(path_alphas), device=self.device)
-                integrand[:, mine] = path.integrand
-                path.integrand = share.sum(integrand)
+            if share is not None:
+                for name in ("integrand", "outputs"):
+                    every_step = torch.zeros(len(path_start), len(path_alphas), device=self.device)
+                    every_step[:, mine] = getattr(path, name)
+                    setattr(path, name, share.sum(every_step))
                 share.sum(path.gradient_sum)
             return path
 
+        def evaluate_points(point_docs, point_alphas):
+            """F, s and dF/dz at (document, alpha) pairs: each is a one-point path from z(alpha); with
+            several processes each evaluates its share of the pairs."""
+            share = self.steps_share
+            mine = torch.arange(len(point_docs)) if share is None else share.steps(len(point_docs))
+            docs_mine, difference = point_docs[mine], end - start
+            point_start = start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
+            one_point = torch.zeros(1), torch.ones(1)
+            path = run_path(point_start, point_start + difference[docs_mine], *one_point, docs_mine, share=None)
+            if share is not None:
+                for name in ("gradient_sum", "integrand", "outputs"):
+                    every_pair = torch.zeros(len(point_docs), *getattr(path, name).shape[1:], device=self.device)
+                    every_pair[mine] = getattr(path, name)
+                    setattr(path, name, share.sum(every_pair))
+            return path
+
         if auto is None:
-            path = run_path(start, end, None, alphas, weights)
+            path = run_path(start, end, alphas, weights)
         else:
-            path = integrate_adaptive(run_path, start, end, f_x - f_b, *auto)
+            path = integrate_adaptive(evaluate_points, start, end, f_x - f_b, *auto)
         t2 = time.perf_counter()
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)

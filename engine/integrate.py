@@ -24,11 +24,13 @@ class PathIntegral:
 
     difference: [G, L, H] fp32, end - start. gradient_sum: [G, L, H] fp32, sum_k w_k dF/dz(z_k).
     integrand: [G, n_steps] fp32, s_k = <dF/dz(z_k), end - start>, so sum_k w_k s_k = sum(attributions).
+    outputs: [G, n_steps] fp32, F(z_k) from the same forward (n_steps="auto" reads exact errors off it).
     sequences_per_call: the chunk sizes the model calls took, in order.
     """
     difference: torch.Tensor
     gradient_sum: torch.Tensor
     integrand: torch.Tensor
+    outputs: torch.Tensor
     seconds: dict = field(default_factory=dict)
     sequences_per_call: list = field(default_factory=list)
     fallbacks: int = 0          # chunks redone in fp32 after low precision produced inf or nan
@@ -39,17 +41,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor, precision: Precision) -> torch.Tensor | None:
-    """dF/dz [c, L*H] fp32 with the model's forward in `precision`; None if that gave inf or nan."""
+def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor,
+              precision: Precision) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """dF/dz [c, L*H] fp32 and F [c] fp32 with the model's forward in `precision`; None if that gave inf or nan."""
     with torch.enable_grad():
         with precision.autocast():
             scores = score_from_layer(z, docs)
         (grads,) = torch.autograd.grad(scores.float().sum() * precision.score_scale, z)
-    grads = grads.reshape(len(z), -1).float()
+    grads, scores = grads.reshape(len(z), -1).float(), scores.detach().float()
     if precision.name == "fp32":
-        return grads
+        return grads, scores
     grads /= precision.score_scale
-    return grads if bool(torch.isfinite(grads).all()) else None
+    return (grads, scores) if bool(torch.isfinite(grads).all()) else None
 
 
 def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -70,9 +73,10 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
     device = end.device
     n_docs, length, n_steps = end.shape[0], end.shape[1], len(alphas)
     difference = end - start                                    # [G, L, H]
-    flat_difference = difference.reshape(n_docs, -1)
+    flat_difference = difference.flatten(1)          # [G, L*H], also for G = 0 (a process with no share)
     gradient_sum = torch.zeros_like(flat_difference)
     integrand = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
+    outputs = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
     alphas, weights = alphas.to(device), weights.to(device)
     seconds = {"interpolate": 0.0, "model": 0.0, "accumulate": 0.0}
     sizes, fallbacks = [], 0
@@ -89,10 +93,11 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
                 _sync(device)
                 t1 = time.perf_counter()
                 z.requires_grad_(True)
-                grads = _gradient(score_from_layer, z, docs, precision)        # [c, L*H] fp32
-                if grads is None:
-                    grads = _gradient(score_from_layer, z, docs, FP32)
+                found = _gradient(score_from_layer, z, docs, precision)        # [c, L*H], [c] fp32
+                if found is None:
+                    found = _gradient(score_from_layer, z, docs, FP32)
                     fallbacks += 1
+                grads, scores = found
                 _sync(device)
         except RuntimeError as error:
             if not is_out_of_memory(error):
@@ -101,11 +106,12 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         else:
             out_of_memory = False
         if out_of_memory:       # outside the handler, so the failed chunk's frames are gone
-            z = grads = None
+            z = grads = found = None
             size = scheduler.halve(hi - lo, length)
             continue
         t2 = time.perf_counter()
         kernels.accumulate(gradient_sum, integrand, grads, flat_difference, docs, steps, weights)
+        outputs[docs, steps] = scores
         _sync(device)
         seconds["interpolate"] += t1 - t0
         seconds["model"] += t2 - t1
@@ -116,4 +122,5 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         lo = hi
         if probing:
             size = scheduler.sequences_per_call(length, chunk_size)
-    return PathIntegral(difference, gradient_sum.view_as(difference), integrand, seconds, sizes, fallbacks)
+    return PathIntegral(difference, gradient_sum.view_as(difference), integrand, outputs, seconds, sizes,
+                        fallbacks)

@@ -46,13 +46,16 @@ def _close(a: list, b: list, tolerance: float) -> bool:
 @pytest.mark.parametrize("n_steps", ["24", "auto"])
 def test_steps_split_over_two_processes_give_the_single_process_result(model_dir, tmp_path, n_steps):
     args = ["attribute", "--model", model_dir, "--text", TEXTS[7], "--text", TEXTS[2], "--n-steps", n_steps,
-            "--tolerance", "1e-5"]
+            "--tolerance", "1e-4"]
     assert exit_code([*args, "--out", str(tmp_path / "one.json")]) == 0
     launched = _fastig(*args, "--processes", "2", "--out", str(tmp_path / "two.json"))
-    assert launched.returncode == 0, launched.stderr[-2000:]
+    # The ranks' own tracebacks: the launcher's report after them names only the exit codes.
+    assert launched.returncode == 0, "\n".join(line for line in launched.stderr.splitlines() if "[rank" in line)[-3000:]
     assert launched.stdout.count("document 0:") == 1          # the main process alone prints
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    if n_steps == "auto":       # past the first Gauss rule, into the Kronrod rounds
+    # auto: past the first 7 points, into the refinement rounds. Its choices read F at each point: at
+    # 1e-5 they met fp32 rounding, which differs with how the processes batch the points.
+    if n_steps == "auto":
         assert max(one["stats"]["evaluations"]) > 7 and one["stats"]["evaluations"] == two["stats"]["evaluations"]
     one, two = one["documents"], two["documents"]
     for a, b in zip(one, two, strict=True):
