@@ -13,7 +13,8 @@ is integrated by the polynomial through the STENCIL points nearest to it (degree
 
 No evaluation is wasted: every point's gradient is kept until its document is done, and the
 attribution is the final rule's weighted sum of all of them. The memory this holds is one fp32
-[L, H] gradient per evaluated point of each document of the group (max_steps bounds it).
+[L, H] gradient per evaluated point of each document of the group; the engine lowers max_steps
+so that it stays within half the room its memory budget leaves.
 
 Measured on 24 documents' integrands (README, "Adaptive integration"), this rule needed about as
 many points as the best Gauss-Legendre n found in hindsight where s(alpha) is smooth, fewer where

@@ -238,7 +238,8 @@ class Engine:
                  "token_steps_per_s": token_steps / max(seconds["total"], 1e-12)}
         if auto:
             stats.update(tolerance=tolerance, max_steps=max_steps, evaluations=[d["evaluations"] for d in per_doc],
-                         tolerance_met=[d["tolerance_met"] for d in per_doc])
+                         tolerance_met=[d["tolerance_met"] for d in per_doc],
+                         evaluations_allowed=[d["max_steps"] for d in per_doc])
         column = lambda key: torch.stack([d[key] for d in per_doc])  # noqa: E731
         return Attribution(
             attributions=_stack_if_even([d["attributions"] for d in per_doc]),
@@ -340,6 +341,8 @@ class Engine:
                 share.sum(path.gradient_sum)
             return path
 
+        point_bytes = end[0].numel() * 4    # n_steps="auto" holds one fp32 gradient [L, H] per point
+
         def evaluate_points(point_docs, point_alphas):
             """F, s and dF/dz at (document, alpha) pairs: each is a one-point path from z(alpha); with
             several processes each evaluates its share of the pairs."""
@@ -349,6 +352,7 @@ class Engine:
             point_start = start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
             one_point = torch.zeros(1), torch.ones(1)
             path = run_path(point_start, point_start + difference[docs_mine], *one_point, docs_mine, share=None)
+            self.scheduler.held_bytes += len(point_docs) * point_bytes     # kept until the group is summed
             if share is not None:
                 for name in ("gradient_sum", "integrand", "outputs"):
                     every_pair = torch.zeros(len(point_docs), *getattr(path, name).shape[1:], device=self.device)
@@ -359,7 +363,16 @@ class Engine:
         if auto is None:
             path = run_path(start, end, alphas, weights)
         else:
-            path = integrate_adaptive(evaluate_points, start, end, f_x - f_b, *auto)
+            tolerance, max_steps = auto
+            if self.scheduler.budget is not None:   # the held gradients may take half the room the budget leaves
+                room = (self.scheduler.budget - self.scheduler.meter.in_use()) // 2
+                max_steps = max(INITIAL_POINTS, min(max_steps, room // (point_bytes * len(docs))))
+                if self.steps_share is not None:    # every process must make the same choices
+                    max_steps = self.steps_share.agree(max_steps)
+            try:
+                path = integrate_adaptive(evaluate_points, start, end, f_x - f_b, tolerance, max_steps)
+            finally:
+                self.scheduler.held_bytes = 0
         t2 = time.perf_counter()
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
@@ -377,7 +390,8 @@ class Engine:
                 "probs": probs[row], "output_at_input": f_x[row], "output_at_baseline": f_b[row],
                 "integrand": integrand[row],
                 "evaluations": len(alphas) if auto is None else path.evaluations[row],
-                **({} if auto is None else {"alphas": path.alphas[row], "tolerance_met": path.met[row]})})
+                **({} if auto is None else {"alphas": path.alphas[row], "tolerance_met": path.met[row],
+                                            "max_steps": max_steps})})
         seconds = {"endpoints": t1 - t0, **path.seconds, "finalize": time.perf_counter() - t2}
         seconds["total"] = time.perf_counter() - t0
         return results, {"documents": len(docs), "sequences_per_call": path.sequences_per_call,

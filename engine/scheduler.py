@@ -134,6 +134,7 @@ class Scheduler:
         self.max_token_steps = MAX_TOKEN_STEPS_PER_CALL.get(device.type, MAX_TOKEN_STEPS_PER_CALL["cpu"])
         self.out_of_memory_token_steps = None   # the largest call known to fit after an out-of-memory error
         self.probe = None           # (length, bytes in use before, bytes per sequence) of the last probe
+        self.held_bytes = 0         # held outside the calls (n_steps="auto" keeps its points' gradients)
         self.out_of_memory_retries = 0
         self.recomputable_layers = recomputable_layers
         # The first probe runs with layers recomputed, so that it needs the least memory, and decides.
@@ -161,7 +162,7 @@ class Scheduler:
         probed_length, in_use, per_sequence = self.probe
         # Linear in length from a longer probe: an over-estimate wherever memory grows faster.
         per_sequence *= length / probed_length
-        fitting = int(USABLE_SHARE * (self.budget - in_use) // max(per_sequence, 1))
+        fitting = int(USABLE_SHARE * (self.budget - in_use - self.held_bytes) // max(per_sequence, 1))
         if fitting < 1:         # not one sequence: recompute layers in the backward pass and probe again
             self.recompute(length)
             return None

@@ -122,3 +122,13 @@ def test_cli_auto_and_its_report(saved_model, tmp_path, capsys):
     assert (out.with_suffix(".report") / "document-0.html").read_text().count("polyline") == 1
     assert exit_code(["check", "--model", model, "--text", "a", "--n-steps", "auto"]) == 2
     assert "needs a fixed number of steps" in capsys.readouterr().err
+
+
+def test_held_gradients_stay_within_half_the_room_the_memory_budget_leaves(models, tokenizer, monkeypatch):
+    engine = fastig.Engine(models("distilbert"), tokenizer, memory_budget=10**9)
+    point_bytes = len(engine.documents(TEXTS[0])[0].input_ids) * models("distilbert").config.dim * 4
+    # As if the process already used all but the room for 2 x 12 points' gradients.
+    monkeypatch.setattr(engine.scheduler.meter, "in_use", lambda: 10**9 - 2 * 12 * point_bytes)
+    result = engine.attribute(TEXTS[0], n_steps="auto", tolerance=1e-9, max_steps=1024)
+    assert result.stats["evaluations_allowed"] == [12] and result.stats["tolerance_met"] == [False]
+    assert result.stats["evaluations"][0] <= 12 and engine.scheduler.held_bytes == 0
