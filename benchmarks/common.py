@@ -22,7 +22,8 @@ CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A randomly initialised sequence classifier (2 labels) of a known shape."""
+    """A sequence classifier (2 labels) of a known shape: randomly initialised, or with trained_steps
+    trained on a synthetic keyword task (benchmarks/trained.py) and fed documents of that task."""
     family: str                     # "longformer" | "bert"
     layers: int
     hidden: int = 768
@@ -31,23 +32,38 @@ class ModelSpec:
     max_tokens: int = 4096
     initializer_range: float = 0.05
     seed: int = 0
+    trained_steps: int = 0
+    vocab_size: int | None = None   # None: the family's; a trained model takes a small one, quicker to teach
 
     def build(self) -> torch.nn.Module:
         from transformers import (BertConfig, BertForSequenceClassification, LongformerConfig,
                                   LongformerForSequenceClassification)
 
         shape = dict(num_hidden_layers=self.layers, hidden_size=self.hidden, num_attention_heads=self.heads,
-                     intermediate_size=4 * self.hidden, num_labels=2, initializer_range=self.initializer_range)
+                     intermediate_size=4 * self.hidden, num_labels=2, initializer_range=self.initializer_range,
+                     **({"vocab_size": self.vocab_size} if self.vocab_size else {}))
         torch.manual_seed(self.seed)
         if self.family == "longformer":
             config = LongformerConfig(attention_window=self.window, max_position_embeddings=self.max_tokens + 2, **shape)
             return LongformerForSequenceClassification(config).eval()
         config = BertConfig(max_position_embeddings=self.max_tokens, **shape)
-        return BertForSequenceClassification(config).eval()
+        model = BertForSequenceClassification(config).eval()
+        if self.trained_steps:
+            from .trained import trained
+            model = trained(model, self.trained_steps, repr(self), self.seed)
+        return model
+
+    def documents(self, model: torch.nn.Module, documents: int, length: int) -> torch.Tensor:
+        """[documents, length] ids to attribute: the task's documents for a trained model, random ids otherwise."""
+        if not self.trained_steps:
+            return random_ids(model, documents, length)
+        from .trained import keyword_documents
+        return keyword_documents(model.config.vocab_size, documents, length, torch.Generator().manual_seed(1))[0]
 
     def describe(self) -> str:
         window = f", window {self.window}" if self.family == "longformer" else ""
-        return f"{self.family.capitalize()} {self.layers} layers, hidden {self.hidden}, {self.heads} heads{window}"
+        state = f", trained {self.trained_steps} steps on a keyword task" if self.trained_steps else ""
+        return f"{self.family.capitalize()} {self.layers} layers, hidden {self.hidden}, {self.heads} heads{window}{state}"
 
     def flops_per_token_step(self, length: int) -> float:
         """Useful FLOPs of one token in one step: forward plus the input-gradient backward.
@@ -207,7 +223,7 @@ def _engine_and_ids(job: Job):
     import fastig
     engine = fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
                            device=job.device, attention=job.attention)
-    return engine, random_ids(engine.model, job.documents, job.length)
+    return engine, job.model.documents(engine.model, job.documents, job.length)
 
 
 def measure(job: Job) -> dict:
@@ -249,8 +265,8 @@ def steps_to_tolerance(job: Job, ladder: list[int], tolerances: list[float]) -> 
 
 
 def auto_to_tolerance(job: Job, tolerances: list[float]) -> dict:
-    """Runs in a child process: fastig's n_steps="auto" at each tolerance: the evaluations it used
-    (the most over the documents), whether it met the tolerance, and its median time."""
+    """Runs in a child process: fastig's n_steps="auto" at each tolerance: the evaluations it used (the
+    most for one document, and over all), whether it met the tolerance, and its median time."""
     engine, ids = _engine_and_ids(job)
 
     def run(tolerance):
@@ -260,10 +276,37 @@ def auto_to_tolerance(job: Job, tolerances: list[float]) -> dict:
     found = {}
     for tolerance in tolerances:
         seconds, times, result = median_seconds(lambda: run(tolerance), job.repeats, _sync(job))
-        found[tolerance] = {"n_steps": max(result.stats["evaluations"]), "met": all(result.stats["tolerance_met"]),
-                            "seconds": seconds, "times": times,
+        found[tolerance] = {"n_steps": max(result.stats["evaluations"]), "evaluations": sum(result.stats["evaluations"]),
+                            "met": all(result.stats["tolerance_met"]), "seconds": seconds, "times": times,
                             "relative_delta": _relative_delta(list(result.attributions), result.delta)}
     return found
+
+
+CAPTUM_DEFAULT_STEPS = 50   # LayerIntegratedGradients.attribute's n_steps (with method="gausslegendre")
+
+
+def gauss_legendre_hindsight(job: Job, tolerances: list[float], max_steps: int) -> dict:
+    """Runs in a child process: each document's smallest Gauss-Legendre n meeting each tolerance, found by
+    trying every n (a bound no user has: it takes the whole scan to know), and each document's relative
+    delta with Captum's defaults. fastig's step loop computes them (it matches Captum to fp32 rounding)."""
+    engine, ids = _engine_and_ids(job)
+
+    def relative_deltas(n_steps):
+        result = engine.attribute(ids, n_steps=n_steps, target=0)
+        gap = result.output_at_input.double() - result.output_at_baseline.double()
+        return (result.delta.double().abs() / gap.abs().clamp_min(1e-30)).tolist()
+
+    smallest = {t: [None] * len(ids) for t in tolerances}
+    for n_steps in range(1, max_steps + 1):
+        for doc, relative in enumerate(relative_deltas(n_steps)):
+            for tolerance in tolerances:
+                if smallest[tolerance][doc] is None and relative <= tolerance:
+                    smallest[tolerance][doc] = n_steps
+        if all(n is not None for found in smallest.values() for n in found):
+            break
+    return {"hindsight": [{"tolerance": t, "n_steps": found} for t, found in smallest.items()],
+            "captum_default_steps": CAPTUM_DEFAULT_STEPS,
+            "captum_default_relative_delta": relative_deltas(CAPTUM_DEFAULT_STEPS)}
 
 
 def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:

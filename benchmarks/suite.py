@@ -64,15 +64,28 @@ def _comparison_table(section: dict) -> list[str]:
 
 
 def _accuracy_table(section: dict) -> list[str]:
-    tolerances = sorted({r["tolerance"] for r in section["rows"]}, reverse=True)
+    lines = []
+    for summary in section["models"]:
+        rows = [r for r in section["rows"] if r["model"] == summary["model"]]
+        lines += [f"*{summary['model']}*: {summary['documents']} documents of {summary['length']} tokens; Captum's "
+                  f"best internal_batch_size by sweep: {summary['captum_best_batch']}.", ""]
+        lines += _accuracy_rows(rows, section["max_steps"]) + [""] + _evaluation_ratios(rows, summary) + [""]
+    return lines + ["Cells: the smallest power-of-two n_steps meeting the tolerance for every document, the model "
+                    "evaluations over all documents (auto: each document's own, the most in n_steps) and the "
+                    "median time; in brackets fastig's speed-up over Captum with the same rule (per rule), and "
+                    "over Captum's fastest rule (last rows), at the same tolerance."]
+
+
+def _accuracy_rows(rows: list[dict], max_steps: int) -> list[str]:
+    tolerances = sorted({r["tolerance"] for r in rows}, reverse=True)
     lines = ["| rule | provider | " + " | ".join(f"\\|δ\\| <= {t:g} \\|ΔF\\|" for t in tolerances) + " |",
              "|---|---|" + "---:|" * len(tolerances)]
     cells, fastest = {}, {}
-    for r in section["rows"]:
+    for r in rows:
         if r["n_steps"] is None:
-            cell = f"> {section['max_steps']} steps"
+            cell = f"> {max_steps} steps"
         else:
-            cell = f"{r['n_steps']} steps, {r['seconds']:.3g} s"
+            cell = f"{r['n_steps']} steps ({r['evaluations']}), {r['seconds']:.3g} s"
             if r.get("speedup_vs_captum_same_rule"):
                 cell += f" ({r['speedup_vs_captum_same_rule']:.2f}x)"
             best = fastest.setdefault((r["provider"], r["tolerance"]), r)
@@ -87,19 +100,30 @@ def _accuracy_table(section: dict) -> list[str]:
             f"{r['method']}: {r['seconds']:.3g} s" + (f" ({r['speedup_vs_captum_fastest_rule']:.2f}x)"
                                                      if r.get("speedup_vs_captum_fastest_rule") else "")
             if r else "–" for r in row) + " |")
-    lines += ["", "In brackets: fastig's speed-up over Captum with the same rule (per rule), and over "
-              "Captum's fastest rule (last rows), at the same tolerance. auto: n_steps=\"auto\", the evaluations "
-              "it used (the most over the documents)."]
-    captum_default = {r["tolerance"]: r["n_steps"] for r in section["rows"]
-                      if r["provider"].startswith("captum") and r["method"] == "gausslegendre"}
-    auto = {r["tolerance"]: r["n_steps"] for r in section["rows"] if r["method"] == "auto"}
-    ratios = [f"{t:g}: {captum_default[t] / auto[t]:.1f}x" for t in tolerances
-              if auto.get(t) and captum_default.get(t)]
-    if ratios:
-        lines.append("Evaluations of Captum's default rule (gausslegendre) over auto's: " + ", ".join(ratios) + ".")
     return lines
 
 
+def _evaluation_ratios(rows: list[dict], summary: dict) -> list[str]:
+    """auto's evaluations against Gauss-Legendre's (Captum's default rule) found three ways."""
+    auto = {r["tolerance"]: r["evaluations"] for r in rows if r["method"] == "auto"}
+    ladder = {r["tolerance"]: r["evaluations"] for r in rows
+              if r["provider"].startswith("captum") and r["method"] == "gausslegendre"}
+    documents, default = summary["documents"], summary["captum_default_steps"]
+
+    def ratio(theirs, t):
+        return f"{theirs} = {theirs / auto[t]:.1f}x" if theirs and auto.get(t) else f"{theirs or '–'}"
+
+    lines = []
+    for t in sorted(auto, reverse=True):
+        hindsight = next(h["n_steps"] for h in summary["hindsight"] if h["tolerance"] == t)
+        met_by_default = sum(d <= t for d in summary["captum_default_relative_delta"])
+        lines.append(
+            f"- {t:g}: auto {auto[t] or '–'} evaluations; Gauss-Legendre: power-of-two n for all documents "
+            f"{ratio(ladder.get(t), t)}; each document's smallest n in hindsight "
+            + (ratio(sum(hindsight), t) if all(hindsight) else f"more than {scenarios.HINDSIGHT_MAX_STEPS} for a document")
+            + f"; Captum's defaults (n_steps={default}) {ratio(default * documents, t)}, meeting it for "
+            f"{met_by_default} of {documents} documents.")
+    return ["Model evaluations over all documents:"] + lines
 def _step_table(section: dict) -> list[str]:
     lines = ["| model, precision, attention | tokens | sequences | time (s) | first call (s) | token-steps/s | peak MB "
              "| GFLOP/s (of matmul peak) | vs HF attention | time / BERT's |",

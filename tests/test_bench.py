@@ -80,15 +80,22 @@ def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
 def test_equal_accuracy_steps_meet_their_tolerance(bench):
     report, _, _ = bench
     section = next(s for s in report["scenarios"] if s["name"] == "equal_accuracy")
+    assert {r["model"] for r in section["rows"]} == {m["model"] for m in section["models"]} and len(section["models"]) == 2
     reached = [r for r in section["rows"] if r["n_steps"] is not None]
     assert any(r["method"] == "gausslegendre" for r in reached)
     for row in reached:
         if row["method"] == "auto":     # adaptive: no ladder; the delta it reached is the run's own
             assert row["relative_delta"] <= row["tolerance"]
+            assert row["n_steps"] <= row["evaluations"] <= row["n_steps"] * row["documents"]
             continue
-        ladder = dict(section["ladders"][f"{row['provider']} {row['method']}"])
+        assert row["evaluations"] == row["n_steps"] * row["documents"]
+        ladder = dict(section["ladders"][f"{row['model']}: {row['provider']} {row['method']}"])
         assert ladder[row["n_steps"]] <= row["tolerance"]
         assert all(rel > row["tolerance"] for n, rel in ladder.items() if n < row["n_steps"])
+        if row["method"] == "gausslegendre":    # each document's smallest n is at most the n meeting all of them
+            summary = next(m for m in section["models"] if m["model"] == row["model"])
+            hindsight = next(h["n_steps"] for h in summary["hindsight"] if h["tolerance"] == row["tolerance"])
+            assert all(n is not None and n <= row["n_steps"] for n in hindsight)
 
 
 def test_model_step_times_every_attention_and_bert_where_it_fits(bench):
