@@ -1,5 +1,9 @@
 import sys
 
 from .cli import main
+from .distributed import exit_launched, launched
 
-sys.exit(main())
+code = main()
+if launched():
+    exit_launched(code)
+sys.exit(code)
