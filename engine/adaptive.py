@@ -129,8 +129,8 @@ def integrate_adaptive(evaluate, start: torch.Tensor, end: torch.Tensor, gap: to
             alphas_d, s, f = points[d].sorted()
             weights, stencil, gap_weights = composite_rule(alphas_d.astype(np.float64))
             met[d] = bool(abs(weights @ s - gap[d]) <= tolerance * abs(gap[d]))
-            count = max(1, len(alphas_d) // POINTS_PER_NEW_POINT)
-            if met[d] or len(alphas_d) + count > max_steps:
+            count = min(max(1, len(alphas_d) // POINTS_PER_NEW_POINT), max_steps - len(alphas_d))
+            if met[d] or count < 1:
                 continue
             errors = np.abs(np.diff(f) - (gap_weights * s[stencil]).sum(1))
             middles = ((alphas_d[:-1] + alphas_d[1:]) / 2).astype(np.float32)
