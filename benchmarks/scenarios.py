@@ -205,26 +205,10 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
         model_rows = []
         for job in jobs:
             for method in METHODS:
-                smallest = 1 if method == "gausslegendre" else 2
-                ladder = [2 ** i for i in range(sizes.max_steps.bit_length()) if smallest <= 2 ** i <= sizes.max_steps]
-                found = in_child(steps_to_tolerance, replace(job, method=method), ladder, list(TOLERANCES))
+                found = _uniform_to_tolerance(replace(job, method=method), sizes.max_steps)
                 ladders[f"{model.describe()}: {job.label} {method}"] = found["ladder"]
-                for tolerance in TOLERANCES:
-                    n_steps, seconds, times = found["needed"].get(tolerance, (None, None, None))
-                    model_rows.append({"provider": job.label, "method": method, "tolerance": tolerance,
-                                       "n_steps": n_steps, "evaluations": n_steps and n_steps * documents,
-                                       "seconds": seconds, "times": times})
-                log(f"equal_accuracy: {job.label:<18} {method:<18} " + ", ".join(
-                    f"{t:g}: {found['needed'][t][0]} steps" if t in found["needed"] else f"{t:g}: > {sizes.max_steps}"
-                    for t in TOLERANCES))
-        auto = in_child(auto_to_tolerance, jobs[0], list(TOLERANCES))
-        for tolerance, found in auto.items():
-            model_rows.append({"provider": f"{jobs[0].label} auto", "method": "auto", "tolerance": tolerance,
-                               "n_steps": found["n_steps"] if found["met"] else None,
-                               "evaluations": found["evaluations"] if found["met"] else None,
-                               "seconds": found["seconds"] if found["met"] else None, "times": found["times"],
-                               "relative_delta": found["relative_delta"]})
-        log("equal_accuracy: fastig auto " + ", ".join(f"{t:g}: {f['evaluations']} evaluations" for t, f in auto.items()))
+                model_rows += found["rows"]
+        model_rows += _auto_rows(jobs[0])
         _speedups(model_rows)
         hindsight = in_child(gauss_legendre_hindsight, jobs[0], list(TOLERANCES), HINDSIGHT_MAX_STEPS)
         summaries.append({"model": model.describe(), "captum_best_batch": best, "documents": documents,
@@ -233,6 +217,34 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
     return {"name": "equal_accuracy", "title": TITLES["equal_accuracy"],
             "model": "; ".join(s["model"] for s in summaries), "max_steps": sizes.max_steps,
             "ladders": ladders, "rows": rows, "models": summaries}
+
+
+def _uniform_to_tolerance(job: Job, max_steps: int) -> dict:
+    """The job's rule at n_steps 1 (or 2), 2, 4, ... up to max_steps: the relative delta at each, and a
+    row per tolerance with the first n_steps meeting it for every document."""
+    smallest = 1 if job.method == "gausslegendre" else 2
+    ladder = [2 ** i for i in range(max_steps.bit_length()) if smallest <= 2 ** i <= max_steps]
+    found = in_child(steps_to_tolerance, job, ladder, list(TOLERANCES))
+    rows = []
+    for tolerance in TOLERANCES:
+        n_steps, seconds, times = found["needed"].get(tolerance, (None, None, None))
+        rows.append({"provider": job.label, "method": job.method, "tolerance": tolerance, "n_steps": n_steps,
+                     "evaluations": n_steps and n_steps * job.documents, "seconds": seconds, "times": times})
+    log(f"equal_accuracy: {job.label:<18} {job.method:<18} " + ", ".join(
+        f"{t:g}: {found['needed'][t][0]} steps" if t in found["needed"] else f"{t:g}: > {max_steps}"
+        for t in TOLERANCES))
+    return {"ladder": found["ladder"], "rows": rows}
+
+
+def _auto_rows(job: Job) -> list[dict]:
+    """n_steps="auto" at each tolerance: the most evaluations of one document, over all, and the time."""
+    auto = in_child(auto_to_tolerance, job, list(TOLERANCES))
+    log("equal_accuracy: fastig auto " + ", ".join(f"{t:g}: {f['evaluations']} evaluations" for t, f in auto.items()))
+    return [{"provider": f"{job.label} auto", "method": "auto", "tolerance": tolerance,
+             "n_steps": found["n_steps"] if found["met"] else None,
+             "evaluations": found["evaluations"] if found["met"] else None,
+             "seconds": found["seconds"] if found["met"] else None, "times": found["times"],
+             "relative_delta": found["relative_delta"]} for tolerance, found in auto.items()]
 
 
 def _speedups(rows: list[dict]) -> None:
