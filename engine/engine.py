@@ -342,13 +342,14 @@ class Engine:
             return path
 
         point_bytes = end[0].numel() * 4    # n_steps="auto" holds one fp32 gradient [L, H] per point
+        difference = end - start
 
         def evaluate_points(point_docs, point_alphas):
             """F, s and dF/dz at (document, alpha) pairs: each is a one-point path from z(alpha); with
             several processes each evaluates its share of the pairs."""
             share = self.steps_share
             mine = torch.arange(len(point_docs)) if share is None else share.steps(len(point_docs))
-            docs_mine, difference = point_docs[mine], end - start
+            docs_mine = point_docs[mine]
             point_start = start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
             one_point = torch.zeros(1), torch.ones(1)
             path = run_path(point_start, point_start + difference[docs_mine], *one_point, docs_mine, share=None)
