@@ -7,12 +7,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # The folders keep the design card's names; the import names are fastig, fastig.kernels
-    # and fastig.benchmarks (so `fastig bench` works from any install).
-    packages=["fastig", "fastig.kernels", "fastig.benchmarks"],
+    # The folders keep the design card's names; the import names are fastig (the core), fastig.app
+    # (engine/app: the command line, data sets, reports, the demo), fastig.kernels and fastig.benchmarks
+    # (so `fastig bench` works from any install).
+    packages=["fastig", "fastig.app", "fastig.kernels", "fastig.benchmarks"],
     package_dir={"fastig": "engine", "fastig.kernels": "kernels", "fastig.benchmarks": "benchmarks"},
+    # Everything the commands need: the core needs torch, transformers, captum (the reference and the
+    # drop-in), numpy and tqdm; accelerate launches --processes; pandas, pyarrow and datasets read data
+    # sets (CSV, JSONL, parquet, save_to_disk folders, the hub); matplotlib draws the report's charts.
     install_requires=["torch>=2.1", "transformers>=4.40", "captum>=0.7", "accelerate>=0.30",
-                      "numpy", "tqdm", "pandas", "matplotlib"],
+                      "numpy", "tqdm", "pandas", "pyarrow", "datasets", "matplotlib"],
     extras_require={
         # transformers-interpret: a real tool on Captum, run unchanged under fastig.patch_captum() in the tests
         "dev": ["pytest>=7", "transformers-interpret==0.10.0"],

@@ -136,10 +136,9 @@ def best_captum_batch(job: Job, candidates: tuple) -> tuple[int, dict]:
     return min(per_step, key=per_step.get), per_step
 
 
-def _captum_batches(best: int, best_length: int, length: int, n_steps: int) -> list[int]:
-    # The sweep's winner, carried to other lengths as the same number of tokens per call.
-    scaled = max(1, min(n_steps, best * best_length // length))
-    return sorted({CAPTUM_SEED_BATCH, scaled})
+def _scaled_batch(best: int, best_length: int, length: int, n_steps: int) -> int:
+    """The sweep's winner, carried to other lengths as the same number of tokens per call."""
+    return max(1, min(n_steps, best * best_length // length))
 
 
 def _row(job: Job, result: dict, peaks: dict) -> dict:
@@ -164,9 +163,13 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
     log(f"{name}: Captum seconds per step by internal_batch_size {per_step}; best {best}")
     rows = []
     for length, documents, n_steps in sizes.configs:
-        base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device)
-        captum_jobs = [replace(base, provider="captum", batch=b)
-                       for b in _captum_batches(best, first_length, length, n_steps)]
+        base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device,
+                   retain_cpu_memory=device == "cpu")
+        scaled = _scaled_batch(best, first_length, length, n_steps)
+        captum_jobs = [replace(base, provider="captum", batch=b, retain_cpu_memory=False)
+                       for b in sorted({CAPTUM_SEED_BATCH, scaled})]
+        if device == "cpu":     # Captum with fastig's allocator setting too, at its best batch
+            captum_jobs.append(replace(base, provider="captum", batch=scaled))
         fastig_runs = fastig_jobs(name, mode, base)
         if name in DROP_IN_SCENARIOS:
             fastig_runs.append(replace(captum_jobs[-1], provider="dropin"))
@@ -175,15 +178,16 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
             results[job] = in_child(measure, job)
             log(f"{name}: {job.label:<18} {length:>5} tokens x {documents} docs, {n_steps:>4} steps: "
                 f"{results[job]['seconds']:8.2f} s, peak {results[job]['peak_memory_mb']:7.0f} MB")
-        seed = next(results[job] for job in captum_jobs if job.batch == CAPTUM_SEED_BATCH)
-        captum_seconds = {job.batch: results[job]["seconds"] for job in captum_jobs}
+        seed = next(results[job] for job in captum_jobs if job.batch == CAPTUM_SEED_BATCH and not job.retain_cpu_memory)
+        captum_seconds = {job.label: results[job]["seconds"] for job in captum_jobs}
+        seed_seconds = captum_seconds[replace(captum_jobs[0], batch=CAPTUM_SEED_BATCH).label]
         for job in captum_jobs + fastig_runs:
             row = _row(job, results[job], peaks)
             if job.provider != "captum":
                 agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),
                                     CaptumResult(seed["attributions"], seed["delta"], 0.0))
                 row.update(rel_l2_vs_captum=agreement.rel_l2, pearson_vs_captum=agreement.pearson,
-                           speedup_vs_captum_seed=captum_seconds[CAPTUM_SEED_BATCH] / row["seconds"],
+                           speedup_vs_captum_seed=seed_seconds / row["seconds"],
                            speedup_vs_captum_best=min(captum_seconds.values()) / row["seconds"])
             rows.append(row)
     return {"name": name, "title": TITLES[name], "model": sizes.model.describe(),
@@ -198,7 +202,8 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
     length, documents, _ = sizes.configs[0]
     rows, ladders, summaries = [], {}, []
     for model in (sizes.model, *sizes.more_models):
-        base = Job("fastig", model, length, sizes.max_steps, documents, repeats=repeats, device=device)
+        base = Job("fastig", model, length, sizes.max_steps, documents, repeats=repeats, device=device,
+                   retain_cpu_memory=device == "cpu")
         best, _ = best_captum_batch(replace(base, n_steps=max(sizes.captum_batches)), sizes.captum_batches)
         jobs = [replace(base, precision=p) for p in fastig_precisions("equal_accuracy", mode, device)]
         jobs.append(replace(base, provider="captum", batch=best))

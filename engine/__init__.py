@@ -1,12 +1,15 @@
 """fastig: fast, memory-bounded Integrated Gradients for Hugging Face transformer classifiers.
 
-Importing fastig imports neither triton nor captum, and queries no GPU.
+The core: importing fastig imports neither triton nor captum, queries no GPU, and loads none of
+the application (fastig.app: the command line, data sets, reports, the demo) or the benchmarks.
 """
 
-from .engine import Attribution, Engine
+from .engine import Engine
 from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, InputError, LayerNotFoundError,
                      MemoryBudgetError, MethodError, ModelLoadError, TargetError)
 from .models import load_classifier
+from .result import Attribution, DocumentResult, RunStats
+from .scheduler import retain_freed_cpu_memory
 
 __version__ = "0.1.0"
 
@@ -24,6 +27,7 @@ def unpatch_captum() -> None:
     unpatch()
 
 
-__all__ = ["Attribution", "Engine", "FastIGError", "InputError", "EmptyTextError", "TargetError", "MethodError",
-           "BaselineError", "DataError", "ModelLoadError", "LayerNotFoundError", "MemoryBudgetError",
-           "load_classifier", "patch_captum", "unpatch_captum", "__version__"]
+__all__ = ["Attribution", "DocumentResult", "Engine", "RunStats", "FastIGError", "InputError", "EmptyTextError",
+           "TargetError", "MethodError", "BaselineError", "DataError", "ModelLoadError", "LayerNotFoundError",
+           "MemoryBudgetError", "load_classifier", "patch_captum", "unpatch_captum", "retain_freed_cpu_memory",
+           "__version__"]

@@ -1,7 +1,8 @@
 import sys
 
-from .cli import main
-from .distributed import exit_launched, launched
+from .app.cli import main
+from .app.launcher import exit_launched
+from .processes import launched
 
 code = main()
 if launched():

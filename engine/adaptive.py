@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import MethodError
+from .result import TimeSplit
 
 INITIAL_POINTS = 7
 STENCIL = 6             # points of each gap's interpolating polynomial (exact to degree 5)
@@ -83,9 +84,10 @@ class AdaptiveIntegral:
     integrand: list
     evaluations: list
     met: list
-    seconds: dict = field(default_factory=dict)
+    seconds: TimeSplit = field(default_factory=TimeSplit)
     sequences_per_call: list = field(default_factory=list)
     fallbacks: int = 0
+    evaluations_allowed: int = 0        # the max_steps it ran with
 
 
 @dataclass
@@ -108,7 +110,7 @@ def integrate_adaptive(evaluate, start: torch.Tensor, end: torch.Tensor, gap: to
     """
     n_docs = end.shape[0]
     gap = gap.double().cpu().tolist()
-    seconds, sizes, fallbacks = {}, [], 0
+    seconds, sizes, fallbacks = TimeSplit(), [], 0
     points = [_Points() for _ in range(n_docs)]
     met = [False] * n_docs
     # float32 alphas, so the rule's weights are computed at the points the model saw
@@ -117,8 +119,7 @@ def integrate_adaptive(evaluate, start: torch.Tensor, end: torch.Tensor, gap: to
         docs = [d for d, alphas in proposals.items() for _ in alphas]
         alphas = [a for d in proposals for a in proposals[d]]
         path = evaluate(torch.tensor(docs, device=end.device), torch.tensor(alphas, dtype=torch.float32))
-        for key, value in path.seconds.items():
-            seconds[key] = seconds.get(key, 0.0) + value
+        seconds.add(path.seconds)
         sizes.extend(path.sequences_per_call)
         fallbacks += path.fallbacks
         integrand, outputs = path.integrand[:, 0].double().cpu().tolist(), path.outputs[:, 0].double().cpu().tolist()
@@ -150,4 +151,4 @@ def integrate_adaptive(evaluate, start: torch.Tensor, end: torch.Tensor, gap: to
         integrand_out.append(torch.tensor(s, dtype=torch.float32))
         points[d].values.clear()            # the held gradients go as soon as the document is summed
     return AdaptiveIntegral(end - start, gradient_sum, alphas_out, integrand_out,
-                            [len(a) for a in alphas_out], met, seconds, sizes, fallbacks)
+                            [len(a) for a in alphas_out], met, seconds, sizes, fallbacks, max_steps)

@@ -26,7 +26,8 @@ from . import kernels, quadrature
 from .integrate import integrate_path
 from .models import output_captured, output_replaced
 from .precision import resolve
-from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, retain_freed_cpu_memory
+from .result import RunStats
+from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, cpu_memory_retained
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
 
     After each call: `last_path` is "fastig" or "captum", `last_fallback_reason` says why
     Captum ran, `fast_calls` and `fallback_calls` count both, `last_stats` holds fastig's
-    timings and call sizes.
+    timings and call sizes (a fastig.RunStats; None after a call Captum ran).
     """
 
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids=device_ids, multiply_by_inputs=multiply_by_inputs)
         self.fast_calls = self.fallback_calls = 0
         self.last_path = self.last_fallback_reason = None
-        self.last_stats = {}
+        self.last_stats = None
         self._schedulers = {}
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
@@ -66,7 +67,7 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
             reason = result
         logger.debug("fastig.captum: Captum's LayerIntegratedGradients runs this call: %s", reason)
         self.fallback_calls += 1
-        self.last_path, self.last_fallback_reason, self.last_stats = "captum", reason, {}
+        self.last_path, self.last_fallback_reason, self.last_stats = "captum", reason, None
         return super().attribute(inputs, baselines, target, additional_forward_args, n_steps, method,
                                  internal_batch_size, return_convergence_delta, attribute_to_layer_input, grad_kwargs)
 
@@ -119,8 +120,6 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
             chunk_size = max(1, internal_batch_size // examples) * examples
         elif memory_budget is None:
             chunk_size = examples * n_steps      # Captum's default: every step in one call
-        if end.device.type == "cpu":
-            retain_freed_cpu_memory()
         scheduler = self._scheduler(end.device, memory_budget)
         scheduler.start_run()
 
@@ -139,10 +138,15 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
         else:
             attributions = path.gradient_sum
         attributions = attributions.view(examples, *layer_shape).to(layer_dtype)
-        self.last_stats = {"precision": precision.name, "sequences_per_call": path.sequences_per_call,
-                           "fallbacks": path.fallbacks, **scheduler.run_stats(),
-                           "seconds": {"endpoints": t0 - started, **path.seconds,
-                                       "finalize": time.perf_counter() - t1, "total": time.perf_counter() - started}}
+        seconds = path.seconds
+        seconds.endpoints, seconds.finalize = t0 - started, time.perf_counter() - t1
+        seconds.total = time.perf_counter() - started
+        self.last_stats = RunStats(
+            device=str(end.device), precision=precision.name, attention="model",
+            retains_cpu_memory=end.device.type == "cpu" and cpu_memory_retained(), fallbacks=path.fallbacks,
+            documents_per_group=[examples], chunk_size=[max(path.sequences_per_call)],
+            model_calls=len(path.sequences_per_call), memory=scheduler.run_stats(), seconds=seconds,
+            token_steps_per_s=examples * end.shape[1] * n_steps / max(seconds.total, 1e-12))
         output = _format_outputs(False, [(attributions,)])
         if not return_convergence_delta:
             return output

@@ -24,13 +24,16 @@ class Document:
     input_ids: [L] long. baseline_ids: [L] long, or None when the baseline is given as
     an embedding (`baseline_embedding`, [L', H] float, or 0.0 for "zeros").
     model_kwargs: tensors [L] passed to the model next to the ids (attention mask, global
-    attention mask), each gets a batch dimension at call time.
+    attention mask), each gets a batch dimension at call time. special_positions: where the
+    special tokens are, by the tokenizer's special-token mask (without a tokenizer: the ids
+    the model config names pad, bos, eos, sep or cls).
     """
     input_ids: torch.Tensor
     baseline_ids: torch.Tensor | None
     baseline_embedding: torch.Tensor | float | None
     model_kwargs: dict
     tokens: list
+    special_positions: list
 
 
 def max_text_tokens(config, tokenizer=None) -> int:
@@ -131,5 +134,15 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
             kwargs["global_attention_mask"] = torch.zeros_like(ids)
             kwargs["global_attention_mask"][0] = 1
         tokens = tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None else [str(t) for t in ids.tolist()]
-        documents.append(Document(ids, baseline_ids, baseline_embedding, kwargs, tokens))
+        documents.append(Document(ids, baseline_ids, baseline_embedding, kwargs, tokens,
+                                  special_positions(ids, config, tokenizer)))
     return documents
+
+
+def special_positions(ids: torch.Tensor, config, tokenizer=None) -> list[int]:
+    """Positions of the special tokens in ids [L]."""
+    if tokenizer is not None:
+        mask = tokenizer.get_special_tokens_mask(ids.tolist(), already_has_special_tokens=True)
+        return [p for p, special in enumerate(mask) if special]
+    specials = {getattr(config, f"{name}_token_id", None) for name in ("pad", "bos", "eos", "sep", "cls")} - {None}
+    return [p for p, t in enumerate(ids.tolist()) if t in specials]

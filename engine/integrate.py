@@ -13,6 +13,7 @@ import torch
 
 from . import kernels
 from .precision import Precision
+from .result import TimeSplit
 from .scheduler import PROBE_SEQUENCES, Scheduler, is_out_of_memory
 
 FP32 = Precision("fp32", "cpu")   # the fallback of a low-precision chunk; autocast-free on any device
@@ -31,7 +32,7 @@ class PathIntegral:
     gradient_sum: torch.Tensor
     integrand: torch.Tensor
     outputs: torch.Tensor
-    seconds: dict = field(default_factory=dict)
+    seconds: TimeSplit = field(default_factory=TimeSplit)
     sequences_per_call: list = field(default_factory=list)
     fallbacks: int = 0          # chunks redone in fp32 after low precision produced inf or nan
 
@@ -78,7 +79,7 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
     integrand = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
     outputs = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
     alphas, weights = alphas.to(device), weights.to(device)
-    seconds = {"interpolate": 0.0, "model": 0.0, "accumulate": 0.0}
+    seconds = TimeSplit()
     sizes, fallbacks = [], 0
     size, lo, total = scheduler.sequences_per_call(length, chunk_size), 0, n_docs * n_steps
     while lo < total:
@@ -113,9 +114,9 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         kernels.accumulate(gradient_sum, integrand, grads, flat_difference, docs, steps, weights)
         outputs[docs, steps] = scores
         _sync(device)
-        seconds["interpolate"] += t1 - t0
-        seconds["model"] += t2 - t1
-        seconds["accumulate"] += time.perf_counter() - t2
+        seconds.interpolate += t1 - t0
+        seconds.model += t2 - t1
+        seconds.accumulate += time.perf_counter() - t2
         sizes.append(hi - lo)
         if on_chunk is not None:
             on_chunk(hi - lo)

@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -61,6 +62,17 @@ def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError when malloc fails."""
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+@dataclass
+class MemoryStats:
+    """The memory side of a run (bytes): the budget, the last probe (length, bytes in use before
+    it, bytes per sequence), whether layers were recomputed, the peak, and out-of-memory retries."""
+    memory_budget_bytes: int | None
+    probe: dict | None
+    recompute_layers: bool
+    peak_memory_bytes: int | None
+    out_of_memory_retries: int
 
 
 class MemoryMeter:
@@ -215,13 +227,13 @@ class Scheduler:
         self._peak = 0
         self.meter.reset(release_freed=False)
 
-    def run_stats(self) -> dict:
-        """Budget, probe and peak memory of the run since `start_run`, in bytes."""
+    def run_stats(self) -> MemoryStats:
+        """Budget, probe and peak memory of the run since `start_run`."""
         probe = None if self.probe is None else {"length": self.probe[0], "in_use_bytes": self.probe[1],
                                                  "bytes_per_sequence": round(self.probe[2])}
-        return {"memory_budget_bytes": self.budget, "probe": probe, "recompute_layers": self.recompute_layers,
-                "peak_memory_bytes": max(self._peak, self.meter.peak()) if self.meter.works else None,
-                "out_of_memory_retries": self.out_of_memory_retries}
+        return MemoryStats(self.budget, probe, self.recompute_layers,
+                           max(self._peak, self.meter.peak()) if self.meter.works else None,
+                           self.out_of_memory_retries)
 
 
 def pack(lengths: list[int], keys: list, sequences_per_call: int | None, n_steps: int, slack: float = 0.125) -> int:
@@ -257,13 +269,16 @@ def _release_freed_cpu_memory() -> None:
 
 
 def retain_freed_cpu_memory() -> bool:
-    """Ask glibc to keep freed blocks of up to 1 GiB for reuse instead of unmapping them.
+    """Ask glibc to keep freed blocks of up to 1 GiB for reuse instead of unmapping them, for the
+    rest of this process's life (fastig.retain_freed_cpu_memory; the `fastig` command calls it).
 
     Every step allocates and frees activations of tens to hundreds of MB; glibc's default
     maps each afresh and returns it to the OS, and the page faults cost more than the
     math: a 4-layer Longformer-base step at 512 tokens, 8 steps per call, took 15.6 s
     with 7.5 s in the kernel, and 9.5 s with 0.02 s after this (2-core EPYC). The process
-    keeps its peak heap until it exits. Once per process; FASTIG_RETAIN_CPU_MEMORY=0 opts out.
+    keeps its peak heap until it exits. It changes the allocator of the whole process, for
+    every library in it, so a library call never does it unasked: a program opts in, and
+    benchmarks give Captum's runs the same setting. FASTIG_RETAIN_CPU_MEMORY=0 turns it off.
     Returns whether the setting is in force.
     """
     global _glibc_tuned
@@ -272,4 +287,9 @@ def retain_freed_cpu_memory() -> bool:
     libc = _libc()
     _glibc_tuned = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) \
         and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _glibc_tuned
+
+
+def cpu_memory_retained() -> bool:
+    """Whether retain_freed_cpu_memory() is in force in this process."""
     return _glibc_tuned

@@ -1,6 +1,8 @@
 """Tiny random classifiers of several families and an offline tokenizer, built from configs with fixed seeds."""
 
+import os
 import random
+import textwrap
 
 import pytest
 import torch
@@ -95,6 +97,17 @@ def saved_model(tmp_path_factory, tokenizer):
     return save
 
 
+def record(**values):
+    """A DocumentResult with the given fields, and neutral values for the rest (a hand-built fixture)."""
+    from fastig.result import DocumentResult
+
+    n = len(values["tokens"])
+    defaults = {"input_ids": list(range(n)), "special_positions": [0, n - 1], "token_scores": [0.0] * n,
+                "prediction": 0, "probs": [0.5, 0.5], "target": values.get("prediction", 0), "output_at_input": 0.5,
+                "output_at_baseline": 0.25, "delta": 0.0, "alphas": [0.5], "integrand": [0.25], "evaluations": 1}
+    return DocumentResult.from_json({**defaults, **values})
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, what: str = "tensor"):
     """allclose that says how many elements differ, the worst one and where."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
@@ -104,3 +117,26 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
         worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
         raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (rtol={rtol}, atol={atol}); "
                              f"worst at {worst}: {actual[worst].item()} vs {expected[worst].item()}")
+
+
+def hanging_after_shards(shards: int, folder) -> dict:
+    """The environment of a `python -m fastig` child whose data-set run stops still (sleeps) once each of its
+    processes has written `shards` shards: a kill then lands midway, however loaded the machine is.
+    A sitecustomize module on PYTHONPATH wraps the shard writer; the code under test is unchanged."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import time
+        import fastig.app.dataset as dataset
+
+        write, written = dataset._write_atomically, []
+
+        def write_then_hang(path, text):
+            write(path, text)
+            if path.parent.name == "shards":
+                written.append(path)
+                while len(written) >= {shards}:
+                    time.sleep(1)
+
+        dataset._write_atomically = write_then_hang
+    """))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}

@@ -8,6 +8,7 @@ import torch
 
 import fastig
 from fastig.adaptive import STENCIL, composite_rule, integrate_adaptive
+from fastig.result import TimeSplit
 
 from conftest import make_text
 from test_cli import exit_code
@@ -38,7 +39,7 @@ def _kinked_path(direction: torch.Tensor):
         a = alphas.double().numpy()
         s = torch.tensor(np.abs(a - 0.37) + 0.1, dtype=torch.float32)
         return SimpleNamespace(gradient_sum=s[:, None, None] * direction, integrand=s[:, None],
-                               outputs=torch.tensor(F(a), dtype=torch.float32)[:, None], seconds={},
+                               outputs=torch.tensor(F(a), dtype=torch.float32)[:, None], seconds=TimeSplit(),
                                sequences_per_call=[len(a)], fallbacks=0)
     return evaluate, float(F(1.0) - F(0.0))
 
@@ -82,7 +83,7 @@ def test_auto_meets_the_tolerance_with_fewer_evaluations_than_a_uniform_rule(mod
     result = engine.attribute(TEXTS, n_steps="auto", tolerance=tolerance)
     reference = engine.attribute(TEXTS, n_steps=2048)
     gap = result.output_at_input - result.output_at_baseline
-    assert result.stats["tolerance_met"] == [True] * len(TEXTS)
+    assert [d.tolerance_met for d in result.documents] == [True] * len(TEXTS)
     assert bool(((result.delta.abs() / gap.abs()) <= tolerance * 1.001).all())
     uniform = []
     for i, text in enumerate(TEXTS):
@@ -90,19 +91,20 @@ def test_auto_meets_the_tolerance_with_fewer_evaluations_than_a_uniform_rule(mod
         # The tolerance bounds the scalar integral; the vector's error is larger where s(alpha) cancels
         # (1.7e-2 at 1e-3 on the tiny DistilBERT, whose 2048-point reference is itself off by up to 1e-3).
         assert float((ours - theirs).norm() / theirs.norm()) <= 20 * tolerance
-        evaluations = result.stats["evaluations"][i]
+        evaluations = result.documents[i].evaluations
         assert len(result.alphas[i]) == evaluations <= 1024       # every evaluated point is in the final rule
         uniform.append(_uniform_steps_needed(engine, text, tolerance, float(gap[i])))
     # Fewer in all. Not per document: on the tiny DistilBERT s(alpha) is rough (Gauss-Legendre's delta still
     # swings by 1e-2 up to 512 points) and a uniform rule can meet 1e-2 by luck with fewer points than auto.
     if tolerance <= 1e-3:
-        assert sum(result.stats["evaluations"]) < sum(uniform), (result.stats["evaluations"], uniform)
+        evaluations = [d.evaluations for d in result.documents]
+        assert sum(evaluations) < sum(uniform), (evaluations, uniform)
 
 
 def test_max_steps_bounds_the_work_and_says_the_tolerance_was_not_met(models, tokenizer):
     result = fastig.Engine(models("distilbert"), tokenizer).attribute(TEXTS[0], n_steps="auto", tolerance=1e-9,
                                                                       max_steps=100)
-    assert result.stats["evaluations"][0] <= 100 and result.stats["tolerance_met"] == [False]
+    assert result.documents[0].evaluations <= 100 and result.documents[0].tolerance_met is False
     assert result.integrand[0].shape == result.alphas[0].shape
 
 
@@ -130,5 +132,5 @@ def test_held_gradients_stay_within_half_the_room_the_memory_budget_leaves(model
     # As if the process already used all but the room for 2 x 12 points' gradients.
     monkeypatch.setattr(engine.scheduler.meter, "in_use", lambda: 10**9 - 2 * 12 * point_bytes)
     result = engine.attribute(TEXTS[0], n_steps="auto", tolerance=1e-9, max_steps=1024)
-    assert result.stats["evaluations_allowed"] == [12] and result.stats["tolerance_met"] == [False]
-    assert result.stats["evaluations"][0] <= 12 and engine.scheduler.held_bytes == 0
+    assert result.documents[0].evaluations_allowed == 12 and result.documents[0].tolerance_met is False
+    assert result.documents[0].evaluations <= 12 and engine.scheduler.held_bytes == 0

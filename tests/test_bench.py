@@ -15,7 +15,7 @@ import torch
 from fastig.benchmarks import scenarios
 from fastig.benchmarks.common import ModelSpec
 from fastig.benchmarks.suite import README_END, README_START
-from fastig.cli import main
+from fastig.app.cli import main
 from fastig.precision import PRECISIONS
 from fastig.reference import MAX_REL_L2
 
@@ -34,6 +34,7 @@ def bench(tmp_path_factory):
     return report, files, readme
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_every_scenario_is_reported_with_its_machine(bench):
     report, files, _ = bench
     assert [s["name"] for s in report["scenarios"]] == list(scenarios.SIZES)
@@ -55,28 +56,34 @@ def test_every_scenario_is_reported_with_its_machine(bench):
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
-def test_fastig_agrees_with_captum_and_ratios_come_from_the_same_run(bench):
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
+    on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
         if section["name"] in ("equal_accuracy", "model_step", "processes"):
             continue
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
             rows = [r for r in section["rows"] if (r["length"], r["documents"], r["n_steps"]) == config]
-            captum = {r["batch"]: r["seconds"] for r in rows if r["provider"].startswith("captum")}
-            assert 2 in captum, f"{section['name']} {config}: the seed's internal_batch_size=2 is missing"
+            captum = [r for r in rows if r["provider"].startswith("captum")]
+            assert "captum ibs=2" in {r["provider"] for r in captum}, f"{section['name']} {config}: no seed batch"
+            # Captum also runs with the allocator setting fastig's runs have, so that the best ratio counts it
+            assert not on_cpu or any(r["provider"].endswith("retained-memory") for r in captum)
             for row in (r for r in rows if r["provider"].startswith("fastig")):
                 if row["precision"] == "fp32":
                     assert row["rel_l2_vs_captum"] <= MAX_REL_L2 and row["pearson_vs_captum"] > 0.9999
                 else:   # the 0.999 contract is test_precision's; 16-token tiny BERTs reach 0.996 in bf16
                     assert row["pearson_vs_captum"] >= 0.99
-                assert row["speedup_vs_captum_seed"] == pytest.approx(captum[2] / row["seconds"])
-                assert row["speedup_vs_captum_best"] == pytest.approx(min(captum.values()) / row["seconds"])
+                # "vs best": against a Captum row of this run, and never kinder to fastig than any of them
+                against = row["speedup_vs_captum_best"] * row["seconds"]
+                assert any(against == pytest.approx(c["seconds"]) for c in captum)
+                assert all(row["speedup_vs_captum_best"] <= c["seconds"] / row["seconds"] * (1 + 1e-9) for c in captum)
             for row in rows:
-                assert len(row["times"]) == 1 and row["peak_memory_mb"] > 0
-                assert row["token_steps_per_s"] == pytest.approx(config[0] * config[1] * config[2] / row["seconds"])
+                assert len(row["times"]) == 1 and row["seconds"] == row["times"][0] and row["peak_memory_mb"] > 0
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_equal_accuracy_steps_meet_their_tolerance(bench):
     report, _, _ = bench
     section = next(s for s in report["scenarios"] if s["name"] == "equal_accuracy")
@@ -98,6 +105,7 @@ def test_equal_accuracy_steps_meet_their_tolerance(bench):
             assert all(n is not None and n <= row["n_steps"] for n in hindsight)
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_model_step_times_every_attention_and_bert_where_it_fits(bench):
     report, _, _ = bench
     section = next(s for s in report["scenarios"] if s["name"] == "model_step")
@@ -108,26 +116,23 @@ def test_model_step_times_every_attention_and_bert_where_it_fits(bench):
             if length <= 512:
                 expected.add(f"bert {precision}")
             assert set(rows) == expected
-            hugging_face, bert = rows[f"longformer {precision} hf-attention"], rows.get(f"bert {precision}")
             for row in rows.values():
                 assert row["sequences"] == sequences and row["first_call_seconds"] > 0
-                assert row["token_steps_per_s"] == pytest.approx(length * sequences / row["seconds"])
-                assert row["speedup_vs_hf_attention"] == pytest.approx(hugging_face["seconds"] / row["seconds"])
-                assert row["time_vs_bert"] == (pytest.approx(row["seconds"] / bert["seconds"]) if bert else None)
+            assert rows[f"longformer {precision} hf-attention"]["speedup_vs_hf_attention"] == 1.0
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_processes_compare_one_process_with_several(bench):
     report, _, _ = bench
     section = next(s for s in report["scenarios"] if s["name"] == "processes")
     assert section["processes"] == min(2, os.cpu_count())
     for length, documents, n_steps in scenarios.SIZES["processes"]["tiny"].configs:
         rows = {r["processes"]: r for r in section["rows"] if (r["length"], r["documents"]) == (length, documents)}
-        assert set(rows) == {1, section["processes"]}
-        for n, row in rows.items():
-            assert row["speedup"] == pytest.approx(rows[1]["seconds"] / row["seconds"])
-            assert row["efficiency"] == pytest.approx(row["speedup"] / n)
+        assert set(rows) == {1, section["processes"]} and rows[1]["speedup"] == 1.0
+        assert all(row["seconds"] > 0 for row in rows.values())
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_markdown_and_readme_show_the_run(bench):
     report, files, readme = bench
     table = next(f for f in files if f.suffix == ".md").read_text()
@@ -139,6 +144,7 @@ def test_markdown_and_readme_show_the_run(bench):
     assert report["machine"]["device"] in text and "results/" in text
 
 
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
 def test_plot_is_a_png_of_both_sweeps(bench):
     _, files, _ = bench
     png = next(f for f in files if f.suffix == ".png").read_bytes()

@@ -162,11 +162,12 @@ def test_precision_and_memory_budget_are_opt_in(precision):
     ids = _ids(4)
     expected = captum.attribute(ids, target=1, n_steps=16)
     actual = fast.attribute(ids, target=1, n_steps=16, precision=precision, memory_budget="2GB")
-    assert fast.last_stats["precision"] == precision and fast.last_stats["memory_budget_bytes"] == 2 * 10**9
+    assert fast.last_stats.precision == precision and fast.last_stats.memory.memory_budget_bytes == 2 * 10**9
     assert actual.dtype == torch.float32
     assert torch.corrcoef(torch.stack([actual.sum(-1).flatten(), expected.sum(-1).flatten()]))[0, 1] > 0.99
     fast.attribute(ids, target=1, n_steps=16)
-    assert fast.last_stats["precision"] == "fp32" and fast.last_stats["sequences_per_call"] == [4 * 16]
+    assert fast.last_stats.precision == "fp32" and fast.last_stats.chunk_size == [4 * 16]
+    assert fast.last_stats.model_calls == 1
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "longformer"])

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from fastig import demo
-from fastig.cli import main
+from fastig.app import demo
+from fastig.app.cli import main
 
 from conftest import make_text
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fastig.aggregate import class_rankings, per_document, words
+from fastig.app.aggregate import class_rankings, per_document, words
 
-from conftest import make_text
+from conftest import hanging_after_shards, make_text, record
 from test_cli import exit_code
 
 TEXTS = [make_text(5 + 3 * i, seed=i) for i in range(12)]
@@ -80,27 +80,28 @@ def test_jsonl_gives_the_records_csv_gives(model_dir, data_files, csv_run, tmp_p
     assert (tmp_path / "jsonl" / "documents.jsonl").read_text() == (csv_run / "documents.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_killed_and_resumed_equals_an_uninterrupted_one(model_dir, data_files, tmp_path):
     """One document per shard in both, so no model call is shared differently; what is left is the
     last bits of fp32, which differ from process to process (the math libraries pick kernels by alignment)."""
     args = _args(model_dir, data_files / "docs.csv", tmp_path / "uninterrupted", "--target", "label")
     args[args.index("--shard-size") + 1] = "1"
-    args[args.index("--n-steps") + 1] = "256"      # about 0.2 s per document: time to stop it midway
     assert exit_code(args) == 0
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "fastig", *args]
     command[command.index("--out") + 1] = str(out)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=hanging_after_shards(2, tmp_path / "hang"))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while len(list((out / "shards").glob("[0-9]*.jsonl"))) < 2 and process.poll() is None:
-            assert time.monotonic() < deadline, "no shard written in 2 minutes"
-            time.sleep(0.005)
+            assert time.monotonic() < deadline, "no 2 shards written in 5 minutes"
+            time.sleep(0.1)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
     written = len(list((out / "shards").glob("[0-9]*.jsonl")))
-    assert process.returncode == -signal.SIGKILL and 2 <= written < 11, "the run was not stopped midway"
+    assert process.returncode == -signal.SIGKILL and written == 2, "the run was not stopped midway"
     assert not (out / "documents.jsonl").exists()
     assert subprocess.run(command, capture_output=True).returncode == 0
     resumed, uninterrupted = _records(out), _records(tmp_path / "uninterrupted")
@@ -172,12 +173,12 @@ def test_aggregate_of_an_unfinished_run_says_so(tmp_path, capsys):
 
 # A fixture small enough to check by hand: two documents of class 1, one of class 0.
 HAND = [
-    {"id": 0, "label": 1, "prediction": 1, "tokens": ["[CLS]", "good", "film", "##s", "[SEP]"],
-     "token_scores": [0.5, 0.25, 0.125, 0.0625, 0.5], "special_positions": [0, 4]},
-    {"id": 1, "label": 1, "prediction": 0, "tokens": ["[CLS]", "good", "good", "plot", "[SEP]"],
-     "token_scores": [0.0, -0.5, 0.75, 0.25, 0.0], "special_positions": [0, 4]},
-    {"id": 2, "label": 0, "prediction": 0, "tokens": ["<s>", "Ġbad", "Ġfil", "m", "</s>"],
-     "token_scores": [0.1, -0.5, 0.25, 0.5, 0.1], "special_positions": [0, 4]},
+    record(id=0, label=1, prediction=1, tokens=["[CLS]", "good", "film", "##s", "[SEP]"],
+           token_scores=[0.5, 0.25, 0.125, 0.0625, 0.5], special_positions=[0, 4]),
+    record(id=1, label=1, prediction=0, tokens=["[CLS]", "good", "good", "plot", "[SEP]"],
+           token_scores=[0.0, -0.5, 0.75, 0.25, 0.0], special_positions=[0, 4]),
+    record(id=2, label=0, prediction=0, tokens=["<s>", "Ġbad", "Ġfil", "m", "</s>"],
+           token_scores=[0.1, -0.5, 0.25, 0.5, 0.1], special_positions=[0, 4]),
 ]
 
 
@@ -193,8 +194,8 @@ def test_class_rankings_by_hand():
 
 
 def test_subwords_merge_into_words_by_either_convention():
-    assert words(HAND[0]["tokens"], HAND[0]["token_scores"], [0, 4], True) == [("good", 0.25), ("films", 0.1875)]
-    assert words(HAND[2]["tokens"], HAND[2]["token_scores"], [0, 4], True) == [("bad", -0.5), ("film", 0.75)]
+    assert words(HAND[0].tokens, HAND[0].token_scores.tolist(), [0, 4], True) == [("good", 0.25), ("films", 0.1875)]
+    assert words(HAND[2].tokens, HAND[2].token_scores.tolist(), [0, 4], True) == [("bad", -0.5), ("film", 0.75)]
     merged = {cls: {row[0]: row[1] for row in rows} for cls, rows in class_rankings(HAND, "label", True).items()}
     assert merged[1]["films"] == 0.1875 and merged[0] == {"bad": -0.5, "film": 0.75}
 
@@ -207,7 +208,7 @@ def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_p
     import datasets
     import pandas as pd
 
-    from fastig.dataset import read_rows
+    from fastig.app.dataset import read_rows
     from fastig.errors import DataError
 
     expected = read_rows(str(data_files / "docs.csv"), limit=5)

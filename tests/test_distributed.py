@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_text
+from conftest import hanging_after_shards, make_text
 from test_cli import exit_code
 
 TEXTS = [make_text(6 + 4 * i, seed=10 + i) for i in range(8)]
@@ -43,6 +43,7 @@ def _close(a: list, b: list, tolerance: float) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_steps", ["24", "auto"])
 def test_steps_split_over_two_processes_give_the_single_process_result(model_dir, tmp_path, n_steps):
     args = ["attribute", "--model", model_dir, "--text", TEXTS[7], "--text", TEXTS[2], "--n-steps", n_steps,
@@ -56,7 +57,8 @@ def test_steps_split_over_two_processes_give_the_single_process_result(model_dir
     # auto: past the first 7 points, into the refinement rounds. Its choices read F at each point: at
     # 1e-5 they met fp32 rounding, which differs with how the processes batch the points.
     if n_steps == "auto":
-        assert max(one["stats"]["evaluations"]) > 7 and one["stats"]["evaluations"] == two["stats"]["evaluations"]
+        evaluations = [[d["evaluations"] for d in run["documents"]] for run in (one, two)]
+        assert max(evaluations[0]) > 7 and evaluations[0] == evaluations[1]
     one, two = one["documents"], two["documents"]
     for a, b in zip(one, two, strict=True):
         assert a["tokens"] == b["tokens"] and a["prediction"] == b["prediction"]
@@ -68,6 +70,7 @@ def test_steps_split_over_two_processes_give_the_single_process_result(model_dir
         assert a.get("alphas") == b.get("alphas")         # auto: the same points chosen in both
 
 
+@pytest.mark.slow
 def test_documents_split_over_two_processes_give_the_single_process_files(model_dir, data_file, tmp_path):
     args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "2",
             "--target", "label"]
@@ -103,17 +106,20 @@ def _workers(marker: str) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_run_with_an_error_and_loses_nothing(model_dir, data_file, tmp_path):
     out = tmp_path / "killed"
-    args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "512", "--shard-size", "1",
+    args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "1",
             "--out", str(out)]
+    # Each rank stops still after its first shard, so the kill lands midway however loaded the machine is.
     process = subprocess.Popen([sys.executable, "-m", "fastig", *args, "--processes", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=hanging_after_shards(1, tmp_path / "hang"))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while len(list((out / "shards").glob("1-*.jsonl"))) < 1:
             assert process.poll() is None and time.monotonic() < deadline, "rank 1 wrote no shard"
-            time.sleep(0.01)
+            time.sleep(0.1)
         os.kill(_workers(str(out))[1], signal.SIGKILL)
         started = time.monotonic()
         _, stderr = process.communicate(timeout=120)

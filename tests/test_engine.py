@@ -22,7 +22,7 @@ def test_chunk_size_does_not_change_results(models, tokenizer, family):
         scale = float(runs[0].integrand.abs().max())
         assert_close(run.integrand, runs[0].integrand, rtol=1e-5, atol=1e-5 * scale, what="integrand")
         assert_close(run.delta, runs[0].delta, rtol=0, atol=1e-6, what="delta")
-    assert [r.stats["chunk_size"] for r in runs] == [[1], [3], [N_STEPS]]
+    assert [r.stats.chunk_size for r in runs] == [[1], [3], [N_STEPS]]
 
 
 def test_equal_lengths_stack_into_tensors(models, tokenizer):

@@ -60,6 +60,7 @@ def test_importing_fastig_imports_no_triton():
     assert done.stdout.strip() == "False", done.stderr
 
 
+@pytest.mark.slow
 def test_triton_kernels_under_the_interpreter():
     """kernels_cases.py in its own process: TRITON_INTERPRET must be set before triton is imported."""
     pytest.importorskip("triton")

@@ -110,7 +110,7 @@ def test_engine_results_do_not_depend_on_the_attention(models, tokenizer, precis
     texts = [make_text(40, seed=4), make_text(9, seed=5)]
     runs = {attention: fastig.Engine(models("longformer"), tokenizer, precision=precision, attention=attention)
             .attribute(texts, n_steps=8) for attention in ("model", "banded")}
-    assert runs["banded"].stats["attention"] == "banded"
+    assert runs["banded"].stats.attention == "banded"
     for i in range(len(texts)):
         expected = runs["model"].token_scores[i]
         if precision == "fp32":

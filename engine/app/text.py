@@ -1,0 +1,41 @@
+"""What the commands print about a result: per document its prediction, delta and top/bottom tokens,
+and one line on how the run went."""
+
+import sys
+
+from ..result import Attribution, RunStats
+
+
+def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None) -> None:
+    """Prediction, probability, delta and the top/bottom-k table of each document (default: all)."""
+    file = file or sys.stdout
+    for i in range(len(result)) if documents is None else documents:
+        d = result.documents[i]
+        print(f"document {i}: {len(d.tokens)} tokens | predicted {labels.get(d.prediction, d.prediction)} "
+              f"(p={d.probability:.3f}) | attributed class {labels.get(d.target, d.target)} | "
+              f"delta {d.delta:+.2e}", file=file)
+        top, bottom = d.top_bottom(k)
+        print(f"  {'top tokens':<28}{'bottom tokens':<28}", file=file)
+        for t, b in zip(top, bottom):
+            print(f"  {t.token[:16]:<16}{t.score:+.4f}    {b.token[:16]:<16}{b.score:+.4f}", file=file)
+
+
+def _memory_line(stats: RunStats) -> str:
+    memory = stats.memory
+    line = f"up to {max(stats.chunk_size)} sequences per call"
+    if memory.peak_memory_bytes is not None:
+        line += f", peak {memory.peak_memory_bytes / 1e9:.2f} GB"
+    if memory.memory_budget_bytes is not None:
+        line += f" of a {memory.memory_budget_bytes / 1e9:.2f} GB budget"
+    return line + (", layers recomputed" if memory.recompute_layers else "")
+
+
+def run_line(result: Attribution) -> str:
+    """Throughput, device, precision, time and memory of the run (with n_steps auto: the evaluations first)."""
+    stats = result.stats
+    line = ""
+    if result.n_steps == "auto":
+        line = (f"n_steps auto: {[d.evaluations for d in result.documents]} model evaluations per document for "
+                f"|delta| <= {stats.tolerance:g} |F(x) - F(b)| (met: {[d.tolerance_met for d in result.documents]})\n")
+    return line + (f"{stats.token_steps_per_s:.0f} token-steps/s on {stats.device} in {stats.precision} "
+                   f"({stats.seconds.total:.2f} s; {_memory_line(stats)}; {stats.fallbacks} chunks redone in fp32)")

@@ -1,0 +1,141 @@
+"""Running the model for one group of documents: the endpoints of their paths, and the model step.
+
+The endpoints come from one forward of inputs and baselines together: the layer's outputs e(x),
+e(b) (captured by a hook) and the logits at both, so F(x) and F(b) cost no extra pass. The model
+step is F at interpolated layer outputs z: the layer's own forward is shadowed to return z, the
+rest of the model runs from there (its transformer layers recomputed in the backward pass when
+the memory budget asks for it), and the target's probability or logit is read off the logits.
+"""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import BaselineError, LayerNotFoundError
+from .inputs import Document
+from .models import layers_recomputed, output_captured, output_replaced, score
+from .scheduler import Scheduler
+
+
+@dataclass
+class Batch:
+    """A group of documents padded to one length, on the engine's device.
+
+    input_ids, baseline_ids (or None): [G, L] long. model_kwargs: tensors [G, L].
+    lengths: each document's own number of tokens.
+    """
+    input_ids: torch.Tensor
+    baseline_ids: torch.Tensor | None
+    model_kwargs: dict
+    lengths: list
+
+
+def batch_of(docs: list[Document], pad_id: int, device: torch.device) -> Batch:
+    """The group's ids, baseline ids and model arguments padded to its longest, on `device`.
+
+    Padding is the pad token with attention mask 0, as a tokenizer pads a batch: the
+    real tokens' outputs, and so their attributions, do not change.
+    """
+    length = max(len(doc.input_ids) for doc in docs)
+
+    def padded(rows, fill):
+        return torch.stack([nn.functional.pad(row, (0, length - len(row)), value=fill) for row in rows]).to(device)
+    baseline_ids = None
+    if docs[0].baseline_ids is not None:
+        baseline_ids = padded([doc.baseline_ids for doc in docs], pad_id)
+    return Batch(input_ids=padded([doc.input_ids for doc in docs], pad_id), baseline_ids=baseline_ids,
+                 model_kwargs={k: padded([doc.model_kwargs[k] for doc in docs], 0) for k in docs[0].model_kwargs},
+                 lengths=[len(doc.input_ids) for doc in docs])
+
+
+def logits_from_layer(model: nn.Module, layer: nn.Module, batch: Batch, z: torch.Tensor,
+                      rows: torch.Tensor) -> torch.Tensor:
+    """Logits [c, C] of the model whose layer outputs z [c, L', H]; row i is document rows[i] of the batch."""
+    with output_replaced(layer, z):
+        return model(input_ids=batch.input_ids[rows], **{k: v[rows] for k, v in batch.model_kwargs.items()}).logits
+
+
+@dataclass
+class Endpoints:
+    """The two ends of each document's path and the model's outputs there.
+
+    end, start: [G, L', H] fp32 layer outputs e(x), e(b). logits_x: [G, C] at the inputs.
+    target: [G] long, the class attributed. f_x, f_b: [G] fp32, F(x) and F(b).
+    """
+    end: torch.Tensor
+    start: torch.Tensor
+    logits_x: torch.Tensor
+    target: torch.Tensor
+    f_x: torch.Tensor
+    f_b: torch.Tensor
+
+
+def _layer_output(captured: list, ids: torch.Tensor) -> torch.Tensor:
+    layer_output = captured[-1]
+    if not isinstance(layer_output, torch.Tensor) or layer_output.ndim != 3 or layer_output.shape[1] < ids.shape[1]:
+        shape = tuple(layer_output.shape) if isinstance(layer_output, torch.Tensor) else type(layer_output).__name__
+        raise LayerNotFoundError(f"the layer's output is {shape}; token attribution needs a tensor "
+                                 "[batch, length, hidden]: pass layer= an embeddings-like module")
+    return layer_output.float()
+
+
+def _embedding_baselines(end: torch.Tensor, docs: list[Document], lengths: list) -> torch.Tensor:
+    """e(b) [G, L', H] of documents whose baseline is a layer output (0.0 for "zeros", or [L', H])."""
+    start = end.clone()      # positions past a document's own length keep e(x): nothing to attribute there
+    for row, (doc, length) in enumerate(zip(docs, lengths)):
+        embedding = doc.baseline_embedding
+        if isinstance(embedding, float):
+            start[row, :length] = embedding
+        elif embedding.shape != end.shape[1:]:
+            raise BaselineError(f"baseline embedding of shape {tuple(embedding.shape)} does not match the layer "
+                                f"output of shape {tuple(end.shape[1:])} for this input")
+        else:
+            start[row] = embedding.to(end.device).float()
+    return start
+
+
+def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Document], targets: list,
+              output: str) -> Endpoints:
+    """e(x), e(b), the logits and F at both ends, from one forward of inputs and baseline ids together
+    (a second, from the layer on, for baselines given as layer outputs). targets: a class id or None
+    (the predicted class) per document."""
+    group = len(batch.lengths)
+    ids, kwargs = batch.input_ids, batch.model_kwargs
+    if batch.baseline_ids is not None:
+        ids = torch.cat([ids, batch.baseline_ids])
+        kwargs = {k: torch.cat([v, v]) for k, v in kwargs.items()}
+    captured = []
+    with torch.no_grad(), output_captured(layer, captured):
+        logits = model(input_ids=ids, **kwargs).logits
+    layer_output = _layer_output(captured, ids)
+    end, logits_x = layer_output[:group], logits[:group]
+    if batch.baseline_ids is not None:
+        start, logits_b = layer_output[group:], logits[group:]
+    else:
+        start = _embedding_baselines(end, docs, batch.lengths)
+        with torch.no_grad():
+            logits_b = logits_from_layer(model, layer, batch, start, torch.arange(group, device=end.device))
+    predictions = logits_x.argmax(-1).tolist()
+    target = torch.tensor([p if t is None else t for t, p in zip(targets, predictions)], device=end.device)
+    f_x, f_b = score(torch.cat([logits_x, logits_b]).float(), target.repeat(2), output).chunk(2)
+    return Endpoints(end, start, logits_x, target, f_x, f_b)
+
+
+@dataclass
+class ModelStep:
+    """F [c] at layer outputs z [c, L', H] of rows `rows` [c] of the batch: the model run from the layer
+    on, differentiable in z; each transformer layer recomputed in the backward pass while the
+    scheduler says so (its first probe may switch it on or off during the run)."""
+    model: nn.Module
+    layer: nn.Module
+    batch: Batch
+    target: torch.Tensor
+    output: str
+    scheduler: Scheduler
+
+    def __call__(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
+            logits = logits_from_layer(self.model, self.layer, self.batch, z, rows)
+        return score(logits.float(), self.target[rows], self.output)

@@ -1,0 +1,199 @@
+"""What an attribution returns: one record per document, the run's statistics, and the batch of both.
+
+`DocumentResult` is the one per-document record: `Attribution` holds one per document, and the
+data-set shards, the reports and the demo are written from it and read back into it
+(`to_json` / `from_json`), so every output uses the same field names.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from .scheduler import MemoryStats
+from .summarize import RankedToken, top_bottom
+
+
+@dataclass
+class DocumentResult:
+    """One document's attribution, on CPU.
+
+    tokens: the L token strings. input_ids: [L] long. special_positions: where the special
+    tokens are (CLS, SEP, PAD...), by the tokenizer's special-token mask.
+    token_scores: [L] fp32, the seed's normalized token sums. prediction, target: class ids
+    (target: the class attributed). probs: [C] fp32 softmax of the logits at x.
+    output_at_input, output_at_baseline: F(x) and F(b). delta: sum(attributions) - (F(x) - F(b)).
+    alphas, integrand: [n] fp32, the rule's points and s(alpha) = <dF/dz, e(x) - e(b)> there.
+    evaluations: model evaluations spent on the document. With n_steps="auto",
+    tolerance_met and evaluations_allowed say whether the tolerance was met and within how
+    many evaluations (None otherwise). id, label: the data set's id and label, where there is one.
+    """
+    tokens: list
+    input_ids: torch.Tensor
+    special_positions: list
+    token_scores: torch.Tensor
+    prediction: int
+    probs: torch.Tensor
+    target: int
+    output_at_input: float
+    output_at_baseline: float
+    delta: float
+    alphas: torch.Tensor
+    integrand: torch.Tensor
+    evaluations: int
+    tolerance_met: bool | None = None
+    evaluations_allowed: int | None = None
+    id: int | str | None = None
+    label: int | None = None
+
+    @property
+    def probability(self) -> float:
+        """The probability of the predicted class."""
+        return float(self.probs[self.prediction])
+
+    @property
+    def relative_delta(self) -> float:
+        """|delta| / |F(x) - F(b)| (inf when F(x) = F(b) and delta is not 0)."""
+        gap = abs(self.output_at_input - self.output_at_baseline)
+        return abs(self.delta) / gap if gap else (0.0 if self.delta == 0 else math.inf)
+
+    def top_bottom(self, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
+        """The k most positive and k most negative tokens."""
+        return top_bottom(self.tokens, self.token_scores, k)
+
+    def to_json(self, k: int = 20) -> dict:
+        """A JSON-ready dict of every field, plus the probability of the prediction and the top and
+        bottom k tokens (derived, for readers of the file; from_json recomputes them)."""
+        top, bottom = self.top_bottom(k)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                values[name] = value.tolist()
+        return {**values, "probability": self.probability, "top": [vars(t) for t in top],
+                "bottom": [vars(t) for t in bottom]}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "DocumentResult":
+        """The record `to_json` wrote (its derived keys ignored)."""
+        tensors = {"input_ids": torch.long, "token_scores": torch.float32, "probs": torch.float32,
+                   "alphas": torch.float32, "integrand": torch.float32}
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in values:
+                value = values[f.name]
+                kwargs[f.name] = torch.tensor(value, dtype=tensors[f.name]) if f.name in tensors else value
+        return cls(**kwargs)
+
+
+@dataclass
+class TimeSplit:
+    """Seconds of a run by part: one forward for the endpoints, then per model call the
+    interpolation, the model (forward and backward) and the accumulation, and the finalization."""
+    endpoints: float = 0.0
+    interpolate: float = 0.0
+    model: float = 0.0
+    accumulate: float = 0.0
+    finalize: float = 0.0
+    total: float = 0.0
+
+    def add(self, other: "TimeSplit") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class RunStats:
+    """How a run went. `to_dict` gives the JSON keys of result.json (the memory fields flat, and
+    tolerance / max_steps only with n_steps="auto")."""
+    device: str
+    precision: str
+    attention: str
+    retains_cpu_memory: bool
+    fallbacks: int                  # chunks redone in fp32 after low precision gave inf or nan
+    documents_per_group: list       # documents sharing model calls, group by group
+    chunk_size: list                # the largest call of each group, in sequences
+    model_calls: int
+    memory: MemoryStats
+    seconds: TimeSplit
+    token_steps_per_s: float
+    tolerance: float | None = None  # n_steps="auto"
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values.update(values.pop("memory"))
+        return {k: v for k, v in values.items() if v is not None or k not in ("tolerance", "max_steps")}
+
+
+def _stack_if_even(rows: list[torch.Tensor]):
+    return torch.stack(rows) if len({r.shape for r in rows}) == 1 else rows
+
+
+@dataclass
+class Attribution:
+    """The result of `Engine.attribute` for B documents, all on CPU.
+
+    documents: B DocumentResult records. attributions: [B, L, H] fp32 (a list of [L_i, H]
+    when lengths differ). stats: RunStats.
+    The per-document fields as batches, built from the records: token_scores [B, L] (or a
+    list of [L_i]), tokens (B lists), input_ids [B, L] long (or a list), delta, prediction,
+    target, output_at_input, output_at_baseline [B], probs [B, C], integrand [B, n] at alphas
+    [n]. With n_steps="auto" alphas and integrand are per document (lists; integrand [B, n]
+    when all used the same number of points).
+    """
+    documents: list
+    attributions: torch.Tensor | list
+    n_steps: int | str
+    method: str
+    output: str
+    stats: RunStats
+    token_scores: torch.Tensor | list = field(init=False)
+    tokens: list = field(init=False)
+    input_ids: torch.Tensor | list = field(init=False)
+    delta: torch.Tensor = field(init=False)
+    prediction: torch.Tensor = field(init=False)
+    probs: torch.Tensor = field(init=False)
+    target: torch.Tensor = field(init=False)
+    output_at_input: torch.Tensor = field(init=False)
+    output_at_baseline: torch.Tensor = field(init=False)
+    integrand: torch.Tensor | list = field(init=False)
+    alphas: torch.Tensor | list = field(init=False)
+
+    def __post_init__(self):
+        docs = self.documents
+        self.token_scores = _stack_if_even([d.token_scores for d in docs])
+        self.tokens = [d.tokens for d in docs]
+        self.input_ids = _stack_if_even([d.input_ids for d in docs])
+        self.probs = torch.stack([d.probs for d in docs])
+        for name, dtype in (("delta", torch.float32), ("prediction", torch.long), ("target", torch.long),
+                            ("output_at_input", torch.float32), ("output_at_baseline", torch.float32)):
+            setattr(self, name, torch.tensor([getattr(d, name) for d in docs], dtype=dtype))
+        auto = self.n_steps == "auto"
+        self.integrand = _stack_if_even([d.integrand for d in docs]) if auto else torch.stack([d.integrand for d in docs])
+        self.alphas = [d.alphas for d in docs] if auto else docs[0].alphas
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def top_bottom(self, doc: int = 0, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
+        """The k most positive and k most negative tokens of document `doc`."""
+        return self.documents[doc].top_bottom(k)
+
+    def to_captum_record(self, doc: int = 0, true_label=None):
+        """Document `doc` as captum.attr.visualization.VisualizationDataRecord, for visualize_text."""
+        from captum.attr import visualization
+
+        d = self.documents[doc]
+        return visualization.VisualizationDataRecord(d.token_scores, d.probability, d.prediction, true_label,
+                                                     d.target, float(d.token_scores.sum()), d.tokens, d.delta)
+
+    def _repr_html_(self) -> str:
+        """Captum's visualize_text table of every document, for notebooks."""
+        from .display import captum_record_table
+
+        return captum_record_table(self.documents, {})
+
+    def to_dict(self, k: int = 20) -> dict:
+        """JSON-ready: the settings, the run's statistics and each document's record (no hidden-size tensors)."""
+        return {"n_steps": self.n_steps, "method": self.method, "output": self.output, "stats": self.stats.to_dict(),
+                "documents": [d.to_json(k) for d in self.documents]}
