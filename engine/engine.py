@@ -17,6 +17,7 @@ from torch import nn
 from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
 from .errors import InputError
+from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
 from .integrate import PathIntegral, integrate_path
@@ -25,7 +26,8 @@ from .models import OUTPUTS, check_target, find_layer, model_length, recomputabl
 from .precision import resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
-from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained, pack
+from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained, pack,
+                        retained_cpu_memory)
 from .summarize import normalized
 
 ATTENTIONS = ("banded", "model")
@@ -138,7 +140,12 @@ class Engine:
             bar = tqdm(total=None if rule.auto else len(docs) * len(rule.alphas), unit="step", desc="attributing")
         records, groups, seconds = [None] * len(docs), [], TimeSplit()
         try:
-            with banded_attention(self.model) if self.attention == "banded" else nullcontext():
+            # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
+            # the last layer computes only the first token, which the classifier reads (fastig.first_token).
+            with (retained_cpu_memory() if self.device.type == "cpu" else nullcontext(),
+                  banded_attention(self.model) if self.attention == "banded" else nullcontext(),
+                  first_token_only(self.model, self.layer)):
+                retains_memory = self.device.type == "cpu" and cpu_memory_retained()
                 for group in self._groups(docs, rule, chunk_size):
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
@@ -155,7 +162,7 @@ class Engine:
         documents = [record for record, _ in records]
         token_steps = sum(len(d.tokens) * d.evaluations for d in documents)
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
-                         retains_cpu_memory=self.device.type == "cpu" and cpu_memory_retained(), fallbacks=sum(path.fallbacks for _, path in groups),
+                         retains_cpu_memory=retains_memory, fallbacks=sum(path.fallbacks for _, path in groups),
                          documents_per_group=[count for count, _ in groups],
                          chunk_size=[max(path.sequences_per_call) for _, path in groups],
                          model_calls=sum(len(path.sequences_per_call) for _, path in groups),

@@ -118,6 +118,30 @@ def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 LOCAL_ATTENTIONS = {"blocks": blocks_local_attention, "flex": flex_local_attention}
 
 
+def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index_masked: torch.Tensor,
+                     global_index: torch.Tensor) -> torch.Tensor:
+    """The self-attention output [B, G, E] of the tokens at global_index [B, G]: each attends every
+    token that is not padding (is_index_masked [B, L]) through the global projections, as in Hugging Face."""
+    batch, count = global_index.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    scale = 1 / math.sqrt(head_dim)
+    global_hidden = hidden_states.gather(1, global_index[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
+    global_query = _heads(attention.query_global(global_hidden) * scale, heads).transpose(1, 2)   # [B, h, G, d]
+    # q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k and sum_j p_j (W_v h_j + b_v) = W_v (sum_j p_j h_j) + b_v:
+    # the global projections of all L tokens (2 L E^2 per layer, 14% of a layer's matmuls) are never formed.
+    key_weight = attention.key_global.weight.view(heads, head_dim, -1)                       # [h, d, E]
+    folded_query = torch.einsum("bhgd,hde->bhge", global_query, key_weight)                  # [B, h, G, E]
+    key_bias = torch.einsum("bhgd,hd->bhg", global_query, attention.key_global.bias.view(heads, head_dim))
+    scores = folded_query @ hidden_states[:, None].transpose(-1, -2) + key_bias[..., None]  # [B, h, G, L]
+    scores = scores.masked_fill(is_index_masked[:, None, None, :], torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+    mixed = probs @ hidden_states[:, None]                                                    # [B, h, G, E]
+    value_weight = attention.value_global.weight.view(heads, head_dim, -1)
+    global_output = torch.einsum("bhge,hde->bhgd", mixed, value_weight) + \
+        attention.value_global.bias.view(heads, 1, head_dim)
+    return global_output.transpose(1, 2).reshape(batch, count, -1)
+
+
 def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
                           is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
                           is_global_attn: bool, kernel: str | None = None) -> torch.Tensor:
@@ -143,23 +167,9 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     output = output.reshape(batch, length, -1).masked_fill(is_index_masked[:, :, None], 0.0)
 
     if global_tokens is not None:
-        global_index, global_valid, count = global_tokens.index, global_tokens.valid, global_tokens.index.shape[1]
+        global_index, global_valid = global_tokens.index, global_tokens.valid
         # Global tokens attend every token through the global projections; their output replaces the local one.
-        global_hidden = hidden_states.gather(1, global_index[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
-        global_query = _heads(attention.query_global(global_hidden) * scale, heads).transpose(1, 2)   # [B, h, G, d]
-        # q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k and sum_j p_j (W_v h_j + b_v) = W_v (sum_j p_j h_j) + b_v:
-        # the global projections of all L tokens (2 L E^2 per layer, 14% of a layer's matmuls) are never formed.
-        key_weight = attention.key_global.weight.view(heads, head_dim, -1)                       # [h, d, E]
-        folded_query = torch.einsum("bhgd,hde->bhge", global_query, key_weight)                  # [B, h, G, E]
-        key_bias = torch.einsum("bhgd,hd->bhg", global_query, attention.key_global.bias.view(heads, head_dim))
-        scores = folded_query @ hidden_states[:, None].transpose(-1, -2) + key_bias[..., None]  # [B, h, G, L]
-        scores = scores.masked_fill(is_index_masked[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-        mixed = probs @ hidden_states[:, None]                                                    # [B, h, G, E]
-        value_weight = attention.value_global.weight.view(heads, head_dim, -1)
-        global_output = torch.einsum("bhge,hde->bhgd", mixed, value_weight) + \
-            attention.value_global.bias.view(heads, 1, head_dim)
-        global_output = global_output.transpose(1, 2).reshape(batch, count, -1).to(output.dtype)
+        global_output = global_attention(attention, hidden_states, is_index_masked, global_index).to(output.dtype)
         keep = global_valid[:, :, None]
         updates = torch.where(keep, global_output, output.gather(1, global_index[:, :, None].expand_as(global_output)))
         output = output.scatter(1, global_index[:, :, None].expand_as(global_output), updates)

@@ -252,7 +252,9 @@ def pack(lengths: list[int], keys: list, sequences_per_call: int | None, n_steps
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_glibc_tuned = False
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024      # both thresholds' defaults
+_glibc_tuned = False        # for good: retain_freed_cpu_memory()
+_retaining_calls = 0        # calls inside retained_cpu_memory() now
 
 
 def _libc():
@@ -268,6 +270,14 @@ def _release_freed_cpu_memory() -> None:
         libc.malloc_trim(0)
 
 
+def _keep_freed_blocks(libc) -> bool:
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _opted_out() -> bool:
+    return os.environ.get("FASTIG_RETAIN_CPU_MEMORY", "1") == "0"
+
+
 def retain_freed_cpu_memory() -> bool:
     """Ask glibc to keep freed blocks of up to 1 GiB for reuse instead of unmapping them, for the
     rest of this process's life (fastig.retain_freed_cpu_memory; the `fastig` command calls it).
@@ -277,19 +287,42 @@ def retain_freed_cpu_memory() -> bool:
     math: a 4-layer Longformer-base step at 512 tokens, 8 steps per call, took 15.6 s
     with 7.5 s in the kernel, and 9.5 s with 0.02 s after this (2-core EPYC). The process
     keeps its peak heap until it exits. It changes the allocator of the whole process, for
-    every library in it, so a library call never does it unasked: a program opts in, and
-    benchmarks give Captum's runs the same setting. FASTIG_RETAIN_CPU_MEMORY=0 turns it off.
+    every library in it, so no library call does it for good: a program opts in (each
+    attribution call does it only while it runs, see retained_cpu_memory), and benchmarks
+    give Captum's runs the same setting. FASTIG_RETAIN_CPU_MEMORY=0 turns both off.
     Returns whether the setting is in force.
     """
     global _glibc_tuned
-    if _glibc_tuned or os.environ.get("FASTIG_RETAIN_CPU_MEMORY", "1") == "0":
+    if _glibc_tuned or _opted_out():
         return _glibc_tuned
     libc = _libc()
-    _glibc_tuned = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) \
-        and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _glibc_tuned = libc is not None and _keep_freed_blocks(libc)
     return _glibc_tuned
 
 
 def cpu_memory_retained() -> bool:
-    """Whether retain_freed_cpu_memory() is in force in this process."""
-    return _glibc_tuned
+    """Whether glibc keeps freed memory for reuse now (for good, or inside an attribution call)."""
+    return _glibc_tuned or _retaining_calls > 0
+
+
+@contextmanager
+def retained_cpu_memory():
+    """Inside the block glibc keeps freed memory for reuse, as retain_freed_cpu_memory() does for good;
+    at its end both thresholds are glibc's defaults again and the kept heap goes back to the OS
+    (malloc_trim). What stays changed: glibc no longer raises its mmap threshold by itself (any
+    explicit setting turns that off). Nothing happens where the setting is in force for good, where
+    FASTIG_RETAIN_CPU_MEMORY=0, or without glibc."""
+    global _retaining_calls
+    libc = None if _glibc_tuned or _opted_out() else _libc()
+    if libc is None or (_retaining_calls == 0 and not _keep_freed_blocks(libc)):
+        yield
+        return
+    _retaining_calls += 1
+    try:
+        yield
+    finally:
+        _retaining_calls -= 1
+        if _retaining_calls == 0:
+            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+            libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+            libc.malloc_trim(0)
