@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fastig.quadrature import CAPTUM_DEFAULT_STEPS
+
 CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
 
 
@@ -210,6 +212,10 @@ def _warm_up(job: Job, engine, run, n_steps: int) -> None:
         run(min(n_steps, max(PROBE_SEQUENCES, 2)))     # 2: the fewest steps every rule takes
         steps = engine.scheduler.sequences_per_call(length)
     run(max(2, min(n_steps, steps)))                    # Captum's trapezoid rule refuses 1 step
+    for _ in range(3):      # fastig's call-size search: timed runs take the size it settles on
+        if job.provider != "fastig" or job.batch or engine.scheduler.search.settled:
+            break
+        run(n_steps)
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -290,7 +296,6 @@ def auto_to_tolerance(job: Job, tolerances: list[float]) -> dict:
     return found
 
 
-CAPTUM_DEFAULT_STEPS = 50   # LayerIntegratedGradients.attribute's n_steps (with method="gausslegendre")
 
 
 def gauss_legendre_hindsight(job: Job, tolerances: list[float], max_steps: int) -> dict:

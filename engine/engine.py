@@ -20,34 +20,49 @@ from .errors import InputError
 from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
-from .integrate import PathIntegral, integrate_path
+from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
 from .models import OUTPUTS, check_target, find_layer, model_length, recomputable_layers
-from .precision import resolve
+from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
 from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained, pack,
                         retained_cpu_memory)
 from .summarize import normalized
+from .targeted import FIRST_PAIR, check_accuracy, integrate_to_accuracy
 
 ATTENTIONS = ("banded", "model")
 
 
+def uses_default_path(n_steps, method: str | None, precision: str) -> bool:
+    """Whether `attribute` takes the default path: nothing of Captum's asked for (n_steps, method and
+    precision at their defaults). Otherwise it computes Captum's rule (gausslegendre, 50 steps by default)."""
+    return n_steps is None and method is None and precision == "auto"
+
+
 @dataclass(frozen=True)
 class Rule:
-    """How each path is integrated: a fixed rule (method, alphas and weights [n] fp32), or
-    n_steps="auto" (method "auto": adaptive until tolerance, at most max_steps evaluations)."""
+    """How each path is integrated: a fixed rule (method, alphas and weights [n] fp32); n_steps=None,
+    the default (method "gausslegendre" in pairs until `accuracy`, fastig.targeted); or n_steps="auto"
+    (method "auto": adaptive until `tolerance`). Both stop at max_steps evaluations."""
     method: str
     alphas: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     tolerance: float | None = None
+    accuracy: float | None = None
     max_steps: int | None = None
 
     @classmethod
-    def of(cls, n_steps, method: str, tolerance: float, max_steps: int) -> "Rule":
+    def of(cls, n_steps, method: str | None, precision: str, tolerance: float, accuracy: float,
+           max_steps: int) -> "Rule":
+        if uses_default_path(n_steps, method, precision):
+            check_accuracy(accuracy, max_steps)
+            return cls("gausslegendre", accuracy=accuracy, max_steps=max_steps)
         if n_steps == "auto":
             check_auto(tolerance, max_steps)
             return cls("auto", tolerance=tolerance, max_steps=max_steps)
+        method = method or "gausslegendre"
+        n_steps = quadrature.CAPTUM_DEFAULT_STEPS if n_steps is None else n_steps
         return cls(method, *quadrature.rule(method, n_steps))
 
     @property
@@ -55,8 +70,14 @@ class Rule:
         return self.method == "auto"
 
     @property
+    def targeted(self) -> bool:
+        return self.accuracy is not None
+
+    @property
     def steps_per_document(self) -> int:
-        """The evaluations per document that packing plans with (auto: its first round)."""
+        """The evaluations per document that packing plans with (auto, targeted: the first round)."""
+        if self.targeted:
+            return 2 * FIRST_PAIR + 1
         return INITIAL_POINTS if self.auto else len(self.alphas)
 
 
@@ -91,6 +112,7 @@ class Engine:
         if attention not in ATTENTIONS:
             raise InputError(f"attention={attention!r} is unknown; allowed: {', '.join(ATTENTIONS)}")
         self.attention = attention
+        self.requested_precision = precision
         self.precision = resolve(precision, torch.device(device) if device is not None
                                  else next(model.parameters()).device)
         if device is not None:
@@ -107,10 +129,10 @@ class Engine:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)
 
-    def attribute(self, texts_or_ids, target=None, n_steps: int | str = 50, method: str = "gausslegendre",
+    def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
                   baseline="pad", output: str = "probs", chunk_size: int | None = None,
                   max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
-                  max_steps: int = 1024) -> Attribution:
+                  max_steps: int = 1024, accuracy: float = 2e-2) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str, or a LongTensor [B, L] / [L] of ids holding the
@@ -121,15 +143,20 @@ class Engine:
         (document steps) per model call instead of the memory budget's choice.
         max_length: text tokens kept per text. Documents of similar length share model
         calls; each result equals the one the document gets alone.
+        The default (n_steps, method None and the Engine's precision "auto"): as many evaluations,
+        and the precision, as each document's attributions need to be within `accuracy` relative
+        L2 error of the converged fp32 result, by estimates (fastig.targeted); at most max_steps
+        evaluations. Asking for n_steps=N, a method or a precision gives Captum's computation
+        instead: `method` (default gausslegendre) with N points (default 50, as in Captum).
         n_steps="auto": adaptive quadrature (fastig.adaptive) per document until
-        |delta| <= tolerance * |F(x) - F(b)| or max_steps model evaluations; `method` is not
-        used then. Each document's record holds its points, evaluations and whether the
-        tolerance was met.
+        |delta| <= tolerance * |F(x) - F(b)| or max_steps model evaluations; `method` is not used.
+        With the default or "auto" each document's record holds its points, evaluations and whether
+        the target was met (the default: also its precision and estimated errors).
         """
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
         chunk_size_override(chunk_size)
-        rule = Rule.of(n_steps, method, tolerance, max_steps)
+        rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)
         targets = check_target(target, len(docs), self.model.config.num_labels)
         self.scheduler.start_run()
@@ -137,7 +164,8 @@ class Engine:
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=None if rule.auto else len(docs) * len(rule.alphas), unit="step", desc="attributing")
+            bar = tqdm(total=len(docs) * len(rule.alphas) if rule.alphas is not None else None, unit="step",
+                       desc="attributing")
         records, groups, seconds = [None] * len(docs), [], TimeSplit()
         try:
             # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
@@ -168,12 +196,13 @@ class Engine:
                          model_calls=sum(len(path.sequences_per_call) for _, path in groups),
                          memory=self.scheduler.run_stats(), seconds=seconds,
                          token_steps_per_s=token_steps / max(seconds.total, 1e-12),
-                         tolerance=rule.tolerance, max_steps=rule.max_steps)
+                         tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps)
         attributions = [a for _, a in records]
         return Attribution(documents=documents,
                            attributions=torch.stack(attributions) if len({a.shape for a in attributions}) == 1
                            else attributions,
-                           n_steps=n_steps, method=rule.method, output=output, stats=stats)
+                           n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
+                           output=output, stats=stats)
 
     def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None):
         """Indices of the documents that share model calls, group by group, longest first.
@@ -200,10 +229,13 @@ class Engine:
         step = ModelStep(self.model, self.layer, batch, ends.target, output, self.scheduler)
         t1 = time.perf_counter()
         on_chunk = bar.update if bar is not None else None
-        if rule.auto:
+        if rule.targeted:
+            path = self._integrate_to_accuracy(step, ends, rule, chunk_size, on_chunk)
+        elif rule.auto:
             path = self._integrate_adaptive(step, ends, rule, chunk_size, on_chunk)
         else:
             path = self._integrate(step, ends, rule, chunk_size, on_chunk)
+        per_document = rule.auto or rule.targeted
         t2 = time.perf_counter()
         # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
@@ -212,7 +244,7 @@ class Engine:
         attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
             t.cpu() for t in (attributions, token_sums, deltas, ends.logits_x.argmax(-1), ends.target,
                               torch.softmax(ends.logits_x.float(), -1), ends.f_x, ends.f_b))
-        integrand = path.integrand if rule.auto else path.integrand.cpu()    # auto: per document, on CPU
+        integrand = path.integrand if per_document else path.integrand.cpu()    # per document: on CPU already
         results = []
         for row, (doc, length) in enumerate(zip(docs, batch.lengths)):
             record = DocumentResult(
@@ -220,11 +252,13 @@ class Engine:
                 token_scores=normalized(token_sums[row, :length]), prediction=int(predictions[row]),
                 probs=probs[row], target=int(targets_used[row]), output_at_input=float(f_x[row]),
                 output_at_baseline=float(f_b[row]), delta=float(deltas[row]),
-                alphas=path.alphas[row] if rule.auto else rule.alphas,
+                alphas=path.alphas[row] if per_document else rule.alphas,
                 integrand=integrand[row],
-                evaluations=path.evaluations[row] if rule.auto else len(rule.alphas),
+                evaluations=path.evaluations[row] if per_document else len(rule.alphas),
                 **({"tolerance_met": path.met[row], "evaluations_allowed": path.evaluations_allowed}
-                   if rule.auto else {}))
+                   if per_document else {}),
+                **({"precision": path.precision[row], "estimated_error": path.estimated_error[row],
+                    "precision_error": path.precision_error[row]} if rule.targeted else {}))
             results.append((record, attributions[row, :length]))
         path.seconds.endpoints = t1 - t0
         path.seconds.finalize = time.perf_counter() - t2
@@ -232,15 +266,36 @@ class Engine:
         return results, path
 
     def _integrate(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk) -> PathIntegral:
-        """The fixed rule along every document's path; each process takes its share of the steps."""
-        n_steps, processes = len(rule.alphas), self.processes
+        """The fixed rule along every document's path."""
+        return self._integrate_rows(step, ends, None, rule.alphas, rule.weights, self.precision, chunk_size,
+                                    on_chunk)
+
+    def _integrate_rows(self, step: ModelStep, ends: Endpoints, rows: torch.Tensor | None, alphas: torch.Tensor,
+                        weights: torch.Tensor, precision: Precision, chunk_size, on_chunk) -> PathIntegral:
+        """A rule along the paths of the group's documents `rows` (None: all); each process takes its share
+        of the steps, and every process ends with the sums over all."""
+        n_steps, processes = len(alphas), self.processes
         mine = processes.items(n_steps)
-        path = integrate_path(step, ends.start, ends.end, rule.alphas[mine], rule.weights[mine], self.scheduler,
-                              chunk_size, on_chunk=on_chunk, precision=self.precision)
+        start, end, score = ends.start, ends.end, step
+        if rows is not None:
+            start, end = start[rows], end[rows]
+            score = lambda z, pairs: step(z, rows[pairs])     # noqa: E731
+        path = integrate_path(score, start, end, alphas[mine], weights[mine], self.scheduler, chunk_size,
+                              on_chunk=on_chunk, precision=precision)
         path.integrand = processes.combine(path.integrand, mine, n_steps, dim=1)
         path.outputs = processes.combine(path.outputs, mine, n_steps, dim=1)
         processes.sum(path.gradient_sum)
         return path
+
+    def _integrate_to_accuracy(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
+        """The default: Gauss-Legendre pairs until each document meets the accuracy (fastig.targeted), in
+        the low precision where it is fast and its check passes, else fp32."""
+        name = default_path_precision(self.device)
+
+        def evaluate(rows, alphas, weights, precision):
+            return self._integrate_rows(step, ends, rows, alphas, weights, precision, chunk_size, on_chunk)
+        return integrate_to_accuracy(evaluate, ends.start, ends.end, ends.f_x, ends.f_b, rule.accuracy,
+                                     rule.max_steps, resolve(name, self.device) if name else None, FP32)
 
     def _integrate_adaptive(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
         """n_steps="auto" along every document's path; each process takes its share of the (document,

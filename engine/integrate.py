@@ -111,6 +111,8 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
             size = scheduler.halve(hi - lo, length)
             continue
         t2 = time.perf_counter()
+        if not probing:     # the probe's time includes its memory measurement
+            scheduler.timed(length, hi - lo, t2 - t1)
         kernels.accumulate(gradient_sum, integrand, grads, flat_difference, docs, steps, weights)
         outputs[docs, steps] = scores
         _sync(device)
@@ -121,7 +123,6 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         if on_chunk is not None:
             on_chunk(hi - lo)
         lo = hi
-        if probing:
-            size = scheduler.sequences_per_call(length, chunk_size)
+        size = scheduler.sequences_per_call(length, chunk_size)
     return PathIntegral(difference, gradient_sum.view_as(difference), integrand, outputs, seconds, sizes,
                         fallbacks)

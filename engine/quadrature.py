@@ -12,6 +12,7 @@ from .errors import MethodError
 
 RIEMANN_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = RIEMANN_RULES + ("gausslegendre",)
+CAPTUM_DEFAULT_STEPS = 50   # LayerIntegratedGradients.attribute's n_steps, with method="gausslegendre"
 
 
 def check_rule(method: str, n_steps) -> None:

@@ -24,9 +24,12 @@ class DocumentResult:
     (target: the class attributed). probs: [C] fp32 softmax of the logits at x.
     output_at_input, output_at_baseline: F(x) and F(b). delta: sum(attributions) - (F(x) - F(b)).
     alphas, integrand: [n] fp32, the rule's points and s(alpha) = <dF/dz, e(x) - e(b)> there.
-    evaluations: model evaluations spent on the document. With n_steps="auto",
-    tolerance_met and evaluations_allowed say whether the tolerance was met and within how
-    many evaluations (None otherwise). id, label: the data set's id and label, where there is one.
+    evaluations: model evaluations spent on the document. With n_steps None (the default) or
+    "auto", tolerance_met and evaluations_allowed say whether the target (the accuracy, or the
+    tolerance) was met and within how many evaluations. With n_steps None also: precision, the
+    one this document ran in; estimated_error, the relative L2 difference of its last pair of
+    rules; precision_error, low precision's relative error at alpha = 1/2 where it was checked.
+    These are None otherwise. id, label: the data set's id and label, where there is one.
     """
     tokens: list
     input_ids: torch.Tensor
@@ -43,6 +46,9 @@ class DocumentResult:
     evaluations: int
     tolerance_met: bool | None = None
     evaluations_allowed: int | None = None
+    precision: str | None = None
+    estimated_error: float | None = None
+    precision_error: float | None = None
     id: int | str | None = None
     label: int | None = None
 
@@ -103,8 +109,8 @@ class TimeSplit:
 
 @dataclass
 class RunStats:
-    """How a run went. `to_dict` gives the JSON keys of result.json (the memory fields flat, and
-    tolerance / max_steps only with n_steps="auto")."""
+    """How a run went. `to_dict` gives the JSON keys of result.json (the memory fields flat;
+    tolerance with n_steps="auto", accuracy with n_steps=None, max_steps with either)."""
     device: str
     precision: str
     attention: str
@@ -117,12 +123,13 @@ class RunStats:
     seconds: TimeSplit
     token_steps_per_s: float
     tolerance: float | None = None  # n_steps="auto"
+    accuracy: float | None = None   # n_steps=None
     max_steps: int | None = None
 
     def to_dict(self) -> dict:
         values = asdict(self)
         values.update(values.pop("memory"))
-        return {k: v for k, v in values.items() if v is not None or k not in ("tolerance", "max_steps")}
+        return {k: v for k, v in values.items() if v is not None or k not in ("tolerance", "accuracy", "max_steps")}
 
 
 def _stack_if_even(rows: list[torch.Tensor]):
@@ -138,8 +145,8 @@ class Attribution:
     The per-document fields as batches, built from the records: token_scores [B, L] (or a
     list of [L_i]), tokens (B lists), input_ids [B, L] long (or a list), delta, prediction,
     target, output_at_input, output_at_baseline [B], probs [B, C], integrand [B, n] at alphas
-    [n]. With n_steps="auto" alphas and integrand are per document (lists; integrand [B, n]
-    when all used the same number of points).
+    [n]. With n_steps None or "auto" alphas and integrand are per document (lists; integrand
+    [B, n] when all used the same number of points).
     """
     documents: list
     attributions: torch.Tensor | list
@@ -168,9 +175,10 @@ class Attribution:
         for name, dtype in (("delta", torch.float32), ("prediction", torch.long), ("target", torch.long),
                             ("output_at_input", torch.float32), ("output_at_baseline", torch.float32)):
             setattr(self, name, torch.tensor([getattr(d, name) for d in docs], dtype=dtype))
-        auto = self.n_steps == "auto"
-        self.integrand = _stack_if_even([d.integrand for d in docs]) if auto else torch.stack([d.integrand for d in docs])
-        self.alphas = [d.alphas for d in docs] if auto else docs[0].alphas
+        per_document = self.n_steps is None or self.n_steps == "auto"
+        self.integrand = (_stack_if_even([d.integrand for d in docs]) if per_document
+                          else torch.stack([d.integrand for d in docs]))
+        self.alphas = [d.alphas for d in docs] if per_document else docs[0].alphas
 
     def __len__(self) -> int:
         return len(self.documents)

@@ -1,10 +1,14 @@
-"""How much work goes into one model call: a memory budget, a probe chunk, out-of-memory retries.
+"""How much work goes into one model call: measured speed, a memory budget, a probe chunk, out-of-memory retries.
 
 A model call takes a chunk of (document, step) pairs, each one sequence of the group's
-length. The number of sequences per call is chosen so that the peak memory of a call stays
-under the budget: the first chunk at a new, longer length is a small probe whose peak memory
-is measured, and the sequences per call are scaled from it. A call that still runs out of
-memory is redone with half as many sequences, and later calls keep the smaller size.
+length. Two measurements size it. Memory: the first chunk at a new, longer length is a small
+probe whose peak memory is measured, and no call takes more sequences than the budget then
+holds. Speed: after the probe, calls grow (1, 2, 4, ... sequences' worth of tokens) while each
+doubling cuts the time per token-step by at least MIN_GAIN, and then keep the best size found;
+every call of the search does real work, none is thrown away. A small model thus gets large
+calls (its per-call overhead shared), a large one the smallest call that keeps the cores busy,
+and memory is not spent where it buys no speed. A call that still runs out of memory is redone
+with half as many sequences, and later calls keep the smaller size.
 """
 
 import ctypes
@@ -22,10 +26,13 @@ PROBE_SEQUENCES = 1
 # Calls are sized to this share of the room the budget leaves: the heap fragments differently
 # from call to call, and a call of the measured size peaked up to ~7% above its estimate.
 USABLE_SHARE = 0.9
-# Larger calls buy nothing on this side of the cap. CPU: time per step of a 4-layer Longformer-base
-# model at 512 tokens varied by under 7% from 1 to 16 steps per call (2-core EPYC), while 16 steps
-# per call peaked at 5.6 GB. CUDA: 64k token-steps keep a GPU busy at any length here.
-MAX_TOKEN_STEPS_PER_CALL = {"cpu": 2048, "cuda": 65536}
+# A doubled call must cut the time per token-step by this much for the search to go on; below it
+# the time is within the noise of a shared machine and the memory is better left unused.
+MIN_GAIN = 0.05
+# Where the search starts: one sequence, or this many token-steps if that is more (short documents).
+# On the 2-core EPYC a 4-layer Longformer-base step at 512 tokens ran within 7% of its best from 1 to
+# 16 steps per call, so calls this size lose little while the search goes on.
+START_TOKEN_STEPS = 2048
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -124,6 +131,42 @@ def _proc_kib(path: str, key: str) -> int:
         return int(re.search(rf"^{key}:\s+(\d+)", f.read(), re.MULTILINE).group(1))
 
 
+class CallSizeSearch:
+    """The token-steps per call that run fastest, found by doubling while it pays (MIN_GAIN).
+
+    Starts at START_TOKEN_STEPS (or one sequence); each call of the proposed size is measured;
+    a doubling that does not cut the time per token-step by MIN_GAIN (or that the budget does
+    not hold) settles the search on the best size measured.
+    """
+
+    def __init__(self):
+        self.proposed = None        # token-steps per call to measure next; None: where the search starts
+        self.best = None            # (token-steps, seconds per token-step) of the fastest call measured
+        self.settled = False
+
+    def token_steps(self, length: int) -> int:
+        if self.settled:
+            return self.best[0]
+        return self.proposed or max(length, START_TOKEN_STEPS)
+
+    def measured(self, length: int, sequences: int, seconds: float) -> None:
+        # A smaller call than proposed (the last of a group, or all of a small one) says nothing of the size.
+        if self.settled or sequences < max(1, self.token_steps(length) // length):
+            return
+        token_steps = sequences * length
+        rate = seconds / token_steps
+        if self.best is None or rate < self.best[1] * (1 - MIN_GAIN):
+            self.best = (token_steps, rate)
+            self.proposed = 2 * token_steps
+        else:
+            self.settled = True
+
+    def bounded(self, token_steps: int) -> None:
+        """The memory budget holds no more than this: the search cannot go further."""
+        if not self.settled and self.proposed is not None and token_steps < self.proposed and self.best is not None:
+            self.settled = True
+
+
 class Scheduler:
     """Sequences per model call for each length, under a memory budget.
 
@@ -143,7 +186,7 @@ class Scheduler:
             raise MemoryBudgetError(f"memory_budget={memory_budget!r} is below the {self.meter.in_use() / 1e9:.2f} GB "
                                     "this process already uses (the model included); raise it")
         self.budget = budget
-        self.max_token_steps = MAX_TOKEN_STEPS_PER_CALL.get(device.type, MAX_TOKEN_STEPS_PER_CALL["cpu"])
+        self.search = CallSizeSearch()
         self.out_of_memory_token_steps = None   # the largest call known to fit after an out-of-memory error
         self.probe = None           # (length, bytes in use before, bytes per sequence) of the last probe
         self.held_bytes = 0         # held outside the calls (n_steps="auto" keeps its points' gradients)
@@ -158,14 +201,15 @@ class Scheduler:
         """Sequences of `length` tokens per call; None when a probe must measure this length first.
 
         chunk_size: the caller's fixed choice, kept unless an out-of-memory error showed it too large.
+        Otherwise the speed search's size (see `timed`), within what the memory budget holds.
         """
-        token_steps = self.max_token_steps
-        if self.out_of_memory_token_steps is not None:
-            token_steps = min(token_steps, self.out_of_memory_token_steps)
-            if chunk_size is not None:
-                chunk_size = min(chunk_size, max(1, self.out_of_memory_token_steps // length))
+        if self.out_of_memory_token_steps is not None and chunk_size is not None:
+            chunk_size = min(chunk_size, max(1, self.out_of_memory_token_steps // length))
         if chunk_size is not None:
             return chunk_size
+        token_steps = self.search.token_steps(length)
+        if self.out_of_memory_token_steps is not None:
+            token_steps = min(token_steps, self.out_of_memory_token_steps)
         limit = max(1, token_steps // max(length, 1))
         if self.budget is None:
             return limit
@@ -178,7 +222,13 @@ class Scheduler:
         if fitting < 1:         # not one sequence: recompute layers in the backward pass and probe again
             self.recompute(length)
             return None
+        if fitting < limit:     # the budget, not speed, bounds the call from here on
+            self.search.bounded(fitting * length)
         return min(fitting, limit)
+
+    def timed(self, length: int, sequences: int, seconds: float) -> None:
+        """A call of `sequences` x `length` took `seconds` in the model: the speed search's measurement."""
+        self.search.measured(length, sequences, seconds)
 
     @contextmanager
     def measured(self, length: int, sequences: int):
@@ -195,6 +245,7 @@ class Scheduler:
         peak = self.meter.peak()
         self.probe = (length, in_use, (peak - in_use) / sequences)
         self._peak = max(self._peak, peak)
+        self.search = CallSizeSearch()      # a new length: its speeds are measured afresh
         if self._deciding:
             self._deciding = False
             if USABLE_SHARE * (self.budget - in_use) >= self.recomputable_layers * self.probe[2]:
@@ -236,15 +287,26 @@ class Scheduler:
                            self.out_of_memory_retries)
 
 
+# Documents packed into one group hold their endpoints and accumulators (four fp32 [L, H] tensors
+# each) for the group's life: at most this many tokens of them, 200 MB at hidden size 768.
+PACKED_TOKENS = 16384
+
+
 def pack(lengths: list[int], keys: list, sequences_per_call: int | None, n_steps: int, slack: float = 0.125) -> int:
     """How many of the documents (their model lengths sorted longest first) share the next calls.
 
     The first one and those within `slack` of its length with the same key (the kind of
-    baseline), as many as fill one call with all their steps; a document whose key is None
-    (its own baseline embedding), or of a length still to be measured (sequences_per_call
-    None), goes alone.
+    baseline): as many as fill one call with all their steps, or, where one document's steps
+    take several calls, as many as PACKED_TOKENS allows, so that calls run full across documents.
+    A document whose key is None (its own baseline embedding), or of a length still to be
+    measured (sequences_per_call None), goes alone.
     """
-    room = 1 if sequences_per_call is None or keys[0] is None else max(1, sequences_per_call // n_steps)
+    if sequences_per_call is None or keys[0] is None:
+        room = 1
+    elif sequences_per_call >= n_steps:
+        room = sequences_per_call // n_steps
+    else:
+        room = max(1, PACKED_TOKENS // lengths[0])
     count = 1
     while count < min(room, len(lengths)) and keys[count] == keys[0] and lengths[count] >= lengths[0] * (1 - slack):
         count += 1

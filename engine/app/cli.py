@@ -10,11 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..engine import ATTENTIONS
+from ..engine import ATTENTIONS, uses_default_path
 from ..errors import FastIGError, InputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
-from ..quadrature import METHODS
+from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
 from ..scheduler import DEFAULT_MEMORY_BUDGET, retain_freed_cpu_memory
 from .text import print_result, run_line
 
@@ -58,13 +58,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rule_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-steps", type=_n_steps, default=50,
-                   help="points of the rule, or auto: adaptive until --tolerance is met (default 50)")
+    p.add_argument("--n-steps", type=_n_steps,
+                   help="points of the rule, as Captum computes it (with --method; 50 when only --method is given), "
+                        "or auto: adaptive until --tolerance is met (default: as many as --accuracy needs)")
+    p.add_argument("--accuracy", type=float, default=2e-2,
+                   help="without --n-steps, --method and --precision: the attributions' relative L2 error to reach, "
+                        "by estimate (default 2e-2)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="with --n-steps auto: the |delta| to reach, as a share of |F(x) - F(b)| (default 1e-3)")
     p.add_argument("--max-steps", type=int, default=1024,
-                   help="with --n-steps auto: the most model evaluations per document (default 1024)")
-    p.add_argument("--method", default="gausslegendre", choices=METHODS)
+                   help="without --n-steps or with --n-steps auto: the most model evaluations per document "
+                        "(default 1024)")
+    p.add_argument("--method", choices=METHODS, help="Captum's rule (default gausslegendre)")
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
     p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
@@ -178,7 +183,7 @@ def _engine(args, state=None, share_steps: bool = False):
 
 def _attribution_kwargs(args) -> dict:
     return dict(target=args.target, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
-                method=args.method, baseline=args.baseline,
+                accuracy=args.accuracy, method=args.method, baseline=args.baseline,
                 output=args.output, max_length=args.max_length)
 
 
@@ -213,9 +218,11 @@ def cmd_check(args) -> int:
         raise InputError("--n-steps auto: check compares with Captum, which needs a fixed number of steps")
     texts = _texts(args)
     engine = _engine(args)
-    kwargs = _attribution_kwargs(args)
+    # Captum's computation: its rule and steps (its defaults where not given)
+    kwargs = {**_attribution_kwargs(args), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
+              "method": args.method or "gausslegendre"}
     ours = engine.attribute(texts, chunk_size=args.chunk_size, **kwargs)
-    rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps")}   # n_steps is fixed here
+    rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}
     theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **rule_kwargs)
     c = compare(ours, theirs)
     print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
@@ -253,18 +260,21 @@ def cmd_dataset(args) -> int:
     if isinstance(args.target, int):    # refused before any work, as the engine would refuse it
         check_target(args.target, 1, config.num_labels)
     rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
+    default_path = uses_default_path(args.n_steps, args.method, args.precision)
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
                 "label_column": args.label_column, "limit": args.limit, "target": args.target,
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
-                "max_steps": args.max_steps if args.n_steps == "auto" else None,
+                "accuracy": args.accuracy if default_path else None,
+                "max_steps": args.max_steps if args.n_steps == "auto" or default_path else None,
                 "method": args.method, "baseline": args.baseline, "output": args.output,
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     summary = run_dataset(engine, rows, args.out, settings, versions, args.target, args.top_k, args.shard_size,
                           state=state, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
-                          method=args.method, baseline=args.baseline, output=args.output, max_length=args.max_length)
+                          accuracy=args.accuracy, method=args.method, baseline=args.baseline, output=args.output,
+                          max_length=args.max_length)
     if state is not None and not state.is_main_process:
         return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0

@@ -1,0 +1,104 @@
+"""The default call: the attribution within its stated accuracy of the converged one, and the precision
+chosen by its check; asking for anything of Captum's gives Captum's computation."""
+
+import pytest
+import torch
+
+import fastig
+from fastig import targeted
+from fastig.reference import MAX_REL_L2, _pearson, captum_attribute, compare
+
+from conftest import make_text
+
+TEXTS = [make_text(30, seed=1), make_text(8, seed=2), make_text(60, seed=3)]
+
+
+def _relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def converged(models, tokenizer):
+    """Each family's attributions with 512 Gauss-Legendre points in fp32: the reference the accuracy is of."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = fastig.Engine(models(family), tokenizer).attribute(TEXTS, n_steps=512)
+        return cache[family]
+    return get
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "longformer", "distilbert", "electra"])
+def test_the_default_meets_its_accuracy_where_it_says_so(models, tokenizer, converged, family):
+    result = fastig.Engine(models(family), tokenizer).attribute(TEXTS)
+    reference = converged(family)
+    assert result.n_steps is None and result.stats.accuracy == 2e-2
+    for i, document in enumerate(result.documents):
+        assert document.precision == "fp32" and document.precision_error is None     # no AMX here: fp32 only
+        assert len(document.alphas) == len(document.integrand) and document.evaluations <= 1024
+        if not document.tolerance_met:      # the rough tiny DistilBERT: the max_steps cap, and said so
+            continue
+        gap, ends = document.output_at_input - document.output_at_baseline, \
+            abs(document.output_at_input) + abs(document.output_at_baseline)
+        assert document.estimated_error <= 2e-2 / 4 and abs(document.delta) <= max(1e-3 * abs(gap), 1e-5 * ends)
+        assert _relative_l2(result.attributions[i], reference.attributions[i]) <= 2e-2
+        assert _pearson(result.token_scores[i], reference.token_scores[i]) >= 0.999
+    assert sum(d.tolerance_met for d in result.documents) >= 1
+
+
+def test_a_smooth_path_takes_the_first_pair_only(tokenizer):
+    """Random weights of the usual scale give a near-linear path: 4 + 4 points and the shared middle."""
+    from conftest import MODEL_CLASSES, _config
+
+    config = _config("bert")
+    config.initializer_range = 0.02
+    torch.manual_seed(0)
+    model = MODEL_CLASSES["bert"](config).eval()
+    result = fastig.Engine(model, tokenizer).attribute(TEXTS[0])
+    reference = fastig.Engine(model, tokenizer).attribute(TEXTS[0], n_steps=256)
+    assert result.documents[0].evaluations == 2 * targeted.FIRST_PAIR + 1 < 50
+    assert result.documents[0].tolerance_met
+    assert _relative_l2(result.attributions[0], reference.attributions[0]) <= 2e-2 / 4
+
+
+@pytest.mark.parametrize("asked", [dict(n_steps=16), dict(method="riemann_trapezoid"), dict(precision="fp32")])
+def test_asking_for_anything_of_captums_gives_captums_computation(models, tokenizer, asked):
+    precision = asked.pop("precision", "auto")
+    engine = fastig.Engine(models("roberta"), tokenizer, precision=precision)
+    result = engine.attribute(TEXTS[:2], **asked)
+    n_steps, method = asked.get("n_steps", 50), asked.get("method", "gausslegendre")
+    assert result.n_steps == n_steps and result.method == method
+    assert all(d.evaluations == n_steps and d.precision is None for d in result.documents)
+    theirs = captum_attribute(engine, TEXTS[:2], n_steps=n_steps, method=method)
+    assert compare(result, theirs).rel_l2 <= MAX_REL_L2
+
+
+def test_low_precision_runs_where_its_check_passes_and_fp32_elsewhere(models, tokenizer, monkeypatch):
+    """As on a GPU or an AMX CPU: bf16 is tried, each document checked at alpha = 1/2 against fp32."""
+    monkeypatch.setattr(fastig.engine, "default_path_precision", lambda device: "bf16")
+    engine = fastig.Engine(models("bert"), tokenizer)
+    fp32 = fastig.Engine(models("bert"), tokenizer, precision="fp32").attribute(TEXTS, n_steps=256)
+    lenient = engine.attribute(TEXTS, accuracy=0.5)         # bf16's error is far within half of 0.5
+    assert [d.precision for d in lenient.documents] == ["bf16"] * 3
+    strict = engine.attribute(TEXTS, accuracy=1e-4)         # and never within 5e-5
+    assert [d.precision for d in strict.documents] == ["fp32"] * 3
+    for i, (a, b) in enumerate(zip(lenient.documents, strict.documents)):
+        assert a.precision_error == pytest.approx(b.precision_error) and 0 < a.precision_error < 0.25
+        assert b.evaluations >= 2 * targeted.FIRST_PAIR + 2       # the check's bf16 evaluation counts
+        assert _relative_l2(lenient.attributions[i], fp32.attributions[i]) <= 0.5
+        assert _relative_l2(strict.attributions[i], fp32.attributions[i]) <= 1e-4 or not b.tolerance_met
+
+
+def test_max_steps_bounds_the_default_and_says_the_accuracy_was_not_met(models, tokenizer):
+    result = fastig.Engine(models("distilbert"), tokenizer).attribute(TEXTS[0], accuracy=1e-6, max_steps=30)
+    document = result.documents[0]
+    assert document.evaluations <= 30 and document.tolerance_met is False and document.evaluations_allowed == 30
+
+
+@pytest.mark.parametrize("kwargs, fragment", [(dict(accuracy=0), "accuracy=0"), (dict(accuracy=1.5), "accuracy=1.5"),
+                                              (dict(accuracy="high"), "accuracy='high'"),
+                                              (dict(max_steps=8), "max_steps=8")])
+def test_bad_default_settings_are_refused(models, tokenizer, kwargs, fragment):
+    with pytest.raises(fastig.MethodError, match=fragment):
+        fastig.Engine(models("bert"), tokenizer).attribute("the film", **kwargs)
