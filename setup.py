@@ -22,5 +22,5 @@ setup(
         "dev": ["pytest>=7", "transformers-interpret==0.10.0"],
         "triton": ["triton>=3.0; platform_system == 'Linux'"],
     },
-    entry_points={"console_scripts": ["fastig = fastig.cli:main"]},
+    entry_points={"console_scripts": ["fastig = fastig.app.cli:main"]},
 )

@@ -148,7 +148,8 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
 @dataclass(frozen=True)
 class Job:
     """One timed measurement: a provider on a model, documents of one length, one rule."""
-    provider: str                   # "fastig" | "captum" | "dropin" (Captum's code under fastig.patch_captum())
+    provider: str                   # "fastig" | "fastig-default" (the default call) | "captum" | "dropin" (Captum's
+                                    # code under fastig.patch_captum())
     model: ModelSpec
     length: int
     n_steps: int
@@ -166,6 +167,8 @@ class Job:
 
     @property
     def label(self) -> str:
+        if self.provider == "fastig-default":
+            return "fastig default"
         if self.provider == "fastig":
             return (f"fastig {self.precision}" + (" hf-attention" if self.attention == "model" else "")
                     + (f" chunk={self.batch}" if self.batch else ""))
@@ -180,7 +183,12 @@ class Job:
 def _provider(job: Job, engine, ids):
     """A function running the job's attribution once; it returns (attributions, deltas)."""
     settings = dict(target=0, method=job.method)
-    if job.provider == "fastig":
+    if job.provider == "fastig-default":
+        def run(n_steps=None):      # n_steps, method, precision left to fastig: its accuracy-targeted call
+            result = engine.attribute(ids, target=0)
+            run.documents = result.documents
+            return list(result.attributions), result.delta
+    elif job.provider == "fastig":
         def run(n_steps=job.n_steps):
             result = engine.attribute(ids, n_steps=n_steps, chunk_size=job.batch, **settings)
             return list(result.attributions), result.delta
@@ -234,21 +242,30 @@ def _engine_and_ids(job: Job):
     import fastig
     if job.retain_cpu_memory and job.device == "cpu":
         fastig.retain_freed_cpu_memory()
-    engine = fastig.Engine(job.model.build(), precision=job.precision if job.provider == "fastig" else "fp32",
-                           device=job.device, attention=job.attention)
+    precision = {"fastig": job.precision, "fastig-default": "auto"}.get(job.provider, "fp32")
+    engine = fastig.Engine(job.model.build(), precision=precision, device=job.device, attention=job.attention)
     return engine, job.model.documents(engine.model, job.documents, job.length)
 
 
 def measure(job: Job) -> dict:
-    """Runs in a child process: median time, peak memory, attributions and deltas of one job."""
+    """Runs in a child process: median time, peak memory, attributions and deltas of one job; for the
+    default call also each document's evaluations, precision and estimated errors."""
     engine, ids = _engine_and_ids(job)
     run = _provider(job, engine, ids)
-    _warm_up(job, engine, run, job.n_steps)
+    if job.provider == "fastig-default":
+        run()                       # its first call probes memory and starts the call-size search
+    else:
+        _warm_up(job, engine, run, job.n_steps)
     if job.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, times, (attributions, delta) = median_seconds(run, job.repeats, _sync(job))
-    return {"seconds": seconds, "times": times, "peak_memory_mb": _peak_memory_mb(job.device),
-            "attributions": attributions, "delta": delta, "relative_delta": _relative_delta(attributions, delta)}
+    found = {"seconds": seconds, "times": times, "peak_memory_mb": _peak_memory_mb(job.device),
+             "attributions": attributions, "delta": delta, "relative_delta": _relative_delta(attributions, delta)}
+    if job.provider == "fastig-default":
+        found["documents"] = [{key: getattr(d, key) for key in ("evaluations", "precision", "estimated_error",
+                                                                 "precision_error", "tolerance_met")}
+                              for d in run.documents]
+    return found
 
 
 def _relative_delta(attributions: list, delta: torch.Tensor) -> float:
@@ -340,6 +357,20 @@ def seconds_per_step(job: Job, batches: list[int]) -> dict[int, float]:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
     return out
+
+
+def model_shape_peak(device: str, dtype: torch.dtype, hidden: int, tokens: int, repeats: int = 10) -> float:
+    """The best FLOP/s of the model's own matmuls ([tokens, H] by [H, 3H], [H, 4H] and [4H, H]): the
+    ceiling a step of the model is held against (square 2048 matmuls under-read bf16 on the EPYC:
+    about 430 against 690-950 GFLOP/s at a Longformer-base layer's shapes)."""
+    best = 0.0
+    for inner, outer in ((hidden, 3 * hidden), (hidden, 4 * hidden), (4 * hidden, hidden)):
+        a = torch.randn(tokens, inner, device=device).to(dtype)
+        b = torch.randn(inner, outer, device=device).to(dtype)
+        a @ b
+        _, times, _ = median_seconds(lambda: a @ b, repeats, torch.cuda.synchronize if device == "cuda" else None)
+        best = max(best, 2 * tokens * inner * outer / min(times))
+    return best
 
 
 @dataclass(frozen=True)

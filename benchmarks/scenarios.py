@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from fastig.precision import PRECISIONS
+from fastig.precision import DTYPES, PRECISIONS
 from fastig.quadrature import METHODS
 from fastig.reference import CaptumResult, compare
 
-from .common import (CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance, command_for,
-                     gauss_legendre_hindsight, in_child, log, measure, model_step, save_model, seconds_per_step,
-                     steps_to_tolerance, timed_command)
+from .common import (CAPTUM_DEFAULT_STEPS, CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance,
+                     command_for, gauss_legendre_hindsight, in_child, log, measure, model_shape_peak, model_step,
+                     save_model, seconds_per_step, steps_to_tolerance, timed_command)
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 HINDSIGHT_MAX_STEPS = 128   # the scan over every n costs n^2 / 2 evaluations per document
@@ -80,6 +80,14 @@ SIZES = {
         "quick": Sizes(LONGFORMER_SMALL, ((4096, 1, 64), (256, 32, 16)), ()),
         "tiny": Sizes(TINY_LONGFORMER, ((64, 1, 8), (32, 4, 4)), ()),
     },
+    # (length, documents, n_steps of the converged reference); a model per config (Sizes.more_models: the rest)
+    "default_path": {
+        "full": Sizes(replace(LONGFORMER_BASE, layers=4), ((512, 1, 256), (2048, 1, 256), (4096, 1, 256)),
+                      GPU_BATCHES, more_models=(replace(LONGFORMER_BASE, layers=4), LONGFORMER_BASE)),
+        "quick": Sizes(replace(LONGFORMER_BASE, layers=4), ((512, 1, 256), (2048, 1, 256), (1024, 1, 256)),
+                       (1, 2, 4), more_models=(replace(LONGFORMER_BASE, layers=4), LONGFORMER_SMALL)),
+        "tiny": Sizes(TINY_LONGFORMER, ((32, 1, 32), (64, 1, 32)), (1, 2), more_models=(TINY_LONGFORMER,)),
+    },
     "equal_accuracy": {
         "full": Sizes(TRAINED_BERT, ((64, 32, 0),), GPU_BATCHES, max_steps=4096,
                       more_models=(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2),)),
@@ -100,6 +108,8 @@ TITLES = {
     "model_step": "one model step (forward + input-gradient backward) by attention, and BERT of the same shape",
     "processes": "one process against N (accelerate launch), for one long document and for a data set",
     "equal_accuracy": "steps and time to reach a relative convergence delta",
+    "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
+                    "internal_batch_size), both scored against a converged fp32 reference",
 }
 
 
@@ -224,6 +234,42 @@ def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
             "ladders": ladders, "rows": rows, "models": summaries}
 
 
+def default_path(mode: str, repeats: int, device: str) -> dict:
+    """fastig's default call (no n_steps, method or precision) against Captum's default use, scored against
+    a converged fp32 reference (Gauss-Legendre with the config's n_steps, by fastig's Captum-exact step loop).
+
+    Captum runs at the best internal_batch_size of a sweep, with the allocator's defaults and, on CPU,
+    also with fastig's allocator setting; "vs best Captum" is against the faster of the two."""
+    sizes = SIZES["default_path"][mode]
+    models = (sizes.model, *sizes.more_models)
+    rows = []
+    for model, (length, documents, reference_steps) in zip(models, sizes.configs):
+        base = Job("fastig-default", model, length, CAPTUM_DEFAULT_STEPS, documents, repeats=repeats, device=device)
+        best, _ = best_captum_batch(replace(base, provider="captum"), sizes.captum_batches)
+        reference = in_child(measure, replace(base, provider="fastig", precision="fp32", n_steps=reference_steps,
+                                              repeats=1, retain_cpu_memory=device == "cpu"))
+        captum_jobs = [replace(base, provider="captum", batch=best)]
+        if device == "cpu":
+            captum_jobs.append(replace(captum_jobs[0], retain_cpu_memory=True))
+        results = {job: in_child(measure, job) for job in captum_jobs + [base]}
+        captum_best = min(results[job]["seconds"] for job in captum_jobs)
+        for job, result in results.items():
+            scores = compare(CaptumResult(result["attributions"], result["delta"], 0.0),
+                             CaptumResult(reference["attributions"], reference["delta"], 0.0))
+            evaluations = ([d["evaluations"] for d in result["documents"]] if "documents" in result
+                           else [CAPTUM_DEFAULT_STEPS] * documents)
+            rows.append({"provider": job.label, "model": model.describe(), "length": length, "documents": documents,
+                         "evaluations": evaluations, "seconds": result["seconds"], "times": result["times"],
+                         "peak_memory_mb": result["peak_memory_mb"], "relative_delta": result["relative_delta"],
+                         "rel_l2_vs_reference": scores.rel_l2, "pearson_vs_reference": scores.pearson,
+                         "reference_steps": reference_steps, "speedup_vs_captum_best": captum_best / result["seconds"],
+                         **({"documents_detail": result["documents"]} if "documents" in result else {})})
+            log(f"default_path: {job.label:<28} {length:>5} tokens: {result['seconds']:8.2f} s, "
+                f"{sum(evaluations)} evaluations, rel L2 {scores.rel_l2:.1e}, Pearson {scores.pearson:.6f}")
+    return {"name": "default_path", "title": TITLES["default_path"],
+            "model": "; ".join(dict.fromkeys(m.describe() for m in models)), "rows": rows}
+
+
 def _uniform_to_tolerance(job: Job, max_steps: int) -> dict:
     """The job's rule at n_steps 1 (or 2), 2, 4, ... up to max_steps: the relative delta at each, and a
     row per tolerance with the first n_steps meeting it for every document."""
@@ -279,6 +325,7 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     rows = []
     for length, sequences, _ in sizes.configs:
         for precision in fastig_precisions("model_step", mode, device):
+            shape_peak = model_shape_peak(device, DTYPES[precision], longformer.hidden, length * sequences)
             base = StepJob(longformer, length, sequences, precision, repeats=repeats, device=device)
             jobs = [replace(base, attention=a) for a in step_attentions(device)]
             if length <= bert.max_tokens:
@@ -297,6 +344,8 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
                              "family": job.model.family, "length": length, "sequences": sequences, **result,
                              "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
                              "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
+                             "model_shape_peak_gflops": shape_peak / 1e9,
+                             "fraction_of_model_shape_peak": achieved / shape_peak,
                              "speedup_vs_hf_attention": seconds["model"] / result["seconds"],
                              "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
     return {"name": "model_step", "title": TITLES["model_step"], "model": longformer.describe(), "rows": rows}
@@ -331,6 +380,8 @@ def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
     """One scenario's section of the report; `peaks` holds the measured matmul FLOP/s by precision."""
     if name == "equal_accuracy":
         return equal_accuracy(mode, repeats, device)
+    if name == "default_path":
+        return default_path(mode, repeats, device)
     if name == "model_step":
         return model_steps(mode, repeats, device, peaks)
     if name == "processes":

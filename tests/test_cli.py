@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,15 @@ def test_unknown_model_is_one_line_and_exit_2(tmp_path, capsys):
     assert exit_code(["attribute", "--model", str(tmp_path / "missing"), "--text", "good"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot load" in err
+
+
+def test_the_installed_command_runs_the_cli():
+    import shutil
+
+    command = shutil.which("fastig", path=str(Path(sys.executable).parent))
+    assert command, "no fastig command next to this Python: pip install -e . installs it"
+    done = subprocess.run([command, "attribute", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--accuracy" in done.stdout
 
 
 def test_python_dash_m_runs_the_cli():
