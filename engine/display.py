@@ -1,10 +1,11 @@
-"""Attributions as people see them: Captum's visualize_text colours and record table, HTML-escaped.
+"""Attributions as people see them: words, Captum's visualize_text colours and record table, HTML-escaped.
 
-The notebook view of a result (`Attribution._repr_html_`) and the application's report pages
-share these pieces; nothing here writes a file.
+The notebook view of a result (`Attribution._repr_html_`), the application's reports and its
+token rankings share these pieces; nothing here writes a file.
 """
 
 import html
+from dataclasses import dataclass
 
 
 def color(score: float) -> str:
@@ -30,7 +31,10 @@ def highlighted(pairs) -> str:
 
 
 def token_pairs(document) -> list[tuple[str, float]]:
-    return list(zip(document.tokens, document.token_scores.tolist()))
+    """(shown token, score) of each token but the special ones."""
+    special = set(document.special_positions)
+    return [(token, score) for p, (token, score) in enumerate(zip(document.shown_tokens, document.token_scores.tolist()))
+            if p not in special and token]
 
 
 def captum_record_table(documents: list, labels: dict, pairs_of=token_pairs) -> str:
@@ -43,3 +47,99 @@ def captum_record_table(documents: list, labels: dict, pairs_of=token_pairs) -> 
         f"<td class=\"words\">{highlighted(pairs_of(d))}</td></tr>" for d in documents)
     return ("<table class=\"record\"><tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
             f"<th>Attribution Score</th><th>Word Importance</th></tr>{rows}</table>")
+
+
+WORD_START_MARKERS = ("Ġ", "▁")       # byte-level BPE (RoBERTa, Longformer, GPT-2) and SentencePiece
+CONTINUATION_MARKER = "##"            # WordPiece (BERT, DistilBERT, ELECTRA)
+
+
+@dataclass
+class Word:
+    """A word of a document: its text, the sum of its pieces' scores, their positions, and its place
+    [start, end) in the document's text (None where the text is not known)."""
+    text: str
+    score: float
+    positions: list
+    start: int | None = None
+    end: int | None = None
+
+
+def words(document) -> list[Word]:
+    """A DocumentResult's words, special tokens left out: its tokens grouped by the tokenizer's words
+    (word_ids; punctuation is a word of its own), each word scoring the sum of its pieces.
+
+    Records without word ids (ids given without a fast tokenizer) fall back on the vocabulary's
+    markers: a piece joins the word before it after a "##" (WordPiece), or without a leading
+    "Ġ"/"▁" where the tokenizer marks word starts.
+    """
+    special, scores = set(document.special_positions), document.token_scores.tolist()
+    if document.word_ids is not None:
+        found, last = [], None
+        for position, word_id in enumerate(document.word_ids):
+            if position in special or word_id is None:
+                last = None
+                continue
+            if word_id == last:
+                found[-1].positions.append(position)
+                found[-1].score += scores[position]
+            else:
+                found.append(Word("", scores[position], [position]))
+            last = word_id
+        for word in found:
+            if document.offsets is not None:
+                _place(word, document.text, document.offsets[word.positions[0]][0],
+                       document.offsets[word.positions[-1]][1])
+            else:
+                word.text = "".join(document.shown_tokens[p] for p in word.positions)
+        return [w for w in found if w.text]
+    return _marked_words(document.tokens, scores, special)
+
+
+def token_words(document) -> list[Word]:
+    """Each token but the special ones as a Word of its own, placed in the text where offsets say
+    (pieces sharing one character give it to the first: see inputs.display_tokens)."""
+    special, scores, found, end = set(document.special_positions), document.token_scores.tolist(), [], 0
+    for position, shown in enumerate(document.shown_tokens):
+        if position in special:
+            continue
+        word = Word(shown, scores[position], [position])
+        if document.offsets is not None and document.offsets[position] is not None:
+            start, stop = document.offsets[position]
+            _place(word, document.text, max(start, end), stop)
+            end = max(end, stop)
+        if word.text:
+            found.append(word)
+        elif found:     # a piece that shows nothing of its own adds to the one whose character it shares
+            found[-1].score += word.score
+            found[-1].positions.append(position)
+    return found
+
+
+def _place(word: Word, text: str, start: int, end: int) -> None:
+    """The word's text and its place [start, end) in `text`, leading and trailing whitespace left out."""
+    segment = text[start:end]
+    word.start = start + len(segment) - len(segment.lstrip())
+    word.end = max(word.start, end - (len(segment) - len(segment.rstrip())))
+    word.text = text[word.start:word.end]
+
+
+def _marked_words(tokens: list[str], scores: list[float], special: set) -> list[Word]:
+    marks_starts = any(t.startswith(WORD_START_MARKERS) for t in tokens)
+    found, joinable = [], False
+    for position, (token, score) in enumerate(zip(tokens, scores)):
+        if position in special:
+            joinable = False
+            continue
+        if marks_starts:
+            joins, text = joinable and not token.startswith(WORD_START_MARKERS), token.lstrip("".join(WORD_START_MARKERS))
+        else:
+            continues = token.startswith(CONTINUATION_MARKER)
+            joins, text = joinable and continues, token[len(CONTINUATION_MARKER):] if continues else token
+        if joins:
+            found[-1].text += text
+            found[-1].score += score
+            found[-1].positions.append(position)
+        else:
+            found.append(Word(text, score, [position]))
+        joinable = True
+    return found

@@ -7,6 +7,7 @@ fastig.adaptive for n_steps="auto"), each process taking its share of the steps
 (fastig.processes), and the finalization into one DocumentResult per document.
 """
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,13 +17,13 @@ from torch import nn
 
 from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import OUTPUTS, check_target, find_layer, model_length, recomputable_layers
+from .models import check_output, check_target, check_vocabulary, find_layer, model_length, recomputable_layers
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -81,6 +82,31 @@ class Rule:
         return INITIAL_POINTS if self.auto else len(self.alphas)
 
 
+class Progress:
+    """A progress bar in documents, with the model evaluations done so far moving after every model call,
+    so that a long document shows its progress too."""
+
+    def __init__(self, documents: int, description: str = "attributing"):
+        from tqdm.auto import tqdm
+
+        self.bar, self.evaluations = tqdm(total=documents, unit="doc", desc=description, leave=False), 0
+
+    def evaluated(self, pairs: int) -> None:
+        self.evaluations += pairs
+        self.bar.set_postfix_str(f"{self.evaluations} model evaluations", refresh=True)
+
+    def documents_done(self, count: int) -> None:
+        self.bar.update(count)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _finite(document: DocumentResult, attributions: torch.Tensor) -> bool:
+    return all(map(math.isfinite, (document.output_at_input, document.output_at_baseline, document.delta))) \
+        and bool(torch.isfinite(attributions).all())
+
+
 def _packing_key(doc: Document):
     """Documents share model calls only with the same kind of baseline: ids, or a constant layer output."""
     if doc.baseline_ids is not None:
@@ -119,6 +145,7 @@ class Engine:
             model.to(device)
         self.model = model.eval()
         self.tokenizer = tokenizer
+        check_vocabulary(model, tokenizer)
         self.layer = find_layer(model, layer)
         self.device = next(model.parameters()).device
         self.scheduler = Scheduler(self.device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget,
@@ -153,19 +180,14 @@ class Engine:
         With the default or "auto" each document's record holds its points, evaluations and whether
         the target was met (the default: also its precision and estimated errors).
         """
-        if output not in OUTPUTS:
-            raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
+        check_output(output, self.model.config.num_labels)
         chunk_size_override(chunk_size)
         rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)
         targets = check_target(target, len(docs), self.model.config.num_labels)
         self.scheduler.start_run()
 
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(docs) * len(rule.alphas) if rule.alphas is not None else None, unit="step",
-                       desc="attributing")
+        bar = Progress(len(docs)) if progress else None
         records, groups, seconds = [None] * len(docs), [], TimeSplit()
         try:
             # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
@@ -179,6 +201,8 @@ class Engine:
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
                     results, path = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
                                                           rule, output, chunk_size, bar)
+                    if bar is not None:
+                        bar.documents_done(len(group))
                     groups.append((len(group), path))
                     seconds.add(path.seconds)
                     for i, (record, attributions) in zip(group, results):
@@ -189,6 +213,7 @@ class Engine:
 
         documents = [record for record, _ in records]
         token_steps = sum(len(d.tokens) * d.evaluations for d in documents)
+        not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
                          retains_cpu_memory=retains_memory, fallbacks=sum(path.fallbacks for _, path in groups),
                          documents_per_group=[count for count, _ in groups],
@@ -198,11 +223,17 @@ class Engine:
                          token_steps_per_s=token_steps / max(seconds.total, 1e-12),
                          tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps)
         attributions = [a for _, a in records]
-        return Attribution(documents=documents,
-                           attributions=torch.stack(attributions) if len({a.shape for a in attributions}) == 1
-                           else attributions,
-                           n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
-                           output=output, stats=stats)
+        result = Attribution(documents=documents,
+                             attributions=torch.stack(attributions) if len({a.shape for a in attributions}) == 1
+                             else attributions,
+                             n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
+                             output=output, stats=stats)
+        if not_finite:
+            raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
+                                 "(nan or inf) there, so no attribution is given; the model or its inputs are "
+                                 "broken for them (the other documents' results are in the error's .result)",
+                                 not_finite, result)
+        return result
 
     def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None):
         """Indices of the documents that share model calls, group by group, longest first.
@@ -228,7 +259,7 @@ class Engine:
         ends = endpoints(self.model, self.layer, batch, docs, targets, output)
         step = ModelStep(self.model, self.layer, batch, ends.target, output, self.scheduler)
         t1 = time.perf_counter()
-        on_chunk = bar.update if bar is not None else None
+        on_chunk = bar.evaluated if bar is not None else None
         if rule.targeted:
             path = self._integrate_to_accuracy(step, ends, rule, chunk_size, on_chunk)
         elif rule.auto:
@@ -258,7 +289,9 @@ class Engine:
                 **({"tolerance_met": path.met[row], "evaluations_allowed": path.evaluations_allowed}
                    if per_document else {}),
                 **({"precision": path.precision[row], "estimated_error": path.estimated_error[row],
-                    "precision_error": path.precision_error[row]} if rule.targeted else {}))
+                    "precision_error": path.precision_error[row]} if rule.targeted else {}),
+                truncated_tokens=doc.truncated_tokens, display_tokens=doc.display_tokens, text=doc.text,
+                offsets=doc.offsets, word_ids=doc.word_ids)
             results.append((record, attributions[row, :length]))
         path.seconds.endpoints = t1 - t0
         path.seconds.finalize = time.perf_counter() - t2

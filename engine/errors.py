@@ -30,6 +30,11 @@ class DataError(InputError):
     ids, or an output folder holding a run with other settings."""
 
 
+class OutputError(FastIGError):
+    """A result that cannot be written where asked (a full or read-only disk, a folder in the way); the
+    message says where the computed result went instead, if anywhere."""
+
+
 class MemoryBudgetError(FastIGError):
     """The memory budget, or the device's memory, cannot hold even one sequence of a document."""
 
@@ -40,3 +45,13 @@ class ModelLoadError(FastIGError):
 
 class LayerNotFoundError(FastIGError):
     """The layer to attribute to cannot be found in the model."""
+
+
+class NonFiniteError(FastIGError):
+    """The model's output or gradient is not finite (nan or inf) for some documents: an attribution of
+    them would be nonsense. `documents` holds their indices; `result` the Attribution of the call,
+    whose other documents are sound."""
+
+    def __init__(self, message: str, documents: list, result=None):
+        super().__init__(message)
+        self.documents, self.result = documents, result

@@ -6,11 +6,16 @@ builds them itself (token types, position ids), so baseline and input embed exac
 they do in a plain forward call.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from .errors import BaselineError, EmptyTextError, InputError
+
+
+class TruncationWarning(UserWarning):
+    """A text longer than the model takes was cut: its record's truncated_tokens says by how much."""
 
 BASELINES = ("pad", "unk", "mask", "zeros")
 # Models whose position ids start after the padding index (RoBERTa's scheme).
@@ -26,7 +31,12 @@ class Document:
     model_kwargs: tensors [L] passed to the model next to the ids (attention mask, global
     attention mask), each gets a batch dimension at call time. special_positions: where the
     special tokens are, by the tokenizer's special-token mask (without a tokenizer: the ids
-    the model config names pad, bos, eos, sep or cls).
+    the model config names pad, bos, eos, sep or cls). truncated_tokens: the text's tokens
+    left out past max_length. For display (never the raw vocabulary pieces such as "Ġhas"):
+    display_tokens, each token's characters in the text (a piece that only continues the
+    previous piece's character is ""), text (None for ids), offsets (each token's [start, end)
+    in the text, None for special tokens), word_ids (the tokenizer's word of each token, None
+    for special tokens; punctuation is a word of its own).
     """
     input_ids: torch.Tensor
     baseline_ids: torch.Tensor | None
@@ -34,6 +44,21 @@ class Document:
     model_kwargs: dict
     tokens: list
     special_positions: list
+    truncated_tokens: int = 0
+    display_tokens: list | None = None
+    text: str | None = None
+    offsets: list | None = None
+    word_ids: list | None = None
+
+
+@dataclass
+class Encoded:
+    """A text's ids with CLS and SEP [L], the tokens cut, and where each token is in the text."""
+    ids: torch.Tensor
+    dropped: int = 0
+    text: str | None = None
+    offsets: list | None = None
+    word_ids: list | None = None
 
 
 def max_text_tokens(config, tokenizer=None) -> int:
@@ -54,29 +79,83 @@ def special_ids(config, tokenizer=None) -> dict:
     return {"pad": config.pad_token_id, "unk": None, "mask": None}
 
 
-def encode_texts(texts, tokenizer, max_length: int) -> list[torch.Tensor]:
-    """Each text as CLS + ids[:max_length] + SEP, a long tensor [L]."""
+def check_max_length(max_length, config, tokenizer=None) -> int:
+    """max_length (text tokens kept per text): None for the model's limit, else an int from 1 to it."""
+    limit = max_text_tokens(config, tokenizer)
+    if max_length is None:
+        return limit
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
+        raise InputError(f"max_length={max_length!r} must be an integer from 1 to {limit}, the text tokens "
+                         "this model's positions take")
+    return max_length
+
+
+def encode_texts(texts, tokenizer, max_length: int, why: str = "max_length") -> list[Encoded]:
+    """Each text as CLS + ids[:max_length] + SEP, the number of tokens cut, and (fast tokenizers) each
+    token's place in the text and its word."""
     if tokenizer is None:
         raise InputError("texts need a tokenizer; pass one to Engine(...) or give input ids [B, L]")
     encoded = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str")
-        ids = tokenizer.encode(text, add_special_tokens=False)[:max_length]
+        offsets = word_ids = None
+        if getattr(tokenizer, "is_fast", False):
+            encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets, word_ids = encoding["input_ids"], encoding["offset_mapping"], encoding.word_ids()
+        else:
+            ids = tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise EmptyTextError(f"texts[{i}]={text[:40]!r} holds no token; give a non-empty text")
-        encoded.append(torch.tensor([tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]))
+        dropped = max(0, len(ids) - max_length)
+        if dropped:
+            warnings.warn(f"texts[{i}]: {len(ids)} tokens, the first {max_length} kept and {dropped} dropped ({why})",
+                          TruncationWarning, stacklevel=4)
+        if offsets is not None:     # CLS and SEP are in no word and at no place of the text
+            offsets = [None, *map(list, offsets[:max_length]), None]
+            word_ids = [None, *word_ids[:max_length], None]
+        ids = torch.tensor([tokenizer.cls_token_id, *ids[:max_length], tokenizer.sep_token_id])
+        encoded.append(Encoded(ids, dropped, text, offsets, word_ids))
     return encoded
 
 
-def split_ids(ids: torch.Tensor) -> list[torch.Tensor]:
-    """A LongTensor [L] or [B, L] of ids (special tokens included) as a list of [L] tensors."""
+def display_tokens(tokens: list[str], encoded: Encoded, tokenizer, special: list[int]) -> list[str]:
+    """What each token shows: its own characters of the text (offsets), else the tokenizer's decoding of
+    it alone; special tokens as they are. Byte-level pieces that share one character (an em dash is two)
+    give it to the first, so nothing shows twice and nothing shows as bytes ("âĢĶ")."""
+    if encoded.offsets is not None:
+        shown, end = [], 0
+        for token, place in zip(tokens, encoded.offsets):
+            if place is None:
+                shown.append(token)
+                continue
+            start = max(place[0], end)
+            shown.append(encoded.text[start:place[1]].strip() if place[1] > start else "")
+            end = max(end, place[1])
+        return shown
+    if tokenizer is None:
+        return list(tokens)
+    specials = set(special)
+    return [token if p in specials else tokenizer.convert_tokens_to_string([token]).strip()
+            for p, token in enumerate(tokens)]
+
+
+def split_ids(ids: torch.Tensor, config) -> list[torch.Tensor]:
+    """A LongTensor [L] or [B, L] of ids (special tokens included) as a list of [L] tensors, checked
+    against the model's vocabulary and positions."""
     if ids.dtype not in (torch.int64, torch.int32):
         raise InputError(f"input ids must be an integer tensor, got dtype {ids.dtype}")
     if ids.ndim == 1:
         ids = ids.unsqueeze(0)
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise EmptyTextError(f"input ids of shape {tuple(ids.shape)}: expected [B, L] with L >= 1")
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise EmptyTextError(f"input ids of shape {tuple(ids.shape)}: expected [B, L] with B >= 1 and L >= 1")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        raise InputError(f"input ids from {int(ids.min())} to {int(ids.max())}: this model's vocabulary holds ids "
+                         f"0 to {config.vocab_size - 1}")
+    positions = max_text_tokens(config) + 2
+    if ids.shape[1] > positions:
+        raise InputError(f"input ids of length {ids.shape[1]}: this model takes at most {positions} tokens "
+                         "(its position embeddings end there); shorten them")
     return [row.long().cpu() for row in ids]
 
 
@@ -113,20 +192,19 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
     if isinstance(texts_or_ids, torch.Tensor):
-        all_ids = split_ids(texts_or_ids)
+        encoded = [Encoded(ids) for ids in split_ids(texts_or_ids, config)]
     elif isinstance(texts_or_ids, (list, tuple)):
         if not texts_or_ids:
             raise EmptyTextError("no text given: pass a str, a non-empty list of str, or ids [B, L]")
-        limit = max_text_tokens(config, tokenizer) if max_length is None else max_length
-        if limit < 1:
-            raise InputError(f"max_length={limit} must be at least 1")
-        all_ids = encode_texts(texts_or_ids, tokenizer, limit)
+        why = "max_length" if max_length is not None else "the model's positions end there"
+        encoded = encode_texts(texts_or_ids, tokenizer, check_max_length(max_length, config, tokenizer), why)
     else:
         raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str or a LongTensor of ids")
 
     specials = special_ids(config, tokenizer)
     documents = []
-    for i, ids in enumerate(all_ids):
+    for i, piece in enumerate(encoded):
+        ids = piece.ids
         baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i)
         kwargs = {"attention_mask": torch.ones_like(ids)}
         if config.model_type == "longformer":
@@ -134,8 +212,10 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
             kwargs["global_attention_mask"] = torch.zeros_like(ids)
             kwargs["global_attention_mask"][0] = 1
         tokens = tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None else [str(t) for t in ids.tolist()]
-        documents.append(Document(ids, baseline_ids, baseline_embedding, kwargs, tokens,
-                                  special_positions(ids, config, tokenizer)))
+        special = special_positions(ids, config, tokenizer)
+        documents.append(Document(ids, baseline_ids, baseline_embedding, kwargs, tokens, special, piece.dropped,
+                                  display_tokens(tokens, piece, tokenizer, special), piece.text, piece.offsets,
+                                  piece.word_ids))
     return documents
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .errors import LayerNotFoundError, ModelLoadError, TargetError
+from .errors import InputError, LayerNotFoundError, ModelLoadError, TargetError
 
 OUTPUTS = ("probs", "logits")
 
@@ -18,26 +18,36 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     """Load (model, tokenizer) from a local folder or a hub name; the model in eval mode.
 
     `tokenizer` names another folder or hub name for the tokenizer (the seed's
-    Longformer uses allenai/longformer-base-4096's tokenizer).
+    Longformer uses allenai/longformer-base-4096's tokenizer). A checkpoint without its
+    classification head (a base model: the head would be random) is refused, as is one
+    whose files cannot be read (corrupt weights, a pickle torch refuses to load).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    bar_was_on = hf_logging.is_progress_bar_enabled()
+    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()   # a weight-loading bar per call buries fastig's own output
+    hf_logging.set_verbosity_error()    # missing weights are fastig's error below, not a report on stdout
+    where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
-        raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: {err}") from err
+        model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True)
+    except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
+        raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
+                             f"{type(err).__name__}: {err}") from err
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar_was_on:
             hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise ModelLoadError(f"--model {name_or_path!r} has no weights for {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''}: it is not a trained sequence classifier (a base "
+                             "model gets a random classification head); give a fine-tuned classifier")
     tokenizer_name = tokenizer or name_or_path
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_name)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"tokenizer {tokenizer_name!r}: cannot load a tokenizer: {err}") from err
+    except Exception as err:
+        raise ModelLoadError(f"tokenizer {tokenizer_name!r}: cannot load a tokenizer: {type(err).__name__}: {err}") from err
     if device is not None:
         model.to(device)
     return model.eval(), tok
@@ -92,14 +102,45 @@ def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tens
     return values.gather(1, target.view(-1, 1)).squeeze(1)
 
 
+def _class_index(value):
+    """A target as an int; bools, floats, strings and the like are refused, not read as classes."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if value is None or isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return None if value is None else int(value)
+    raise TargetError(f"target={value!r} is not a class index: give None (the predicted class), an int, "
+                      "or one int per document")
+
+
+def check_output(output: str, num_labels: int) -> None:
+    if output not in OUTPUTS:
+        raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
+    if output == "probs" and num_labels == 1:
+        raise InputError("output='probs' on a model with one label: its softmax is 1 whatever the input, so every "
+                         "attribution would be 0; use output='logits' (--output logits)")
+
+
+def check_vocabulary(model: nn.Module, tokenizer) -> None:
+    """The tokenizer's ids must all have a row in the model's token embedding."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if tokenizer is None or embedding is None or not hasattr(embedding, "num_embeddings"):
+        return
+    if len(tokenizer) > embedding.num_embeddings:
+        raise ModelLoadError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                             f"{embedding.num_embeddings}: they do not belong together (give --tokenizer the "
+                             "model's own tokenizer)")
+
+
 def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
-    """One target per document: None (predicted class), an int, or a list/tensor of ints."""
-    if target is None or isinstance(target, numbers.Integral) or isinstance(target, torch.Tensor) and target.ndim == 0:
-        targets = [None if target is None else int(target)] * n_docs
-    else:
-        targets = [int(t) for t in (target.tolist() if isinstance(target, torch.Tensor) else target)]
+    """One target per document: None (predicted class), an int, or a list/tensor of ints (None in a list:
+    that document's predicted class)."""
+    if isinstance(target, (list, tuple)) or isinstance(target, torch.Tensor) and target.ndim == 1:
+        targets = [_class_index(t) for t in target]
         if len(targets) != n_docs:
             raise TargetError(f"target has {len(targets)} entries for {n_docs} documents; give one per document or one int")
+    else:
+        targets = [_class_index(target)] * n_docs
     for t in targets:
         if t is not None and not 0 <= t < n_classes:
             raise TargetError(f"target={t} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")

@@ -13,6 +13,8 @@ from .errors import MethodError
 RIEMANN_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = RIEMANN_RULES + ("gausslegendre",)
 CAPTUM_DEFAULT_STEPS = 50   # LayerIntegratedGradients.attribute's n_steps, with method="gausslegendre"
+# numpy's leggauss solves an n x n eigenproblem (O(n^2) memory, O(n^3) time); Riemann rules are O(n).
+MAX_STEPS = {"gausslegendre": 4096, "riemann": 1_000_000}
 
 
 def check_rule(method: str, n_steps) -> None:
@@ -24,6 +26,11 @@ def check_rule(method: str, n_steps) -> None:
     smallest = 1 if method == "gausslegendre" else 2  # Captum asserts n > 1 for Riemann rules
     if n_steps < smallest:
         raise MethodError(f"n_steps={n_steps} is too small for method={method!r}; it needs n_steps >= {smallest}")
+    largest = MAX_STEPS.get(method, MAX_STEPS["riemann"])
+    if n_steps > largest:
+        raise MethodError(f"n_steps={n_steps} is too large for method={method!r}: at most {largest}"
+                          + (" (its nodes come from an n x n eigenproblem: 100,000 points would need 74 GiB)"
+                             if method == "gausslegendre" else ""))
 
 
 def rule(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,13 +25,17 @@ class CaptumResult:
 
 def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
                      baseline="pad", output: str = "probs", internal_batch_size: int | None = None,
-                     max_length: int | None = None) -> CaptumResult:
-    """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time."""
+                     max_length: int | None = None, progress: bool = False) -> CaptumResult:
+    """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time
+    (progress: a bar of the documents)."""
     from captum.attr import LayerIntegratedGradients
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
     targets = check_target(target, len(docs), engine.model.config.num_labels)
     attributions, deltas, seconds = [], [], 0.0
+    if progress:
+        from tqdm.auto import tqdm
+        docs = tqdm(docs, unit="doc", desc="Captum", leave=False)
     for doc, tgt in zip(docs, targets):
         if doc.baseline_ids is None:
             raise BaselineError("Captum's LayerIntegratedGradients takes baselines as ids: use baseline='pad', "

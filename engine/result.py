@@ -29,7 +29,10 @@ class DocumentResult:
     tolerance) was met and within how many evaluations. With n_steps None also: precision, the
     one this document ran in; estimated_error, the relative L2 difference of its last pair of
     rules; precision_error, low precision's relative error at alpha = 1/2 where it was checked.
-    These are None otherwise. id, label: the data set's id and label, where there is one.
+    These are None otherwise. truncated_tokens: the text's tokens cut past max_length (0: none).
+    For people (every output shows these, never the vocabulary pieces of `tokens`): display_tokens,
+    text, offsets and word_ids, as in fastig.inputs.Document. id, label: the data set's id and
+    label, where there is one.
     """
     tokens: list
     input_ids: torch.Tensor
@@ -49,6 +52,11 @@ class DocumentResult:
     precision: str | None = None
     estimated_error: float | None = None
     precision_error: float | None = None
+    truncated_tokens: int = 0
+    display_tokens: list | None = None
+    text: str | None = None
+    offsets: list | None = None
+    word_ids: list | None = None
     id: int | str | None = None
     label: int | None = None
 
@@ -63,9 +71,15 @@ class DocumentResult:
         gap = abs(self.output_at_input - self.output_at_baseline)
         return abs(self.delta) / gap if gap else (0.0 if self.delta == 0 else math.inf)
 
-    def top_bottom(self, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
-        """The k most positive and k most negative tokens."""
-        return top_bottom(self.tokens, self.token_scores, k)
+    @property
+    def shown_tokens(self) -> list:
+        """The tokens as people read them (display_tokens; the vocabulary pieces where there are none)."""
+        return self.display_tokens if self.display_tokens is not None else self.tokens
+
+    def top_bottom(self, k: int = 20, unique: bool = True) -> tuple[list[RankedToken], list[RankedToken]]:
+        """The k most positive and k most negative tokens as shown, special tokens left out; with unique,
+        each token text once (at its highest, or lowest, score)."""
+        return top_bottom(self.shown_tokens, self.token_scores, k, self.special_positions, unique)
 
     def to_json(self, k: int = 20) -> dict:
         """A JSON-ready dict of every field, plus the probability of the prediction and the top and
@@ -80,15 +94,69 @@ class DocumentResult:
 
     @classmethod
     def from_json(cls, values: dict) -> "DocumentResult":
-        """The record `to_json` wrote (its derived keys ignored)."""
-        tensors = {"input_ids": torch.long, "token_scores": torch.float32, "probs": torch.float32,
-                   "alphas": torch.float32, "integrand": torch.float32}
+        """The record `to_json` wrote (its derived keys ignored), every field checked: a file edited by
+        hand, or not fastig's, is a ValueError naming the field, never a record of the wrong types."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a record is a JSON object, not {type(values).__name__}")
         kwargs = {}
         for f in fields(cls):
             if f.name in values:
-                value = values[f.name]
-                kwargs[f.name] = torch.tensor(value, dtype=tensors[f.name]) if f.name in tensors else value
+                kwargs[f.name] = _checked(f.name, values[f.name])
+            elif f.name in _REQUIRED:
+                raise ValueError(f"a record needs {f.name!r}")
+        lengths = {len(kwargs[name]) for name in ("tokens", "token_scores", "display_tokens", "offsets", "word_ids")
+                   if kwargs.get(name) is not None}
+        if len(lengths) > 1 or len(kwargs["alphas"]) != len(kwargs["integrand"]):
+            raise ValueError("a record's tokens and their scores, display tokens, offsets or word ids, or its alphas "
+                             "and integrand, differ in length")
         return cls(**kwargs)
+
+
+_TENSORS = {"input_ids": torch.long, "token_scores": torch.float32, "probs": torch.float32,
+            "alphas": torch.float32, "integrand": torch.float32}
+_INTEGERS = ("prediction", "target", "evaluations", "truncated_tokens")
+_NUMBERS = ("output_at_input", "output_at_baseline", "delta")
+_REQUIRED = ("tokens", "input_ids", "special_positions", *_TENSORS, *_INTEGERS[:3], *_NUMBERS)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked(name: str, value):
+    """One field of a record read from JSON, as its type, or a ValueError naming it."""
+    def wrong(expected):
+        return ValueError(f"a record's {name!r} must be {expected}, not {value!r:.60}")
+    if name in _TENSORS:
+        check = _is_integer if _TENSORS[name] == torch.long else _is_number
+        if not isinstance(value, list) or not all(map(check, value)):
+            raise wrong("a list of " + ("integers" if _TENSORS[name] == torch.long else "numbers"))
+        return torch.tensor(value, dtype=_TENSORS[name])
+    if name == "tokens" and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+        raise wrong("a list of strings")
+    if name == "special_positions" and not (isinstance(value, list) and all(map(_is_integer, value))):
+        raise wrong("a list of integers")
+    if name in _INTEGERS and not _is_integer(value) or name in _NUMBERS and not _is_number(value):
+        raise wrong("an integer" if name in _INTEGERS else "a number")
+    if name == "display_tokens" and value is not None and not (isinstance(value, list)
+                                                               and all(isinstance(t, str) for t in value)):
+        raise wrong("a list of strings or null")
+    if name == "offsets" and value is not None and not (isinstance(value, list) and all(
+            p is None or isinstance(p, list) and len(p) == 2 and all(map(_is_integer, p)) for p in value)):
+        raise wrong("a list of [start, end] pairs (or null for special tokens), or null")
+    if name == "word_ids" and value is not None and not (isinstance(value, list)
+                                                         and all(w is None or _is_integer(w) for w in value)):
+        raise wrong("a list of integers (or null for special tokens), or null")
+    optional = {"tolerance_met": (bool,), "evaluations_allowed": (int,), "precision": (str,), "label": (int,),
+                "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str), "text": (str,)}
+    if name in optional and value is not None and (not isinstance(value, optional[name])
+                                                   or isinstance(value, bool) and name != "tolerance_met"):
+        raise wrong(" or ".join(t.__name__ for t in optional[name]) + " or null")
+    return value
 
 
 @dataclass
@@ -193,7 +261,7 @@ class Attribution:
 
         d = self.documents[doc]
         return visualization.VisualizationDataRecord(d.token_scores, d.probability, d.prediction, true_label,
-                                                     d.target, float(d.token_scores.sum()), d.tokens, d.delta)
+                                                     d.target, float(d.token_scores.sum()), d.shown_tokens, d.delta)
 
     def _repr_html_(self) -> str:
         """Captum's visualize_text table of every document, for notebooks."""

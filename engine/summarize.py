@@ -26,9 +26,23 @@ class RankedToken:
     score: float
 
 
-def top_bottom(tokens: list[str], scores: torch.Tensor, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
-    """The k highest and the k lowest scoring tokens, each with its position, best first / worst first."""
-    k = min(k, len(tokens))
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    ranked = [RankedToken(i, tokens[i], float(scores[i])) for i in order]
-    return ranked[:k], ranked[::-1][:k]
+def top_bottom(tokens: list[str], scores: torch.Tensor, k: int = 20, leave_out=(),
+               unique: bool = True) -> tuple[list[RankedToken], list[RankedToken]]:
+    """The k highest and the k lowest scoring tokens, each with its position, best first / worst first.
+
+    leave_out: positions not ranked (special tokens); tokens that show nothing ("") are not
+    ranked either. unique: each token text once, at its highest (top) or lowest (bottom) score.
+    """
+    order = [i for i in torch.argsort(scores, descending=True, stable=True).tolist()
+             if i not in set(leave_out) and tokens[i]]
+
+    def first_k(positions):
+        ranked, seen = [], set()
+        for i in positions:
+            if len(ranked) == k:
+                break
+            if not unique or tokens[i] not in seen:
+                seen.add(tokens[i])
+                ranked.append(RankedToken(i, tokens[i], float(scores[i])))
+        return ranked
+    return first_k(order), first_k(order[::-1])

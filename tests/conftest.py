@@ -51,6 +51,31 @@ def make_model(family: str, seed: int = 0):
     return MODEL_CLASSES[family](_config(family)).eval()
 
 
+# A byte-level BPE tokenizer (RoBERTa's and Longformer's kind) is trained on this: English with
+# punctuation, an em dash and accents, so that pieces such as "Ġ" and "âĢĶ" exist to be decoded.
+CORPUS = ["The component works. Reagan's approach \u2014 it works, doesn't it? A caf\u00e9, a r\u00e9sum\u00e9.",
+          "Our method improves the model; results (Table 2) show gains of 3.5% over the baseline!",
+          "Neural networks learn representations. We propose a new attention mechanism for long documents."]
+
+
+def byte_level_text(n_sentences: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(CORPUS) for _ in range(n_sentences))
+
+
+def make_byte_level_model(family: str, tokenizer, seed: int = 0):
+    """A tiny RoBERTa or Longformer classifier for the byte-level tokenizer (4,096 positions for Longformer)."""
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    common = {**COMMON, **ids}
+    torch.manual_seed(seed)
+    if family == "longformer":
+        config = LongformerConfig(**common, attention_window=16, max_position_embeddings=4098,
+                                  sep_token_id=tokenizer.sep_token_id)
+        return LongformerForSequenceClassification(config).eval()
+    return RobertaForSequenceClassification(RobertaConfig(**common, max_position_embeddings=520)).eval()
+
+
 def make_text(n_words: int, seed: int = 0) -> str:
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS[:10] + WORDS[12:]) for _ in range(n_words))
@@ -73,6 +98,21 @@ def vocab_file(tmp_path_factory):
 def tokenizer(vocab_file):
     # transformers 5 ignores vocab_file=; vocab= takes the path.
     return BertTokenizerFast(vocab=str(vocab_file))
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(CORPUS * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +168,7 @@ def hanging_after_shards(shards: int, folder) -> dict:
         import time
         import fastig.app.dataset as dataset
 
-        write, written = dataset._write_atomically, []
+        write, written = dataset.write_atomically, []
 
         def write_then_hang(path, text):
             write(path, text)
@@ -137,6 +177,6 @@ def hanging_after_shards(shards: int, folder) -> dict:
                 while len(written) >= {shards}:
                     time.sleep(1)
 
-        dataset._write_atomically = write_then_hang
+        dataset.write_atomically = write_then_hang
     """))
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}

@@ -52,7 +52,8 @@ def test_every_scenario_is_reported_with_its_machine(bench):
             assert any(r["provider"].startswith("fastig.captum ibs=") for r in section["rows"]), section["name"]
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
-        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "processes"):
+        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "processes",
+                                                                                  "default_path"):
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
@@ -61,7 +62,7 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
     on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step", "processes"):
+        if section["name"] in ("equal_accuracy", "model_step", "processes", "default_path"):
             continue
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
@@ -186,3 +187,19 @@ def test_readme_without_markers_is_refused(tmp_path, capsys):
     assert exit_code(args) == 2
     assert "bench:start" in capsys.readouterr().err
     assert readme.read_text() == "# no markers\n" and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_default_path_rows_score_both_tools_against_one_reference(bench):
+    report, _, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "default_path")
+    for length in {r["length"] for r in section["rows"]}:
+        rows = {r["provider"]: r for r in section["rows"] if r["length"] == length}
+        captum = [r for name, r in rows.items() if name.startswith("captum")]
+        ours = rows["fastig default"]
+        assert captum and all(r["evaluations"] == [50] for r in captum)       # Captum's own default: 50 steps
+        assert len({r["reference_steps"] for r in rows.values()}) == 1
+        # the default's stated accuracy, against the converged reference; it says what it spent
+        assert ours["rel_l2_vs_reference"] <= 2e-2 and ours["pearson_vs_reference"] >= 0.999
+        assert all(d["tolerance_met"] for d in ours["documents_detail"]) and sum(ours["evaluations"]) >= 9
+        assert all(ours["speedup_vs_captum_best"] <= r["seconds"] / ours["seconds"] * (1 + 1e-9) for r in captum)

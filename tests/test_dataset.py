@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastig.app.aggregate import class_rankings, per_document, words
+from fastig.app.aggregate import class_rankings, per_document, ranked
 
 from conftest import hanging_after_shards, make_text, record
 from test_cli import exit_code
@@ -64,9 +64,15 @@ def test_every_document_is_written_once_with_what_was_asked(csv_run):
         assert r["label"] == LABELS[r["id"]] and r["target"] == r["label"]
         assert len(r["tokens"]) == len(r["token_scores"]) and r["special_positions"] == [0, len(r["tokens"]) - 1]
         assert 0 < r["probability"] <= 1 and abs(r["delta"]) < 0.05
-        assert [t["score"] for t in r["top"]] == sorted(r["token_scores"], reverse=True)[:4]
-        assert [t["score"] for t in r["bottom"]] == sorted(r["token_scores"])[:4]
-        assert all(r["tokens"][t["position"]] == t["token"] for t in r["top"] + r["bottom"])
+        # top and bottom: each shown token once at its highest (lowest) score, special tokens left out
+        best, worst = {}, {}
+        for p, (token, score) in enumerate(zip(r["display_tokens"], r["token_scores"])):
+            if p not in r["special_positions"]:
+                best[token], worst[token] = max(best.get(token, -9), score), min(worst.get(token, 9), score)
+        assert [t["score"] for t in r["top"]] == sorted(best.values(), reverse=True)[:4]
+        assert [t["score"] for t in r["bottom"]] == sorted(worst.values())[:4]
+        assert all(r["display_tokens"][t["position"]] == t["token"] for t in r["top"] + r["bottom"])
+        assert len({t["token"] for t in r["top"]}) == len(r["top"])
     summary = list(csv.DictReader(open(csv_run / "documents.csv")))
     assert [int(s["id"]) for s in summary] == [r["id"] for r in records]
     assert all(float(s["delta"]) == r["delta"] and int(s["tokens"]) == len(r["tokens"])
@@ -108,13 +114,14 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_one(model_dir, data_fi
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     for a, b in zip(resumed, uninterrupted):
         numbers = ("token_scores", "delta", "probability", "output_at_input", "output_at_baseline", "top", "bottom",
-                   "integrand")
+                   "integrand", "probs")
         assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
         assert a["token_scores"] == pytest.approx(b["token_scores"], abs=1e-6)     # unit-norm per document
         assert a["integrand"] == pytest.approx(b["integrand"], rel=1e-5, abs=1e-7)
         for key in ("delta", "probability", "output_at_input", "output_at_baseline"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
-    assert sorted(json.loads((out / "index.json").read_text())) == [f"0-{i:05d}.jsonl" for i in range(11)]
+    index = json.loads((out / "index.json").read_text())
+    assert len(index) == 11 and sorted(i for ids in index.values() for i in ids) == [r["id"] for r in resumed]
 
 
 def test_resuming_with_other_settings_is_refused_by_name(model_dir, data_files, csv_run, capsys):
@@ -125,6 +132,70 @@ def test_resuming_with_other_settings_is_refused_by_name(model_dir, data_files, 
     err = capsys.readouterr().err.strip()
     assert "n_steps 8 (then) vs 16 (now)" in err and len(err.splitlines()) == 1
     assert (csv_run / "documents.jsonl").read_bytes() == before
+
+
+def _close_records(a: dict, b: dict) -> bool:
+    """The same document's record from two runs: equal but for fp32 rounding in the numbers."""
+    numbers = ("token_scores", "delta", "probability", "output_at_input", "output_at_baseline", "top", "bottom",
+               "integrand", "probs")
+    return ({k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
+            and a["token_scores"] == pytest.approx(b["token_scores"], abs=1e-5)
+            and a["delta"] == pytest.approx(b["delta"], abs=1e-6))
+
+
+def test_a_resume_redoes_deleted_and_corrupt_shards_and_merges_duplicates_once(model_dir, data_files, tmp_path,
+                                                                               capsys):
+    from fastig.app.dataset import shard_name
+
+    out = tmp_path / "run"
+    args = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
+    assert exit_code(args) == 0
+    complete = {r["id"]: r for r in _records(out)}
+    shards = sorted((out / "shards").glob("*.jsonl"))
+    assert len(shards) == 4                                     # 11 documents, 3 per shard
+    deleted, truncated, duplicated = shards[0], shards[1], shards[2]
+    lost = {json.loads(line)["id"] for path in (deleted, truncated) for line in path.read_text().splitlines()}
+    deleted.unlink()
+    truncated.write_text(truncated.read_text()[:-40])            # a torn write: its content no longer matches its name
+    copy = duplicated.read_text().splitlines(keepends=True)[:2]  # two documents in a second, sound shard
+    (out / "shards" / shard_name("".join(copy))).write_text("".join(copy))
+    for name in ("documents.jsonl", "documents.csv", "index.json"):
+        (out / name).unlink()
+    capsys.readouterr()
+    assert exit_code(args) == 0
+    captured = capsys.readouterr()
+    assert f"shard {truncated.name} is unreadable" in captured.err and (out / "shards" / "corrupt" / truncated.name).exists()
+    assert f"{len(lost)} attributed now" in captured.out
+    resumed = _records(out)
+    assert [r["id"] for r in resumed] == sorted(complete)       # every document exactly once
+    assert all(_close_records(r, complete[r["id"]]) for r in resumed)
+
+
+def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_dir, data_files, tmp_path,
+                                                                          tokenizer, capsys):
+    import shutil
+
+    from conftest import make_model
+
+    data, model = tmp_path / "docs.csv", tmp_path / "model"
+    shutil.copy(data_files / "docs.csv", data)
+    shutil.copytree(model_dir, model)
+    out = tmp_path / "run"
+    assert exit_code(_args(str(model), data, out)) == 0
+    before = (out / "documents.jsonl").read_bytes()
+    data.write_text(data.read_text().replace(TEXTS[0], "the good film"))      # edited in place
+    capsys.readouterr()
+    assert exit_code(_args(str(model), data, out)) == 2
+    assert "the data's content changed" in capsys.readouterr().err
+    shutil.copy(data_files / "docs.csv", data)
+    make_model("bert", seed=1).save_pretrained(model)                          # re-trained in place
+    assert exit_code(_args(str(model), data, out)) == 2
+    assert "the model's content changed" in capsys.readouterr().err
+    moved_data, moved_model = tmp_path / "elsewhere.csv", tmp_path / "elsewhere-model"
+    shutil.copy(data_files / "docs.csv", moved_data)
+    shutil.copytree(model_dir, moved_model)
+    assert exit_code(_args(str(moved_model), moved_data, out)) == 0           # the same contents by other paths
+    assert " 0 attributed now" in capsys.readouterr().out and (out / "documents.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize("content, extra, fragment", [
@@ -148,21 +219,22 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_aggregate_writes_a_ranking_per_class(csv_run, capsys):
+def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, capsys):
     assert exit_code(["aggregate", str(csv_run), "--top", "3"]) == 0
-    folder = csv_run / "aggregate-by-label"
+    folder = csv_run / "aggregate-by-target"
     files = sorted(p.name for p in folder.iterdir())
-    assert files == ["class_0_LABEL_0.csv", "class_1_LABEL_1.csv", "class_2_LABEL_2.csv", "per_document.csv"]
-    ranking = list(csv.DictReader(open(folder / "class_0_LABEL_0.csv")))
+    assert files == ["per_document.csv", "target_0_LABEL_0.csv", "target_1_LABEL_1.csv", "target_2_LABEL_2.csv"]
+    ranking = list(csv.DictReader(open(folder / "target_0_LABEL_0.csv")))
     sums = [float(r["sum"]) for r in ranking]
-    assert sums == sorted(sums, reverse=True)
+    assert sums == sorted(sums, reverse=True) and {r["target"] for r in ranking} == {"0"}
     top = ranking[0]
-    occurrences = [(r["id"], s) for r in _records(csv_run) if r["label"] == 0
-                   for p, (t, s) in enumerate(zip(r["tokens"], r["token_scores"]))
+    occurrences = [(r["id"], s) for r in _records(csv_run) if r["target"] == 0
+                   for p, (t, s) in enumerate(zip(r["display_tokens"], r["token_scores"]))
                    if t == top["token"] and p not in r["special_positions"]]
     assert float(top["sum"]) == pytest.approx(sum(s for _, s in occurrences))
     assert int(top["count"]) == len(occurrences) and int(top["documents"]) == len({i for i, _ in occurrences})
-    assert "class 0 (LABEL_0)" in capsys.readouterr().out
+    assert float(top["document_mean"]) == pytest.approx(float(top["sum"]) / int(top["documents"]))
+    assert "target LABEL_0 (0):" in capsys.readouterr().out
 
 
 def test_aggregate_of_an_unfinished_run_says_so(tmp_path, capsys):
@@ -182,26 +254,56 @@ HAND = [
 ]
 
 
+def _by_token(rankings, group):
+    return {row.token: (row.sum, row.mean, row.count, row.documents) for row in rankings[group]}
+
+
 def test_class_rankings_by_hand():
-    by_label = {cls: {row[0]: row[1:] for row in rows} for cls, rows in class_rankings(HAND, "label").items()}
-    # token: (sum, mean, count, documents); special tokens left out
-    assert by_label[1] == {"good": (0.5, 0.5 / 3, 3, 2), "film": (0.125, 0.125, 1, 1), "##s": (0.0625, 0.0625, 1, 1),
-                           "plot": (0.25, 0.25, 1, 1)}
-    assert by_label[0] == {"Ġbad": (-0.5, -0.5, 1, 1), "Ġfil": (0.25, 0.25, 1, 1), "m": (0.5, 0.5, 1, 1)}
-    assert [row[0] for row in class_rankings(HAND, "label")[1]] == ["good", "plot", "film", "##s"]
-    by_prediction = class_rankings(HAND, "predicted")
-    assert {row[0]: row[1] for row in by_prediction[0]}["good"] == 0.25
+    # by target (each document's prediction here): 0 and 2 attribute class 0, document 1 class 1
+    by_target = class_rankings(HAND, "target")
+    assert _by_token(by_target, 1) == {"good": (0.25, 0.25, 1, 1), "film": (0.125, 0.125, 1, 1),
+                                       "##s": (0.0625, 0.0625, 1, 1)}
+    assert _by_token(by_target, 0) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1),
+                                       "Ġbad": (-0.5, -0.5, 1, 1), "Ġfil": (0.25, 0.25, 1, 1), "m": (0.5, 0.5, 1, 1)}
+    assert all(row.target == target for target, rows in by_target.items() for row in rows)
+    # by label and target: document 1 (label 1, target 0) apart from document 0 (label 1, target 1)
+    by_label = class_rankings(HAND, "label")
+    assert set(by_label) == {(1, 1), (1, 0), (0, 0)}
+    assert _by_token(by_label, (1, 0)) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1)}
+    assert [row.token for row in by_label[(1, 1)]] == ["good", "film", "##s"]
+    # mean rankings leave out tokens seen fewer than 3 times unless asked
+    assert ranked(by_target[0], "mean") == [] and [r.token for r in ranked(by_target[0], "mean", 1)][:1] == ["m"]
 
 
 def test_subwords_merge_into_words_by_either_convention():
-    assert words(HAND[0].tokens, HAND[0].token_scores.tolist(), [0, 4], True) == [("good", 0.25), ("films", 0.1875)]
-    assert words(HAND[2].tokens, HAND[2].token_scores.tolist(), [0, 4], True) == [("bad", -0.5), ("film", 0.75)]
-    merged = {cls: {row[0]: row[1] for row in rows} for cls, rows in class_rankings(HAND, "label", True).items()}
-    assert merged[1]["films"] == 0.1875 and merged[0] == {"bad": -0.5, "film": 0.75}
+    from fastig.display import words
+
+    assert [(w.text, w.score) for w in words(HAND[0])] == [("good", 0.25), ("films", 0.1875)]
+    assert [(w.text, w.score) for w in words(HAND[2])] == [("bad", -0.5), ("film", 0.75)]
+    merged = {group: {row.token: row.sum for row in rows} for group, rows in class_rankings(HAND, "target", True).items()}
+    assert merged[1]["films"] == 0.1875 and merged[0] == {"good": 0.25, "plot": 0.25, "bad": -0.5, "film": 0.75}
+
+
+def test_words_follow_the_tokenizers_word_boundaries(byte_level_tokenizer):
+    """A byte-level BPE model: words by the tokenizer's word ids, punctuation its own word, no byte soup."""
+    import fastig
+    from fastig.display import words
+
+    from conftest import make_byte_level_model
+
+    text = "The component. Reagan's approach \u2014 works, caf\u00e9"
+    model = make_byte_level_model("roberta", byte_level_tokenizer)
+    result = fastig.Engine(model, byte_level_tokenizer).attribute(text, n_steps=4)
+    document = result.documents[0]
+    shown = [w.text for w in words(document)]
+    assert shown == ["The", "component", ".", "Reagan", "'s", "approach", "\u2014", "works", ",", "caf\u00e9"]
+    assert not any(marker in "".join(document.display_tokens) for marker in ("\u0120", "\u00e2\u0122"))
+    assert sum(w.score for w in words(document)) == pytest.approx(
+        sum(s for p, s in enumerate(document.token_scores.tolist()) if p not in document.special_positions), abs=1e-6)
 
 
 def test_per_document_sums_by_token():
-    assert sorted(per_document(HAND[1:2])) == [(1, "good", 0.25, 2), (1, "plot", 0.25, 1)]
+    assert sorted(per_document(HAND[1:2])) == [(1, 0, "good", 0.25, 2), (1, 0, "plot", 0.25, 1)]
 
 
 def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_path):
@@ -211,12 +313,12 @@ def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_p
     from fastig.app.dataset import read_rows
     from fastig.errors import DataError
 
-    expected = read_rows(str(data_files / "docs.csv"), limit=5)
+    expected, _ = read_rows(str(data_files / "docs.csv"), limit=5)
     pd.DataFrame({"text": TEXTS, "labels": LABELS}).to_parquet(tmp_path / "docs.parquet")
-    assert read_rows(str(tmp_path / "docs.parquet"), limit=5) == expected
+    assert read_rows(str(tmp_path / "docs.parquet"), limit=5)[0] == expected
     datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": TEXTS, "labels": LABELS})}).save_to_disk(
         str(tmp_path / "saved"))
-    assert read_rows(str(tmp_path / "saved"), split="test", limit=5) == expected
+    assert read_rows(str(tmp_path / "saved"), split="test", limit=5)[0] == expected
     with pytest.raises(DataError, match="--split 'train' is not a split"):
         read_rows(str(tmp_path / "saved"), split="train")
 
@@ -225,3 +327,32 @@ def test_the_default_target_is_each_documents_prediction(model_dir, data_files, 
     assert exit_code(_args(model_dir, data_files / "docs.csv", tmp_path / "predicted", "--limit", "4")) == 0
     records = _records(tmp_path / "predicted")
     assert [r["id"] for r in records] == [0, 1, 2, 3] and all(r["target"] == r["prediction"] for r in records)
+
+
+@pytest.mark.slow
+def test_a_killed_default_run_of_30_documents_resumes_with_its_work_kept(model_dir, tmp_path):
+    """Default settings (no --n-steps, no --shard-size): the first shard is written after its first
+    document, so a kill however early keeps what was done; the resume does only the rest."""
+    data = tmp_path / "docs.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text",), *((make_text(10 + i, seed=100 + i),) for i in range(30))])
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fastig", "dataset", "--model", model_dir, "--data", str(data), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=hanging_after_shards(1, tmp_path / "hang"))
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "shards").glob("*.jsonl")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no shard written in 5 minutes"
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    kept = {path.name: path.read_bytes() for path in (out / "shards").glob("*.jsonl")}
+    done = sum(len(content.splitlines()) for content in kept.values())
+    assert len(kept) == 1 and 1 <= done < 30
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert f"{30 - done} attributed now" in finished.stdout and f"{done} from before" in finished.stdout
+    assert all((out / "shards" / name).read_bytes() == content for name, content in kept.items())
+    assert [r["id"] for r in _records(out)] == list(range(30))

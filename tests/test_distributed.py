@@ -106,6 +106,20 @@ def _workers(marker: str) -> dict[int, int]:
     return found
 
 
+def _processes(marker: str) -> list[int]:
+    """The pids of live processes (not zombies) whose command line holds `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker.encode() in command and state != "Z":
+            found.append(int(pid))
+    return [pid for pid in found if pid != os.getpid()]
+
+
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_run_with_an_error_and_loses_nothing(model_dir, data_file, tmp_path):
     out = tmp_path / "killed"
@@ -139,3 +153,43 @@ def test_processes_inside_a_launched_run_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert exit_code(["attribute", "--model", "m", "--text", "a", "--processes", "2"]) == 2
     assert "--processes inside accelerate launch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_kill_9_of_the_command_stops_every_rank_and_the_resume_loses_nothing(model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "1",
+            "--out", str(out)]
+    # Each rank stops still after its first shard, so the kill lands while both ranks are alive.
+    process = subprocess.Popen([sys.executable, "-m", "fastig", *args, "--processes", "2"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=hanging_after_shards(1, tmp_path / "hang"))
+    try:
+        deadline = time.monotonic() + 300
+        while len(_workers(str(out))) < 2 or len(list((out / "shards").glob("*.jsonl"))) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while _processes(str(out)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes(str(out)), "the launcher or ranks outlived the command"
+    finally:
+        for pid in _processes(str(out)):
+            os.kill(pid, signal.SIGKILL)
+    finished = _fastig(*args)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert [r["id"] for r in _records(out)] == list(range(len(TEXTS)))
+
+
+@pytest.mark.slow
+def test_a_fastig_py_in_the_current_folder_does_not_run_in_the_ranks(model_dir, tmp_path):
+    import shutil
+
+    (tmp_path / "fastig.py").write_text("open('ran', 'w').write('the shadowing module ran')\n")
+    # The installed command: `python -m fastig` typed in that folder would run it, as Python does for any -m.
+    command = shutil.which("fastig", path=str(Path(sys.executable).parent))
+    done = subprocess.run([command, "attribute", "--model", model_dir, "--text", TEXTS[1], "--n-steps", "4",
+                           "--processes", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "ran").exists() and done.stdout.count("document 0:") == 1

@@ -33,7 +33,8 @@ def test_equal_lengths_stack_into_tensors(models, tokenizer):
 
 def test_inputs_follow_the_seed_construction(models, tokenizer):
     engine = fastig.Engine(models("longformer"), tokenizer)
-    (doc,) = engine.documents("good movie", max_length=1)
+    with pytest.warns(fastig.TruncationWarning, match=r"the first 1 kept and 1 dropped \(max_length\)"):
+        (doc,) = engine.documents("good movie", max_length=1)
     assert doc.tokens == ["[CLS]", "good", "[SEP]"]
     assert doc.baseline_ids.tolist() == [tokenizer.cls_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id]
     assert doc.model_kwargs["global_attention_mask"].tolist() == [1, 0, 0]
@@ -42,9 +43,12 @@ def test_inputs_follow_the_seed_construction(models, tokenizer):
 def test_default_truncation_respects_position_limit(models, tokenizer):
     # The tiny RoBERTa has 520 positions, offset by padding_idx + 1 = 1: 519 tokens with CLS and SEP.
     engine = fastig.Engine(models("roberta"), tokenizer)
-    (doc,) = engine.documents(make_text(600))
+    with pytest.warns(fastig.TruncationWarning, match="83 dropped .the model's positions end there"):
+        (doc,) = engine.documents(make_text(600))
     assert len(doc.input_ids) == 519
-    result = engine.attribute(make_text(600), n_steps=2)
+    with pytest.warns(fastig.TruncationWarning):
+        result = engine.attribute(make_text(600), n_steps=2)
+    assert result.documents[0].truncated_tokens == 83
     assert result.attributions.shape[1] == 519
 
 
@@ -88,9 +92,18 @@ def test_token_scores_are_unit_norm_and_ranked(models, tokenizer):
     assert float(scores.norm()) == pytest.approx(1.0, abs=1e-6)
     assert torch.equal(scores, token_scores(result.attributions[0]))
     top, bottom = result.top_bottom(0, k=5)
-    assert [t.score for t in top] == sorted(scores.tolist(), reverse=True)[:5]
-    assert [t.score for t in bottom] == sorted(scores.tolist())[:5]
-    assert all(result.tokens[0][t.position] == t.token for t in top + bottom)
+    document = result.documents[0]
+    # each shown token once, at its highest (top) or lowest (bottom) score; CLS and SEP are not ranked
+    best, worst = {}, {}
+    for p, (token, score) in enumerate(zip(document.display_tokens, scores.tolist())):
+        if p not in document.special_positions:
+            best[token], worst[token] = max(best.get(token, -9.0), score), min(worst.get(token, 9.0), score)
+    assert [t.score for t in top] == sorted(best.values(), reverse=True)[:5]
+    assert [t.score for t in bottom] == sorted(worst.values())[:5]
+    assert all(document.display_tokens[t.position] == t.token for t in top + bottom)
+    assert not {t.position for t in top + bottom} & set(document.special_positions)
+    every = result.documents[0].top_bottom(k=len(scores), unique=False)[0]
+    assert len(every) == len(scores) - 2
 
 
 def test_parameters_are_left_as_they_were(models, tokenizer):

@@ -1,96 +1,122 @@
 """Token rankings over a data-set run: which tokens push the model towards and away from each class.
 
-Per class (the documents' label or prediction) and per token: the sum of its token scores over
-the data set, their mean, how often it occurs and in how many documents, written as one CSV
-per class (the seed's second notebook); per document, the same sums grouped by token. Special
-tokens (CLS, SEP, ...) are left out; subwords can be merged into words first.
+A document's token scores are its attributions toward its target, the class attributed (its
+prediction by default), so the scores of documents with different targets mean different
+things: rankings group documents by target, and with `by="label"` by (label, target) as well,
+and every row names its target. Per group and per token (or word, with merge_subwords: the
+tokenizer's words, punctuation a word of its own):
+
+- sum: the sum of its scores over the group (the seed's notebook). Frequent tokens dominate it:
+  "the" collects a little from every sentence.
+- mean: its mean score per occurrence. Robust to frequency, but a word seen once can top it:
+  rankings by mean leave out tokens seen fewer than min_count times (3 unless given).
+- document_mean: its summed score per document it occurs in (sum / documents), the typical pull
+  of the token on a document that has it.
+- count, documents: its occurrences, and the documents that hold it.
+
+Special tokens (CLS, SEP, PAD, ...) are never ranked. Written as one CSV per group, and per
+document the sums by token.
 """
 
 import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..display import words
 from ..errors import DataError
 from ..result import DocumentResult
 from .dataset import read_records
 
-GROUPINGS = ("label", "predicted")
-WORD_START_MARKERS = ("Ġ", "▁")       # byte-level BPE (RoBERTa, Longformer, GPT-2) and SentencePiece
-CONTINUATION_MARKER = "##"            # WordPiece (BERT, DistilBERT, ELECTRA)
+GROUPINGS = ("target", "label")
+RANKINGS = ("sum", "mean", "document_mean")
+DEFAULT_MIN_COUNT = {"sum": 1, "mean": 3, "document_mean": 3}
 
 
-def words(tokens: list[str], scores: list[float], special_positions: list[int],
-          merge_subwords: bool) -> list[tuple[str, float]]:
-    """(token or word, score) pairs without the special tokens; a merged word scores the sum of its pieces.
-
-    Pieces join the word before them: after a "##" (WordPiece), or without a leading "Ġ"/"▁" in
-    tokenizers that mark word starts. A special token always ends a word.
-    """
-    special = set(special_positions)
-    marks_starts = any(t.startswith(WORD_START_MARKERS) for t in tokens)
-    merged, joinable = [], False
-    for position, (token, score) in enumerate(zip(tokens, scores)):
-        if position in special:
-            joinable = False
-            continue
-        if not merge_subwords:
-            merged.append((token, score))
-            continue
-        if marks_starts:
-            joins = joinable and not token.startswith(WORD_START_MARKERS)
-            text = token.lstrip("".join(WORD_START_MARKERS))
-        else:
-            continues = token.startswith(CONTINUATION_MARKER)
-            joins, text = joinable and continues, token[len(CONTINUATION_MARKER):] if continues else token
-        if joins:
-            merged[-1] = (merged[-1][0] + text, merged[-1][1] + score)
-        else:
-            merged.append((text, score))
-        joinable = True
-    return merged
+@dataclass
+class TokenRow:
+    """One token of a group: its scores over the group's documents (see the module's docstring)."""
+    token: str
+    target: int
+    sum: float
+    mean: float
+    count: int
+    documents: int
+    document_mean: float
 
 
-def _words_of(record: DocumentResult, merge_subwords: bool) -> list[tuple[str, float]]:
-    return words(record.tokens, record.token_scores.tolist(), record.special_positions, merge_subwords)
+def _units(record: DocumentResult, merge_subwords: bool) -> list[tuple[str, float]]:
+    """(text, score) of what is ranked: the record's words, or its tokens as shown, special ones left out."""
+    if merge_subwords:
+        return [(w.text, w.score) for w in words(record)]
+    special = set(record.special_positions)
+    return [(t, s) for p, (t, s) in enumerate(zip(record.shown_tokens, record.token_scores.tolist()))
+            if p not in special and t]
 
 
-def class_rankings(records: list[DocumentResult], by: str = "label", merge_subwords: bool = False) -> dict:
-    """{class id: rows of (token, sum, mean, count, documents), highest sum first}."""
+def group_key(record: DocumentResult, by: str):
+    """The group of a document: its target, or (label, target) with by="label"."""
+    return record.target if by == "target" else (record.label, record.target)
+
+
+def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = False) -> dict:
+    """{group: TokenRows, highest sum first}; a group is a target, or (label, target) with by="label"."""
     if by not in GROUPINGS:
         raise DataError(f"--by {by!r}: choose {' or '.join(GROUPINGS)}")
-    key = "label" if by == "label" else "prediction"
-    if any(getattr(r, key) is None for r in records):
-        raise DataError("--by label: this run has no labels (its data set had no label column); use --by predicted")
+    if by == "label" and any(r.label is None for r in records):
+        raise DataError("--by label: this run has no labels (its data set had no label column); use --by target")
     totals = defaultdict(lambda: defaultdict(lambda: [0.0, 0, set()]))
     for r in records:
-        for word, score in _words_of(r, merge_subwords):
-            entry = totals[getattr(r, key)][word]
+        for text, score in _units(r, merge_subwords):
+            entry = totals[group_key(r, by)][text]
             entry[0] += score
             entry[1] += 1
             entry[2].add(r.id)
     rankings = {}
-    for cls, per_token in totals.items():
-        rows = [(token, total, total / count, count, len(docs)) for token, (total, count, docs) in per_token.items()]
-        rankings[cls] = sorted(rows, key=lambda row: (-row[1], row[0]))
+    for group, per_token in totals.items():
+        target = group if by == "target" else group[1]
+        rows = [TokenRow(token, target, total, total / count, count, len(docs), total / len(docs))
+                for token, (total, count, docs) in per_token.items()]
+        rankings[group] = sorted(rows, key=lambda row: (-row.sum, row.token))
     return rankings
 
 
+def ranked(rows: list[TokenRow], by: str = "sum", min_count: int | None = None) -> list[TokenRow]:
+    """The rows ordered by `by` (highest first), leaving out tokens seen fewer than min_count times
+    (DEFAULT_MIN_COUNT when None)."""
+    if by not in RANKINGS:
+        raise DataError(f"--rank {by!r}: choose {', '.join(RANKINGS)}")
+    least = DEFAULT_MIN_COUNT[by] if min_count is None else min_count
+    if least < 1:
+        raise DataError(f"--min-count {least}: give 1 or more")
+    return sorted((r for r in rows if r.count >= least), key=lambda r: (-getattr(r, by), r.token))
+
+
 def per_document(records: list[DocumentResult], merge_subwords: bool = False) -> list[tuple]:
-    """(id, token, sum, count) for each distinct token of each document: the group-by sum per token type."""
+    """(id, target, token, sum, count) for each distinct token of each document: the group-by sum per token."""
     rows = []
     for r in records:
         sums = defaultdict(lambda: [0.0, 0])
-        for word, score in _words_of(r, merge_subwords):
-            sums[word][0] += score
-            sums[word][1] += 1
-        rows += [(r.id, word, total, count) for word, (total, count) in sums.items()]
+        for text, score in _units(r, merge_subwords):
+            sums[text][0] += score
+            sums[text][1] += 1
+        rows += [(r.id, r.target, text, total, count) for text, (total, count) in sums.items()]
     return rows
 
 
-def class_file_name(cls: int, labels: dict) -> str:
-    name = labels.get(str(cls), labels.get(cls, ""))
-    return f"class_{cls}" + (f"_{re.sub(r'[^A-Za-z0-9]+', '_', str(name)).strip('_')}" if name else "") + ".csv"
+def _slug(name) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_")
+
+
+def group_file_name(group, labels: dict) -> str:
+    """target_<k>_<name>.csv, or label_<l>_<name>.target_<k>_<name>.csv."""
+    def part(kind, cls):
+        name = labels.get(str(cls), "")
+        return f"{kind}_{cls}" + (f"_{_slug(name)}" if name and str(name) != str(cls) else "")
+    if isinstance(group, tuple):
+        return f"{part('label', group[0])}.{part('target', group[1])}.csv"
+    return part("target", group) + ".csv"
 
 
 def read_run(run: Path) -> tuple[list[DocumentResult], dict]:
@@ -101,4 +127,8 @@ def read_run(run: Path) -> tuple[list[DocumentResult], dict]:
     if not documents.is_file():
         raise DataError(f"{str(run)!r}: the run is not finished (no documents.jsonl); run the same "
                         "`fastig dataset` command again to complete it")
-    return read_records([documents]), json.loads(manifest.read_text(encoding="utf-8"))
+    try:
+        return read_records([documents]), json.loads(manifest.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, KeyError) as err:
+        raise DataError(f"{str(run)!r}: its documents.jsonl or manifest.json cannot be read ({err}); "
+                        "it is not a finished `fastig dataset` run of this fastig") from err

@@ -6,12 +6,13 @@ The commands are programs, not library calls: each asks glibc to keep freed memo
 """
 
 import argparse
-import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from ..engine import ATTENTIONS, uses_default_path
-from ..errors import FastIGError, InputError
+from ..errors import FastIGError, InputError, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="explain movie reviews with the embedded model, timed against Captum")
     p.add_argument("--out", type=Path, default=Path("fastig-demo"), help="folder for the JSON and CSV outputs")
-    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--n-steps", type=int, help="steps for both fastig and Captum (default: fastig's default call "
+                                                "against Captum's default, 50 steps)")
     p.add_argument("--documents", type=int, default=5, help="held-out reviews to explain")
     p.add_argument("--top-k", type=int, default=8)
 
@@ -123,22 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default) or a class index")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
-    p.add_argument("--shard-size", type=int, default=32, help="documents per shard written (default 32)")
+    p.add_argument("--shard-size", type=int,
+                   help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "
+                        "loses little and the progress moves)")
     _add_processes_arg(p, "the documents")
     p.add_argument("--out", type=Path, required=True, help="output folder; the same command resumes a stopped run")
 
-    p = commands.add_parser("aggregate", help="rank tokens per class over a `fastig dataset` run")
+    p = commands.add_parser("aggregate", help="rank tokens per attributed class over a `fastig dataset` run")
     p.add_argument("run", type=Path, help="the --out folder of `fastig dataset`")
-    p.add_argument("--by", default="label", choices=("label", "predicted"), help="class of a document (default label)")
-    p.add_argument("--merge-subwords", action="store_true", help="merge subword pieces into words (## and Ġ/▁)")
-    p.add_argument("--top", type=int, default=10, help="tokens printed per class and end (default 10)")
+    p.add_argument("--by", default="target", choices=("target", "label"),
+                   help="group documents by their target (the class attributed; default), or by label and target")
+    p.add_argument("--merge-subwords", action="store_true",
+                   help="rank words (the tokenizer's words; punctuation its own) instead of tokens")
+    p.add_argument("--rank", default="sum", choices=("sum", "mean", "document_mean"),
+                   help="what the printed lists rank by (default sum; the CSV files hold all)")
+    p.add_argument("--min-count", type=int,
+                   help="leave out tokens seen fewer times (default 3 for mean and document_mean, 1 for sum)")
+    p.add_argument("--top", type=int, default=10, help="tokens printed per group and end (default 10)")
     p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-words])")
 
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
     p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and one page per document")
-    p.add_argument("--merge-subwords", action="store_true", help="highlight words, not subword pieces")
-    p.add_argument("--by", default="label", choices=("label", "predicted"), help="class of a document in the charts")
+    p.add_argument("--tokens", action="store_true", help="highlight and rank tokens, not the tokenizer's words")
+    p.add_argument("--by", default="target", choices=("target", "label"),
+                   help="group the index's charts by target (default), or by label and target")
 
     # The benchmarks are loaded only when `fastig bench` runs: they parse their own arguments.
     commands.add_parser("bench", add_help=False,
@@ -151,9 +162,16 @@ def _texts(args) -> list[str]:
     texts = list(args.text or [])
     for path in args.file or []:
         try:
-            texts.append(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         except OSError as err:
             raise InputError(f"--file {str(path)!r}: {err.strerror}") from err
+        if b"\0" in raw:
+            raise InputError(f"--file {str(path)!r} holds NUL bytes: it is binary, not a text file")
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise InputError(f"--file {str(path)!r} is not UTF-8 text (byte {err.start}); convert it, e.g. "
+                             f"iconv -t utf-8") from err
     if not texts:
         raise InputError("give at least one --text or --file")
     return texts
@@ -161,7 +179,19 @@ def _texts(args) -> list[str]:
 
 def _device(name: str | None):
     import torch
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r} is not a device: give cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
+        raise InputError(f"--device {name!r}: this machine has {found}; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: fastig runs on cpu or cuda")
+    return device
 
 
 def _engine(args, state=None, share_steps: bool = False):
@@ -192,23 +222,68 @@ def cmd_attribute(args) -> int:
 
     texts = _texts(args)
     state = process_state() if launched() else None
-    engine = _engine(args, state, share_steps=state is not None)
     main_process = state is None or state.is_main_process
+    if args.out and main_process:     # refused before any work, not after it
+        _check_output_file(args.out)
+    engine = _engine(args, state, share_steps=state is not None)
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
     if not main_process:
         return 0
     print_result(result, engine.model.config.id2label, args.top_k)
     print(run_line(result))
     if args.out:
-        from .report import load, write_report
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        labels = {str(k): v for k, v in engine.model.config.id2label.items()}
-        args.out.write_text(json.dumps({**result.to_dict(args.top_k), "labels": labels}))
-        records, labels, title = load(args.out)
-        index = write_report(records, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}")
-        print(f"wrote {args.out} and the HTML report {index}")
+        _write_result(args, result, {str(k): v for k, v in engine.model.config.id2label.items()})
     return 0
+
+
+def _source_facts(args) -> dict:
+    """Where the documents came from and how they were attributed, for result.json and the report's pages."""
+    inputs = [str(path) for path in args.file or []] + (["--text"] * len(args.text or []))
+    facts = {"model": args.model, "tokenizer": args.tokenizer or args.model, "inputs": ", ".join(inputs),
+             "layer": args.layer or "embeddings", "target": "predicted" if args.target is None else args.target}
+    for name in ("n_steps", "method", "accuracy", "tolerance", "max_steps", "baseline", "output", "precision",
+                 "attention", "max_length", "memory_budget"):
+        facts[name] = getattr(args, name)
+    return facts
+
+
+def _check_output_file(path: Path) -> None:
+    from .files import output_folder
+
+    if path.is_dir():
+        raise InputError(f"--out {str(path)!r} is a folder; give a file name such as result.json")
+    output_folder(path.parent, "--out's folder")
+
+
+def _write_result(args, result, labels: dict) -> None:
+    """result.json and its report. Nothing computed is lost to a write that fails: the result goes to a
+    temporary file instead, and the error says where."""
+    import tempfile
+    from dataclasses import replace
+
+    from .files import to_json, write_atomically
+    from .report import Source, write_report
+
+    source = Source(_source_facts(args))
+    text = to_json({**result.to_dict(args.top_k), "labels": labels, "source": source.facts})
+    try:
+        write_atomically(args.out, text)
+    except OSError as err:
+        kept = Path(tempfile.gettempdir()) / f"fastig-result-{os.getpid()}.json"
+        try:
+            kept.write_text(text, encoding="utf-8")
+        except OSError:
+            kept = None
+        where = f"the result is kept in {kept}" if kept else "and no temporary file could be written either"
+        raise OutputError(f"--out {str(args.out)!r}: cannot write it ({err.strerror or err}); {where}") from err
+    records = [replace(d, id=i) for i, d in enumerate(result.documents)]
+    try:
+        index = write_report(records, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}",
+                             source=source)
+    except OSError as err:
+        raise OutputError(f"wrote {args.out}, but not its HTML report ({err.strerror or err}); "
+                          f"`fastig report {args.out} --out FOLDER` writes it elsewhere") from err
+    print(f"wrote {args.out} and the HTML report {index}")
 
 
 def cmd_check(args) -> int:
@@ -221,9 +296,10 @@ def cmd_check(args) -> int:
     # Captum's computation: its rule and steps (its defaults where not given)
     kwargs = {**_attribution_kwargs(args), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
               "method": args.method or "gausslegendre"}
-    ours = engine.attribute(texts, chunk_size=args.chunk_size, **kwargs)
+    ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **kwargs)
     rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}
-    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, **rule_kwargs)
+    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, progress=True,
+                              **rule_kwargs)
     c = compare(ours, theirs)
     print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
           f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
@@ -241,6 +317,19 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.n_steps, args.documents, args.top_k)
 
 
+def _model_fingerprint(args, engine) -> str:
+    """The content of the model and tokenizer folders (SHA-256 of their files), or for hub names the name and
+    the revision the hub resolved."""
+    from .files import fingerprint
+
+    parts = []
+    for name in dict.fromkeys((args.model, args.tokenizer or args.model)):
+        path = Path(name)
+        parts.append(fingerprint(path) if path.exists() else
+                     f"hub:{name}@{getattr(engine.model.config, '_commit_hash', None)}")
+    return "+".join(parts)
+
+
 def cmd_dataset(args) -> int:
     import torch
     import transformers
@@ -249,17 +338,20 @@ def cmd_dataset(args) -> int:
     from ..models import check_target
     from ..processes import launched, process_state
     from .dataset import class_ids, read_rows, run_dataset
+    from .files import output_folder
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
-    rows = read_rows(args.data, args.split, args.text_column, args.label_column or None, args.limit,
-                     need_labels=args.target == "label")
+    rows, data_fingerprint = read_rows(args.data, args.split, args.text_column, args.label_column or None,
+                                       args.limit, need_labels=args.target == "label")
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
     if isinstance(args.target, int):    # refused before any work, as the engine would refuse it
         check_target(args.target, 1, config.num_labels)
     rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
+    if state is None or state.is_main_process:
+        output_folder(args.out, "--out")
     default_path = uses_default_path(args.n_steps, args.method, args.precision)
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
@@ -271,7 +363,9 @@ def cmd_dataset(args) -> int:
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-    summary = run_dataset(engine, rows, args.out, settings, versions, args.target, args.top_k, args.shard_size,
+    fingerprints = {"data": data_fingerprint, "model": _model_fingerprint(args, engine)}
+    summary = run_dataset(engine, rows, args.out, settings, fingerprints, versions, args.target, args.top_k,
+                          args.shard_size,
                           state=state, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
                           accuracy=args.accuracy, method=args.method, baseline=args.baseline, output=args.output,
                           max_length=args.max_length)
@@ -287,33 +381,40 @@ def cmd_dataset(args) -> int:
 def cmd_aggregate(args) -> int:
     import csv
 
-    from .aggregate import class_file_name, class_rankings, per_document, read_run
+    from ..display import label_name
+    from .aggregate import class_rankings, group_file_name, group_key, per_document, ranked, read_run
 
     records, manifest = read_run(args.run)
     labels = manifest["settings"].get("labels", {})
     out = args.out or args.run / f"aggregate-by-{args.by}{'-words' if args.merge_subwords else ''}"
     out.mkdir(parents=True, exist_ok=True)
     rankings = class_rankings(records, args.by, args.merge_subwords)
-    for cls in sorted(rankings):
-        rows = rankings[cls]
-        with open(out / class_file_name(cls, labels), "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("token", "sum", "mean", "count", "documents"), *rows])
-        documents = sum(1 for r in records if (r.label if args.by == "label" else r.prediction) == cls)
-        print(f"class {cls} ({labels.get(str(cls), cls)}), {documents} documents by {args.by}, {len(rows)} tokens")
-        print(f"  {'highest sum':<30}{'lowest sum':<30}")
-        for high, low in zip(rows[:args.top], rows[::-1][:args.top]):
-            print(f"  {high[0][:18]:<18}{high[1]:+9.4f}   {low[0][:18]:<18}{low[1]:+9.4f}")
+    columns = ("token", "target", "sum", "mean", "count", "documents", "document_mean")
+    for group in sorted(rankings, key=str):
+        rows = rankings[group]
+        with open(out / group_file_name(group, labels), "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([columns, *((getattr(r, c) for c in columns) for r in rows)])
+        documents = sum(1 for r in records if group_key(r, args.by) == group)
+        name = (f"target {label_name(group, labels)}" if args.by == "target" else
+                f"label {label_name(group[0], labels)}, target {label_name(group[1], labels)}")
+        order = ranked(rows, args.rank, args.min_count)
+        print(f"{name}: {documents} documents, {len(rows)} tokens ({len(order)} ranked by {args.rank})")
+        print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
+        for high, low in zip(order[:args.top], order[::-1][:args.top]):
+            print(f"  {high.token[:18]:<18}{getattr(high, args.rank):+9.4f}   {low.token[:18]:<18}"
+                  f"{getattr(low, args.rank):+9.4f}")
     with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("id", "token", "sum", "count"), *per_document(records, args.merge_subwords)])
-    print(f"wrote {len(rankings)} class files and per_document.csv to {out}")
+        csv.writer(f).writerows([("id", "target", "token", "sum", "count"),
+                                 *per_document(records, args.merge_subwords)])
+    print(f"wrote {len(rankings)} group files and per_document.csv to {out}")
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import load, write_report
 
-    records, labels, title = load(args.source)
-    index = write_report(records, labels, args.out, title, args.merge_subwords, args.by)
+    records, labels, title, source = load(args.source)
+    index = write_report(records, labels, args.out, title, args.tokens, args.by, source)
     print(f"wrote {len(records)} document pages and {index}")
     return 0
 
@@ -350,25 +451,40 @@ def main(argv=None) -> int:
         args.bench_arguments = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        processes = getattr(args, "processes", 1)
-        if processes < 1:
-            raise InputError(f"--processes {processes}: give 1 or more")
-        if processes > 1:
-            from ..processes import launched
-            from .launcher import relaunch
+    resume = "; run the same command again to continue where it stopped" if args.command == "dataset" else ""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            processes = getattr(args, "processes", 1)
+            if processes < 1:
+                raise InputError(f"--processes {processes}: give 1 or more")
+            if processes > 1:
+                from ..processes import launched
+                from .launcher import relaunch
 
-            if launched():
-                raise InputError("--processes inside accelerate launch: give one or the other")
-            return relaunch(_without_processes(argv), processes)
-        if args.command != "bench":     # the benchmarks give every provider the same allocator setting themselves
-            retain_freed_cpu_memory()
-        return COMMANDS[args.command](args)
-    except FastIGError as err:
-        message = " ".join(str(err).split())   # one line, whatever the wrapped library said
-        print(f"fastig {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        resume = "; run the same command again to continue where it stopped" if args.command == "dataset" else ""
-        print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
-        return 130
+                if launched():
+                    raise InputError("--processes inside accelerate launch: give one or the other")
+                return relaunch(_without_processes(argv), processes)
+            if args.command != "bench":     # the benchmarks give every provider the same allocator setting
+                retain_freed_cpu_memory()
+            return COMMANDS[args.command](args)
+        except FastIGError as err:
+            return _error(args.command, str(err))
+        except OSError as err:      # a file or folder of the user's: unreadable, unwritable, a full disk
+            where = f"{err.filename}: " if err.filename else ""
+            return _error(args.command, f"{where}{err.strerror or err}{resume}")
+        except KeyboardInterrupt:
+            print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
+            return 130
+
+
+def _error(command: str, message: str) -> int:
+    message = " ".join(message.split())   # one line, whatever the wrapped library said
+    print(f"fastig {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _one_line_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"fastig {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    return show

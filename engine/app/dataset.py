@@ -1,30 +1,38 @@
 """Whole-data-set runs: every document of a data set attributed into resumable shards.
 
 out/
-  manifest.json     the settings (compared on resume) and library versions
-  skipped.csv       documents left out, with the reason (empty texts)
-  shards/R-NNNNN.jsonl  one record per document, written whole by process R: temp file, fsync, rename
+  manifest.json     the settings and the fingerprints of data and model (compared on resume), versions
+  .lock             held by the run while it runs (a second run on the same folder is refused)
+  shards/R-<sha>.jsonl  records written by process R, named by the SHA-256 of their content: temp file,
+                    fsync, rename
+  shards/corrupt/   shards whose content no longer matches their name, moved aside (never deleted)
   index.json        which ids each shard holds, written with the merged files
-  documents.jsonl   all records sorted by id, and documents.csv one line per document,
-                    written once every document is done
+  documents.jsonl   every record once, sorted by id, documents.csv one line per document, and
+  skipped.csv       the documents left out with the reason: written once every document is done
 
-A run stopped at any point (Ctrl-C, kill -9) continues where it stopped when the same command
-runs again: a shard is either complete on disk or absent, and the ids in complete shards are
-the documents done. Records do not depend on which documents shared a shard beyond fp32
+A run stopped at any point (Ctrl-C, kill -9, a full disk) continues where it stopped when the
+same command runs again. A shard is whole or absent, and it is read only if its content matches
+its name: the documents done are the ids in sound shards, a missing, truncated or edited shard's
+documents are redone, and a document in two shards is merged once. Data and model are compared
+by content, not by path: a changed file or model at the same path is refused, the same one at
+another path is accepted. Records do not depend on which documents shared a shard beyond fp32
 rounding (fastig packs documents of similar length into one model call).
 """
 
 import csv
+import hashlib
 import io
 import json
 import math
-import os
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, NonFiniteError
 from ..result import DocumentResult
+from .files import RunLock, fingerprint, to_json, write_atomically
 
 DATA_READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TARGET_MODES = ("label", "predicted")
@@ -38,8 +46,9 @@ class Row:
     label: object
 
 
-def _columns_of(data: str, split: str):
-    """The data set as {column: list of values}, from a file, a save_to_disk folder or the hub."""
+def _columns_of(data: str, split: str, text_column: str):
+    """The data set as {column: list of values}, from a file, a save_to_disk folder or the hub, and its
+    fingerprint (the SHA-256 of the file or folder, or the hub data set's own fingerprint)."""
     path = Path(data)
     if path.is_file():
         import pandas as pd
@@ -49,12 +58,13 @@ def _columns_of(data: str, split: str):
             raise DataError(f"--data {data!r}: unknown file type {path.suffix!r}; "
                             f"give a {', '.join(DATA_READERS)} file, a save_to_disk folder or a hub name")
         try:
-            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False),
+            # The text column as text: a column of numbers is text that looks numeric, not missing text.
+            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False, dtype={text_column: str}),
                      "json": lambda: pd.read_json(path, lines=path.suffix.lower() == ".jsonl"),
                      "parquet": lambda: pd.read_parquet(path)}[kind]()
-        except (OSError, ValueError, ImportError) as err:
+        except (OSError, ValueError, ImportError, UnicodeDecodeError) as err:
             raise DataError(f"--data {data!r}: cannot read it as {kind}: {err}") from err
-        return {column: frame[column].tolist() for column in frame.columns}
+        return {column: frame[column].tolist() for column in frame.columns}, fingerprint(path)
     if not path.is_dir() and (path.suffix.lower() in DATA_READERS or data.startswith(("/", ".", "~"))):
         raise DataError(f"--data {data!r}: no such file or folder")
     import datasets
@@ -74,13 +84,14 @@ def _columns_of(data: str, split: str):
         if split not in loaded:
             raise DataError(f"--split {split!r} is not a split of {data!r}; splits: {', '.join(loaded)}")
         loaded = loaded[split]
-    return loaded.to_dict()
+    return loaded.to_dict(), fingerprint(path) if path.is_dir() else loaded._fingerprint
 
 
 def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = "labels",
-              limit: int | None = None, need_labels: bool = False) -> list[Row]:
-    """The first `limit` documents (all by default) of the data set, checked before any work starts."""
-    columns = _columns_of(data, split)
+              limit: int | None = None, need_labels: bool = False) -> tuple[list[Row], str]:
+    """The first `limit` documents (all by default) of the data set, checked before any work starts,
+    and the data's fingerprint."""
+    columns, data_fingerprint = _columns_of(data, split, text_column)
     if text_column not in columns:
         raise DataError(f"--text-column {text_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
     if label_column is not None and label_column not in columns:
@@ -92,7 +103,7 @@ def read_rows(data: str, split: str = "test", text_column: str = "text", label_c
     labels = columns[label_column][:limit] if label_column is not None else [None] * len(texts)
     if not texts:
         raise DataError(f"--data {data!r} holds no document")
-    return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
+    return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint
 
 
 def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: bool = False) -> list[Row]:
@@ -132,40 +143,71 @@ def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
     return (None if length else "no token once tokenized"), length
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write, flush and fsync a temporary file, then rename it over `path`: readers see all or nothing."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+# Compared on resume by content (the fingerprints), not by these path strings, kept for the reader.
+PATH_SETTINGS = ("model", "tokenizer", "data")
 
 
-def check_manifest(out: Path, settings: dict, versions: dict, write: bool = True) -> None:
-    """Start a run in `out` (the manifest written if `write`), or resume one with the same settings;
-    a difference is refused by name."""
+def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict, write: bool = True) -> None:
+    """Start a run in `out` (the manifest written if `write`), or resume one with the same settings and the
+    same data and model by content; a difference is refused by name."""
     path = out / "manifest.json"
     if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))["settings"]
-        changed = [f"{key} {before.get(key)!r} (then) vs {settings.get(key)!r} (now)"
-                   for key in sorted(set(before) | set(settings)) if before.get(key) != settings.get(key)]
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+            before_settings, before_fingerprints = before["settings"], before.get("fingerprints", {})
+            before_settings.items()
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"--out {str(out)!r}: its manifest.json cannot be read ({err}); it is not a run this "
+                            "fastig can resume: use another --out") from err
+        changed = [f"{key} {before_settings.get(key)!r} (then) vs {settings.get(key)!r} (now)"
+                   for key in sorted(set(before_settings) | set(settings))
+                   if key not in PATH_SETTINGS and before_settings.get(key) != settings.get(key)]
+        changed += [f"the {key}'s content changed ({str(before_fingerprints.get(key))[:12]}... then vs "
+                    f"{str(fingerprints[key])[:12]}... now)"
+                    for key in sorted(fingerprints) if before_fingerprints.get(key) != fingerprints[key]]
         if changed:
             raise DataError(f"--out {str(out)!r} holds a run with other settings: {'; '.join(changed)}; "
-                            "run with the same settings to resume it, or use another --out")
+                            "run with the same settings, data and model to resume it, or use another --out")
         return
     if write:
-        _write_atomically(path, json.dumps({"settings": settings, "versions": versions}, indent=1) + "\n")
+        write_atomically(path, to_json({"settings": settings, "fingerprints": fingerprints, "versions": versions},
+                                       indent=1) + "\n")
 
 
-def shards(out: Path) -> list[Path]:
-    """The complete shards of a run, in the order they were written."""
-    return sorted((out / "shards").glob("[0-9]*.jsonl"))
+def shard_name(content: str, rank: int = 0) -> str:
+    """R-<the first 16 hex digits of the content's SHA-256>.jsonl: R, the process that wrote it."""
+    return f"{rank}-{hashlib.sha256(content.encode('utf-8')).hexdigest()[:16]}.jsonl"
+
+
+def _entry(values: dict):
+    """A shard line: a DocumentResult, or (id, reason) for a document left out while running."""
+    if "skipped" in values:
+        return values["id"], values["skipped"]
+    return DocumentResult.from_json(values)
+
+
+def _entry_id(entry):
+    return entry[0] if isinstance(entry, tuple) else entry.id
+
+
+def sound_shards(out: Path, move_corrupt: bool) -> dict[str, list]:
+    """{shard name: its entries} of the shards whose content matches their name; the others are moved to
+    shards/corrupt/ (if `move_corrupt`) and named on stderr: their documents are redone."""
+    found = {}
+    for path in sorted((out / "shards").glob("*.jsonl")):
+        try:
+            content = path.read_text(encoding="utf-8")
+            rank = path.name.split("-", 1)[0]
+            if not rank.isdigit() or shard_name(content, int(rank)) != path.name:
+                raise ValueError("its content does not match its name: truncated or edited")
+            found[path.name] = [_entry(json.loads(line)) for line in content.splitlines()]
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            if move_corrupt:
+                (out / "shards" / "corrupt").mkdir(exist_ok=True)
+                path.replace(out / "shards" / "corrupt" / path.name)
+                print(f"fastig dataset: shard {path.name} is unreadable ({err}); moved to shards/corrupt/, "
+                      "its documents are redone", file=sys.stderr)
+    return found
 
 
 def read_records(paths: list[Path]) -> list[DocumentResult]:
@@ -176,103 +218,160 @@ def read_records(paths: list[Path]) -> list[DocumentResult]:
 @dataclass
 class Plan:
     """What one process of a run does: its share of the documents still to attribute (longest first),
-    how many documents were done before, what is skipped and why, and the name of its next shard."""
+    how many were done before, and what is skipped before any work, and why."""
     pending: list
     done: int
     skipped: list
-    next_shard: int
 
 
-def plan_run(engine, rows: list[Row], out: Path, settings: dict, versions: dict, rank: int, processes: int,
-             wait) -> Plan:
-    """Start or resume the run in `out` (the manifest checked), record the skipped documents, and deal
-    the documents no shard holds yet to the processes."""
+def plan_run(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, rank: int,
+             processes: int, wait) -> Plan:
+    """Start or resume the run in `out` (the manifest checked) and deal the documents that no sound shard
+    holds yet to the processes."""
     if rank == 0:
         (out / "shards").mkdir(parents=True, exist_ok=True)
     wait()
-    check_manifest(out, settings, versions, write=rank == 0)
-    for stale in (out / "shards").glob(f".{rank}-*.tmp"):   # a shard this process did not finish last time
-        stale.unlink()
+    check_manifest(out, settings, fingerprints, versions, write=rank == 0)
     reasons, lengths = {}, {}
     for row in rows:
         reasons[row.id], lengths[row.id] = _skip_reason(row.text, engine.tokenizer)
     skipped = [(i, reason) for i, reason in reasons.items() if reason is not None]
-    if rank == 0:
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([("id", "reason"), *skipped])
-        _write_atomically(out / "skipped.csv", buffer.getvalue())
-    done = {record.id for record in read_records(shards(out))}
+    done = {_entry_id(entry) for entries in sound_shards(out, move_corrupt=rank == 0).values() for entry in entries}
     wait()      # every process has seen the same shards before any writes a new one
     pending = [row for row in rows if row.id not in done and reasons[row.id] is None]
     # Longest first, in shards of similar lengths: the engine packs them into shared calls. Dealt
     # round-robin, each process gets a similar share of tokens.
     pending.sort(key=lambda row: (-lengths[row.id], row.id))
-    return Plan(pending[rank::processes], len(done), skipped, len(list((out / "shards").glob(f"{rank}-*.jsonl"))))
+    return Plan(pending[rank::processes], len(done), skipped)
 
 
-def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: int, shard_size: int, bar,
+# Without --shard-size each shard is sized to take about SHARD_SECONDS by the time per document so
+# far: a stop loses at most about that much work, and the progress bar moves at least as often.
+SHARD_SECONDS = 30.0
+SHARD_DOCUMENTS = (1, 256)     # the fewest and most documents per shard then
+FIRST_SHARD = 1        # then sized by the time it took
+
+
+class ShardSizes:
+    """Documents per shard: fixed, or sized from the time per document so far."""
+
+    def __init__(self, fixed: int | None):
+        self.fixed, self.documents, self.seconds = fixed, 0, 0.0
+
+    def next(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if not self.documents:
+            return FIRST_SHARD
+        size = int(SHARD_SECONDS * self.documents / max(self.seconds, 1e-9))
+        return max(SHARD_DOCUMENTS[0], min(SHARD_DOCUMENTS[1], size))
+
+    def took(self, documents: int, seconds: float) -> None:
+        self.documents, self.seconds = self.documents + documents, self.seconds + seconds
+
+
+def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
+    """Entries for these rows: DocumentResults, and (id, reason) for documents whose model output or
+    gradient is not finite (they go to skipped.csv, never into the results)."""
+    targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
+    try:
+        result = engine.attribute([row.text for row in batch], target=targets, progress=progress, **attribute_kwargs)
+        broken = set()
+    except NonFiniteError as error:
+        result, broken = error.result, set(error.documents)
+    return [(row.id, "the model's output or gradient is not finite (nan or inf)") if i in broken
+            else replace(document, id=row.id, label=row.label)
+            for i, (row, document) in enumerate(zip(batch, result.documents))]
+
+
+def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: int, shard_size: int | None, bar,
                      **attribute_kwargs) -> int:
     """Attribute the plan's documents shard by shard, each shard written whole; returns the token-steps done."""
-    started, token_steps, written = time.perf_counter(), 0, plan.next_shard
-    for first in range(0, len(plan.pending), shard_size):
-        batch = plan.pending[first:first + shard_size]
-        targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
-        result = engine.attribute([row.text for row in batch], target=targets, **attribute_kwargs)
-        records = [replace(document, id=row.id, label=row.label) for row, document in zip(batch, result.documents)]
-        _write_atomically(out / "shards" / f"{rank}-{written:05d}.jsonl",
-                          "".join(json.dumps(r.to_json(top_k)) + "\n" for r in records))
-        written += 1
-        token_steps += sum(len(r.tokens) * r.evaluations for r in records)
+    started, token_steps, sizes, first = time.perf_counter(), 0, ShardSizes(shard_size), 0
+    while first < len(plan.pending):
+        batch = plan.pending[first:first + sizes.next()]
+        first += len(batch)
+        shard_started = time.perf_counter()
+        entries = _attribute(engine, batch, target, bar is not None and not bar.disable, **attribute_kwargs)
+        content = "".join(to_json({"id": e[0], "skipped": e[1]} if isinstance(e, tuple) else e.to_json(top_k)) + "\n"
+                          for e in entries)
+        write_atomically(out / "shards" / shard_name(content, rank), content)
+        sizes.took(len(batch), time.perf_counter() - shard_started)
+        token_steps += sum(len(e.tokens) * e.evaluations for e in entries if not isinstance(e, tuple))
         if bar is not None:
             bar.update(len(batch))
             bar.set_postfix_str(f"{token_steps / (time.perf_counter() - started):.0f} token-steps/s")
     return token_steps
 
 
-def merge(out: Path, top_k: int) -> int:
-    """index.json, documents.jsonl (every record, by id) and documents.csv from all the shards; returns the count."""
-    by_shard = {path.name: read_records([path]) for path in shards(out)}
-    _write_atomically(out / "index.json", json.dumps({name: [r.id for r in rs] for name, rs in by_shard.items()}) + "\n")
-    records = sorted((r for rs in by_shard.values() for r in rs), key=lambda r: r.id)
-    _write_atomically(out / "documents.jsonl", "".join(json.dumps(r.to_json(top_k)) + "\n" for r in records))
+def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> int:
+    """index.json, documents.jsonl (every record once, by id), documents.csv and skipped.csv from the sound
+    shards; a document of the data set that no shard holds is an error, not a missing line."""
+    by_shard = sound_shards(out, move_corrupt=True)
+    records, skipped = {}, dict(skipped)
+    for entries in by_shard.values():
+        for entry in entries:
+            if isinstance(entry, tuple):
+                skipped.setdefault(entry[0], entry[1])
+            else:
+                records.setdefault(entry.id, entry)     # a document in two shards is merged once
+    missing = [row.id for row in rows if row.id not in records and row.id not in skipped]
+    if missing:
+        raise DataError(f"--out {str(out)!r}: documents {missing[:10]}{' ...' if len(missing) > 10 else ''} are in "
+                        "no sound shard; run the same command again to attribute them")
+    write_atomically(out / "index.json", to_json({name: [_entry_id(e) for e in entries]
+                                                  for name, entries in by_shard.items()}) + "\n")
+    ordered = [records[row.id] for row in rows if row.id in records]
+    write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens"))
-    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens)) for r in records)
-    _write_atomically(out / "documents.csv", buffer.getvalue())
-    return len(records)
+    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens)) for r in ordered)
+    write_atomically(out / "documents.csv", buffer.getvalue())
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
+    write_atomically(out / "skipped.csv", buffer.getvalue())
+    return len(ordered)
 
 
-def run_dataset(engine, rows: list[Row], out: Path, settings: dict, versions: dict, target, top_k: int = 20,
-                shard_size: int = 32, progress: bool = True, state=None, **attribute_kwargs) -> dict:
+def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, target,
+                top_k: int = 20, shard_size: int | None = None, progress: bool = True, state=None,
+                **attribute_kwargs) -> dict:
     """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
 
-    target: "label", "predicted" or a class index. attribute_kwargs go to Engine.attribute
-    (n_steps, method, baseline, output, max_length). state: accelerate's PartialState when
-    several processes share the rows (fastig.app.launcher): each takes every N-th of the
-    pending rows, longest first, and writes its own shards; the main process merges.
+    target: "label", "predicted" or a class index. fingerprints: {"data": ..., "model": ...}, the
+    contents compared on resume. attribute_kwargs go to Engine.attribute. shard_size: documents per
+    shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
+    processes share the rows (fastig.app.launcher): each takes every N-th of the pending rows,
+    longest first, and writes its own shards; the main process holds the run's lock and merges.
     Returns counts and timings of this call (this process's share).
     """
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise DataError(f"--shard-size {shard_size}: give at least 1 document per shard")
     rank, processes = (0, 1) if state is None else (state.process_index, state.num_processes)
     wait = (lambda: None) if state is None else state.wait_for_everyone
-    plan = plan_run(engine, rows, out, settings, versions, rank, processes, wait)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        share = "documents" if processes == 1 else f"documents (the main process's share, 1 of {processes})"
-        bar = tqdm(total=len(plan.pending), unit="doc", desc=share, disable=rank != 0)
-    started = time.perf_counter()
-    try:
-        token_steps = attribute_shards(engine, plan, out, rank, target, top_k, shard_size, bar, **attribute_kwargs)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = {"documents": None, "skipped": len(plan.skipped), "resumed_with": plan.done,
-               "attributed_now": len(plan.pending), "seconds": time.perf_counter() - started,
-               "token_steps": token_steps}
-    wait()
-    if rank != 0:
-        return summary
-    return {**summary, "documents": merge(out, top_k)}
+    lock = RunLock(out) if rank == 0 else nullcontext()
+    with lock:
+        if rank == 0 and lock.taken_over:
+            print(f"fastig dataset: taking over {str(out)!r} from a run that no longer runs ({lock.taken_over})",
+                  file=sys.stderr)
+        plan = plan_run(engine, rows, out, settings, fingerprints, versions, rank, processes, wait)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            share = "documents" if processes == 1 else f"documents (the main process's share, 1 of {processes})"
+            bar = tqdm(total=len(plan.pending), unit="doc", desc=share, disable=rank != 0)
+        started = time.perf_counter()
+        try:
+            token_steps = attribute_shards(engine, plan, out, rank, target, top_k, shard_size, bar,
+                                           **attribute_kwargs)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary = {"documents": None, "skipped": len(plan.skipped), "resumed_with": plan.done,
+                   "attributed_now": len(plan.pending), "seconds": time.perf_counter() - started,
+                   "token_steps": token_steps}
+        wait()
+        if rank != 0:
+            return summary
+        return {**summary, "documents": merge(out, rows, plan.skipped, top_k)}

