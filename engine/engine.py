@@ -30,7 +30,7 @@ from .result import Attribution, DocumentResult, RunStats, TimeSplit
 from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained, pack,
                         retained_cpu_memory)
 from .summarize import normalized
-from .targeted import FIRST_PAIR, check_accuracy, integrate_to_accuracy
+from .targeted import FIRST_ROUND, check_accuracy, integrate_to_accuracy
 
 ATTENTIONS = ("banded", "model")
 
@@ -44,7 +44,7 @@ def uses_default_path(n_steps, method: str | None, precision: str) -> bool:
 @dataclass(frozen=True)
 class Rule:
     """How each path is integrated: a fixed rule (method, alphas and weights [n] fp32); n_steps=None,
-    the default (method "gausslegendre" in pairs until `accuracy`, fastig.targeted); or n_steps="auto"
+    the default (method "clenshawcurtis", nested levels until `accuracy`, fastig.targeted); or n_steps="auto"
     (method "auto": adaptive until `tolerance`). Both stop at max_steps evaluations."""
     method: str
     alphas: torch.Tensor | None = None
@@ -58,7 +58,7 @@ class Rule:
            max_steps: int) -> "Rule":
         if uses_default_path(n_steps, method, precision):
             check_accuracy(accuracy, max_steps)
-            return cls("gausslegendre", accuracy=accuracy, max_steps=max_steps)
+            return cls("clenshawcurtis", accuracy=accuracy, max_steps=max_steps)
         if n_steps == "auto":
             check_auto(tolerance, max_steps)
             return cls("auto", tolerance=tolerance, max_steps=max_steps)
@@ -78,7 +78,7 @@ class Rule:
     def steps_per_document(self) -> int:
         """The evaluations per document that packing plans with (auto, targeted: the first round)."""
         if self.targeted:
-            return 2 * FIRST_PAIR + 1
+            return FIRST_ROUND + 1
         return INITIAL_POINTS if self.auto else len(self.alphas)
 
 
@@ -299,63 +299,67 @@ class Engine:
         return results, path
 
     def _integrate(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk) -> PathIntegral:
-        """The fixed rule along every document's path."""
-        return self._integrate_rows(step, ends, None, rule.alphas, rule.weights, self.precision, chunk_size,
-                                    on_chunk)
-
-    def _integrate_rows(self, step: ModelStep, ends: Endpoints, rows: torch.Tensor | None, alphas: torch.Tensor,
-                        weights: torch.Tensor, precision: Precision, chunk_size, on_chunk) -> PathIntegral:
-        """A rule along the paths of the group's documents `rows` (None: all); each process takes its share
-        of the steps, and every process ends with the sums over all."""
-        n_steps, processes = len(alphas), self.processes
+        """The fixed rule along every document's path; each process takes its share of the steps, and every
+        process ends with the sums over all."""
+        n_steps, processes = len(rule.alphas), self.processes
         mine = processes.items(n_steps)
-        start, end, score = ends.start, ends.end, step
-        if rows is not None:
-            start, end = start[rows], end[rows]
-            score = lambda z, pairs: step(z, rows[pairs])     # noqa: E731
-        path = integrate_path(score, start, end, alphas[mine], weights[mine], self.scheduler, chunk_size,
-                              on_chunk=on_chunk, precision=precision)
+        path = integrate_path(step, ends.start, ends.end, rule.alphas[mine], rule.weights[mine], self.scheduler,
+                              chunk_size, on_chunk=on_chunk, precision=self.precision)
         path.integrand = processes.combine(path.integrand, mine, n_steps, dim=1)
         path.outputs = processes.combine(path.outputs, mine, n_steps, dim=1)
         processes.sum(path.gradient_sum)
         return path
 
-    def _integrate_to_accuracy(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
-        """The default: Gauss-Legendre pairs until each document meets the accuracy (fastig.targeted), in
-        the low precision where it is fast and its check passes, else fp32."""
-        name = default_path_precision(self.device)
+    def _points_allowed(self, ends: Endpoints, max_steps: int, least: int) -> int:
+        """Points held per document (one fp32 gradient [L, H] each, until the group is summed) within half
+        the room the memory budget leaves, at most max_steps and at least `least`; the same in every process."""
+        scheduler = self.scheduler
+        if scheduler.budget is None:
+            return max_steps
+        room = (scheduler.budget - scheduler.meter.in_use()) // 2
+        point_bytes = ends.end[0].numel() * 4
+        return self.processes.agree(max(least, min(max_steps, room // (point_bytes * len(ends.end)))))
 
-        def evaluate(rows, alphas, weights, precision):
-            return self._integrate_rows(step, ends, rows, alphas, weights, precision, chunk_size, on_chunk)
-        return integrate_to_accuracy(evaluate, ends.start, ends.end, ends.f_x, ends.f_b, rule.accuracy,
-                                     rule.max_steps, resolve(name, self.device) if name else None, FP32)
+    def _evaluate_points(self, step: ModelStep, ends: Endpoints, point_docs: torch.Tensor, point_alphas: torch.Tensor,
+                         precision: Precision, chunk_size, on_chunk) -> PathIntegral:
+        """F, s and dF/dz at (document, alpha) pairs, each a one-point path from z(alpha), in `precision`; each
+        process takes its share of the pairs, and every process ends with all of them. Their gradients
+        [J, L, H] count as held memory until the caller resets scheduler.held_bytes."""
+        processes, scheduler = self.processes, self.scheduler
+        difference = ends.end - ends.start
+        mine = processes.items(len(point_docs))
+        docs_mine = point_docs[mine]
+        point_start = ends.start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
+        path = integrate_path(lambda z, rows: step(z, docs_mine[rows]), point_start,
+                              point_start + difference[docs_mine], torch.zeros(1), torch.ones(1), scheduler,
+                              chunk_size, on_chunk=on_chunk, precision=precision)
+        scheduler.held_bytes += len(point_docs) * ends.end[0].numel() * 4
+        for name in ("gradient_sum", "integrand", "outputs"):
+            setattr(path, name, processes.combine(getattr(path, name), mine, len(point_docs)))
+        return path
 
     def _integrate_adaptive(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
         """n_steps="auto" along every document's path; each process takes its share of the (document,
-        point) pairs of each round. The points' gradients are held until the group is summed."""
-        processes, scheduler = self.processes, self.scheduler
-        point_bytes = ends.end[0].numel() * 4    # one fp32 gradient [L, H] per point
-        difference = ends.end - ends.start
-        max_steps = rule.max_steps
-        if scheduler.budget is not None:   # the held gradients may take half the room the budget leaves
-            room = (scheduler.budget - scheduler.meter.in_use()) // 2
-            max_steps = processes.agree(max(INITIAL_POINTS, min(max_steps, room // (point_bytes * len(ends.end)))))
+        point) pairs of each round."""
+        max_steps = self._points_allowed(ends, rule.max_steps, INITIAL_POINTS)
 
-        def evaluate(point_docs: torch.Tensor, point_alphas: torch.Tensor) -> PathIntegral:
-            """F, s and dF/dz at (document, alpha) pairs: each a one-point path from z(alpha)."""
-            mine = processes.items(len(point_docs))
-            docs_mine = point_docs[mine]
-            point_start = ends.start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
-            path = integrate_path(lambda z, rows: step(z, docs_mine[rows]), point_start,
-                                  point_start + difference[docs_mine], torch.zeros(1), torch.ones(1), scheduler,
-                                  chunk_size, on_chunk=on_chunk, precision=self.precision)
-            scheduler.held_bytes += len(point_docs) * point_bytes     # kept until the group is summed
-            for name in ("gradient_sum", "integrand", "outputs"):
-                setattr(path, name, processes.combine(getattr(path, name), mine, len(point_docs)))
-            return path
-
+        def evaluate(point_docs, point_alphas):
+            return self._evaluate_points(step, ends, point_docs, point_alphas, self.precision, chunk_size, on_chunk)
         try:
-            path = integrate_adaptive(evaluate, ends.start, ends.end, ends.f_x - ends.f_b, rule.tolerance, max_steps)
+            return integrate_adaptive(evaluate, ends.start, ends.end, ends.f_x - ends.f_b, rule.tolerance, max_steps)
         finally:
-            scheduler.held_bytes = 0
-        return path
+            self.scheduler.held_bytes = 0
+
+    def _integrate_to_accuracy(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
+        """The default: nested Clenshaw-Curtis levels until each document meets the accuracy (fastig.targeted),
+        in the low precision where it is fast and its check passes, else fp32."""
+        name = default_path_precision(self.device)
+        max_steps = self._points_allowed(ends, rule.max_steps, FIRST_ROUND + 1)
+
+        def evaluate(point_docs, point_alphas, precision):
+            return self._evaluate_points(step, ends, point_docs, point_alphas, precision, chunk_size, on_chunk)
+        try:
+            return integrate_to_accuracy(evaluate, ends.start, ends.end, ends.f_x, ends.f_b, rule.accuracy, max_steps,
+                                         resolve(name, self.device) if name else None, FP32)
+        finally:
+            self.scheduler.held_bytes = 0

@@ -1,32 +1,43 @@
 """The default call: integrate until the attribution is within a stated accuracy, in the precision that allows it.
 
-`Engine.attribute(texts)` without n_steps runs this. Its target: each document's attribution
-within `accuracy` (default 2e-2) relative L2 error of the converged fp32 result, which on the
-tests' and benchmarks' models also keeps the token scores' Pearson correlation with it at
-0.999 or more. It gets there with Gauss-Legendre rules in pairs (n, n + 1), n = 4, 8, 16, ...:
+`Engine.attribute(texts)` without n_steps, method or precision runs this. Its target: each
+document's attributions within `accuracy` (default 2e-2) relative L2 error of the converged fp32
+result, which on the tests' and benchmarks' models also keeps the token scores' Pearson
+correlation with it at 0.999 or more. It gets there with nested Clenshaw-Curtis rules: levels of
+n + 1 points, n = 2, 4, 8, ..., each level's points those of the level before and the midpoints
+(in cos-angle) between them, so that no evaluation is ever thrown away:
 
-- The attribution of the pair's larger rule is the result; the pair's difference estimates the
-  smaller rule's error, which bounds the larger's (Gauss-Legendre's error falls by orders of
-  magnitude from n to n + 1 on smooth integrands), independently of the convergence delta.
+- The attribution is the last level's rule over all points. The relative difference to the level
+  before bounds that level's error, and so the last level's (Clenshaw-Curtis converges about as
+  fast as Gauss-Legendre on smooth integrands, and each level doubles the points); where three
+  levels show geometric convergence, the estimate is that difference times the ratio of the last
+  two differences (at least a tenth of it). The first round evaluates level 8's 9 points at once
+  (levels 2 and 4 are in them), so a smooth path costs one round of 9 evaluations.
 - A document stops when that estimate is within accuracy / 4 and, computed in fp32, its
   convergence delta within accuracy / 20 of |F(x) - F(b)| (1e-3 at the default: the exact error
   of the scalar integral; or 1e-5 of |F(x)| + |F(b)|, fp32's rounding, where F barely changes
-  along the path); otherwise the next pair, up to max_steps evaluations.
+  along the path); otherwise it takes the next level, up to max_steps evaluations.
 - Precision: where low precision is fast (see precision.default_path_precision) every document is
-  first evaluated at alpha = 1/2, the middle node of every odd rule, in both bf16 and fp32. The
-  relative error of bf16's attribution there is the document's precision error; a document whose
-  error is within accuracy / 2 runs in bf16, any other in fp32. The fp32 value at 1/2 is the one
-  summed. bf16 rounding also shows in the pair's difference, so a bf16 document stops once the
-  estimate is within max(accuracy / 4, its precision error / 2): more points would not help.
+  first evaluated at alpha = 1/2, a node of every level, in both bf16 and fp32. The relative error
+  of bf16's attribution there is the document's precision error; a document whose error is within
+  accuracy / 2 runs in bf16, any other in fp32. The fp32 value at 1/2 is the one used. bf16
+  rounding also shows in the levels' difference, so a bf16 document stops once the estimate is
+  within max(accuracy / 4, its precision error / 2): more points would not help.
 
-Measured (2-core EPYC, a 4-layer random Longformer-base at 512 tokens, against 256-point fp32
-Gauss-Legendre): Gauss-Legendre at 4 points is within 9.6e-4 and at 8 within 1.8e-6, so the first
-pair (9 evaluations with the shared middle point) meets the target; bf16's error there is 1.5e-2
-at any n, its attribution at one point 1.7-2.1e-2 off fp32's, which is why CPUs without AMX run
-the default in fp32 (bf16 was only 1.4x faster per step there).
+Each point's fp32 gradient [L, H] is held until its document is done (the levels reweight every
+point), within half the room the memory budget leaves (Engine._points_allowed).
+
+Measured (2-core EPYC): on a 4-layer random Longformer-base at 512 tokens, Gauss-Legendre at 4
+points was within 9.6e-4 of 256 points, and the first round (9 points) meets the target; on the
+demo's fine-tuned MiniLM, whose integrand peaks, 50 Gauss-Legendre points were within 5e-7 but 16
+only within 1.8e-3-3.6e-2, so it takes 33 points (Gauss-Legendre pairs, which threw their smaller
+rule away, took 121-249). bf16's error on the Longformer was 1.5e-2 at any n, its
+attribution at one point 1.7-2.1e-2 off fp32's, which is why CPUs without AMX run the default in
+fp32 (bf16 was only 1.4x faster per step there).
 """
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -35,43 +46,55 @@ from .errors import MethodError
 from .precision import Precision
 from .result import TimeSplit
 
-FIRST_PAIR = 4              # the smaller rule of the first pair
+FIRST_LEVEL = 2             # intervals of the smallest level (3 points: 0, 1/2, 1)
+FIRST_ROUND = 8             # the first round evaluates this level's 9 points at once (levels 2 and 4 are in it)
+EXTRAPOLATION_FLOOR = 0.1   # the estimate never falls below this share of the last two levels' difference
 QUADRATURE_SHARE = 1 / 4    # of the accuracy, for the quadrature's estimated error
 DELTA_SHARE = 1 / 20        # of the accuracy, for the fp32 convergence delta relative to |F(x) - F(b)|
 # ... or, where F(x) and F(b) nearly agree, this share of |F(x)| + |F(b)|: fp32 rounding of the
 # gradients' sum reaches it (a random model of weights of the usual scale: |F(x) - F(b)| ~ 1e-6).
 DELTA_FLOOR = 1e-5
 PRECISION_SHARE = 1 / 2     # of the accuracy, for low precision's error at alpha = 1/2
+MIDDLE = Fraction(1, 2)
 
 
 def check_accuracy(accuracy: float, max_steps: int) -> None:
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 < accuracy < 1:
         raise MethodError(f"accuracy={accuracy!r} must be a number between 0 and 1 (the attributions' relative "
                           "L2 error to reach)")
-    smallest = 2 * FIRST_PAIR + 1
+    smallest = FIRST_ROUND + 1
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < smallest:
-        raise MethodError(f"max_steps={max_steps!r} must be an integer of at least {smallest} (the first pair of rules)")
+        raise MethodError(f"max_steps={max_steps!r} must be an integer of at least {smallest} (the first round's "
+                          "points, whose levels give the first estimate)")
 
 
-def gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alphas and weights [n] fp32 on [0, 1]; an odd rule's middle node is exactly 1/2."""
-    nodes, weights = np.polynomial.legendre.leggauss(n)
-    alphas = 0.5 * (1 + nodes)
-    if n % 2:
-        alphas[n // 2] = 0.5
-    return torch.tensor(alphas, dtype=torch.float32), torch.tensor(0.5 * weights, dtype=torch.float32)
+def node(point: Fraction) -> float:
+    """The alpha of a Clenshaw-Curtis point k/n (in units of pi): (1 - cos(pi k / n)) / 2. Points are named
+    by their reduced fraction, so a point is the same float at every level."""
+    return 0.5 * (1 - np.cos(np.pi * point.numerator / point.denominator))
+
+
+def clenshaw_curtis(n: int) -> tuple[list[Fraction], np.ndarray]:
+    """The n + 1 points (as fractions k / n) and float64 weights on [0, 1] of Clenshaw-Curtis with n intervals."""
+    k = np.arange(n + 1)
+    theta = np.pi * k / n
+    j = np.arange(1, n // 2 + 1)
+    b = np.where(j == n // 2, 1.0, 2.0)
+    sums = (b / (4 * j ** 2 - 1) * np.cos(2 * theta[:, None] * j)).sum(1)
+    c = np.where((k == 0) | (k == n), 1.0, 2.0)
+    return [Fraction(int(i), n) for i in k], 0.5 * c / n * (1 - sums)
 
 
 @dataclass
 class TargetedIntegral:
     """The integrals of G documents' paths, each to its accuracy.
 
-    difference, gradient_sum: [G, L, H] fp32 as in PathIntegral (gradient_sum of the accepted rule).
-    alphas, integrand: per document, the accepted rule's points and s there. evaluations: model
-    evaluations spent per document (all pairs, and the precision check). met: whether the
+    difference, gradient_sum: [G, L, H] fp32 as in PathIntegral (gradient_sum of the last level).
+    alphas, integrand: per document, the last level's points and s there. evaluations: model
+    evaluations spent per document (every point, and the precision check). met: whether the
     accuracy was reached. precision: per document, "fp32" or the low precision it ran in.
-    estimated_error: the pair's relative difference. precision_error: low precision's error at
-    alpha = 1/2 (None where it was not checked).
+    estimated_error: the last two levels' relative difference. precision_error: low precision's
+    error at alpha = 1/2 (None where it was not checked).
     """
     difference: torch.Tensor
     gradient_sum: torch.Tensor
@@ -88,78 +111,100 @@ class TargetedIntegral:
     fallbacks: int = 0
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a - b|| / ||b|| per document, for [G, L, H] tensors."""
-    return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-30)
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _levels_to_sum(summed: int, n: int) -> list[int]:
+    """The levels (FIRST_LEVEL, 2 FIRST_LEVEL, ... up to n) whose sums a document does not have yet, given
+    how many it has: the first round sums three (its points hold the two levels below it)."""
+    levels, level = [], FIRST_LEVEL
+    while level <= n:
+        levels.append(level)
+        level *= 2
+    return levels[len(levels) - 1:] if summed else levels
+
+
+def _estimate(attributions: list[torch.Tensor]) -> float:
+    """The estimated relative error of the last of a document's level attributions (the last two or three).
+
+    The last two levels' relative difference bounds the error of the one before the last; where the
+    levels converge geometrically (that difference against the one before it), the last level's error
+    is about the difference times that ratio, never taken below EXTRAPOLATION_FLOOR of it."""
+    last = _relative(attributions[-2], attributions[-1])
+    if len(attributions) < 3:
+        return last
+    ratio = last / max(_relative(attributions[-3], attributions[-2]), 1e-30)
+    return last * min(1.0, max(EXTRAPOLATION_FLOOR, ratio))
 
 
 def integrate_to_accuracy(evaluate, start: torch.Tensor, end: torch.Tensor, f_x: torch.Tensor, f_b: torch.Tensor,
                           accuracy: float, max_steps: int, low: Precision | None, fp32: Precision) -> TargetedIntegral:
     """Integrate each document's path to `accuracy` (see the module's docstring).
 
-    evaluate(docs [J] long, alphas [n], weights [n], precision) -> PathIntegral of those J documents
-    of the group with that rule. start, end: [G, L, H]; f_x, f_b: [G] F(x), F(b). low: the low
-    precision to try (None: fp32 only).
+    evaluate(docs [J] long, alphas [J] fp32, precision) -> PathIntegral of J one-point paths: its
+    gradient_sum [J, L, H] is dF/dz at z(alphas[j]) of document docs[j] and integrand [J, 1] is s
+    there. start, end: [G, L, H]; f_x, f_b: [G] F(x), F(b). low: the low precision to try (None:
+    fp32 only). max_steps: the most points per document.
     """
     n_docs, device = end.shape[0], end.device
     difference, gap = end - start, f_x - f_b
-    delta_allowed = torch.maximum(DELTA_SHARE * accuracy * gap.abs(), DELTA_FLOOR * (f_x.abs() + f_b.abs()))
+    delta_allowed = torch.maximum(DELTA_SHARE * accuracy * gap.abs(), DELTA_FLOOR * (f_x.abs() + f_b.abs())).tolist()
     seconds, sizes, fallbacks = TimeSplit(), [], 0
-    evaluations = torch.zeros(n_docs, dtype=torch.long)
+    held = [{} for _ in range(n_docs)]      # per document: point -> (dF/dz [L, H], s)
+    evaluations = [0] * n_docs
 
-    def run(docs, alphas, weights, precision):
+    def run(docs: list, points: list, precision: Precision, keep: bool = True):
         nonlocal fallbacks
-        path = evaluate(docs.to(device), alphas, weights, precision)
+        path = evaluate(torch.tensor(docs, device=device), torch.tensor([node(p) for p in points],
+                                                                         dtype=torch.float32), precision)
         seconds.add(path.seconds)
         sizes.extend(path.sequences_per_call)
         fallbacks += path.fallbacks
-        evaluations[docs] += len(alphas)
+        for j, (d, point) in enumerate(zip(docs, points)):
+            evaluations[d] += 1
+            if keep:
+                held[d][point] = (path.gradient_sum[j], float(path.integrand[j, 0]))
         return path
 
-    every = torch.arange(n_docs)
-    middle = run(every, torch.tensor([0.5]), torch.ones(1), fp32)          # dF/dz and s at alpha = 1/2, in fp32
-    precision_error = [None] * n_docs
-    in_low = torch.zeros(n_docs, dtype=torch.bool)
-    if low is not None:
-        check = run(every, torch.tensor([0.5]), torch.ones(1), low)
-        error = _relative(difference * check.gradient_sum, difference * middle.gradient_sum).cpu()
-        precision_error = error.tolist()
-        in_low = error <= PRECISION_SHARE * accuracy
+    every = list(range(n_docs))
+    run(every, [MIDDLE] * n_docs, fp32)                 # alpha = 1/2, in every level, in fp32
+    precision_error, in_low = [None] * n_docs, [False] * n_docs
+    if low is not None:                                 # compared with it, not kept: the fp32 value is used
+        check = run(every, [MIDDLE] * n_docs, low, keep=False)
+        for d in every:
+            precision_error[d] = _relative(difference[d] * check.gradient_sum[d], difference[d] * held[d][MIDDLE][0])
+            in_low[d] = precision_error[d] <= PRECISION_SHARE * accuracy
+        check = None
 
     gradient_sum = torch.zeros_like(end)
+    sums = [[] for _ in range(n_docs)]      # per document: its levels' sums so far, the last three kept
     alphas_out, integrand_out = [None] * n_docs, [None] * n_docs
     estimated, met = [None] * n_docs, [False] * n_docs
-    active, n = every, FIRST_PAIR
-    while len(active):
-        results = {}                 # the pair's sums of the active documents, by precision
-        for docs in (active[in_low[active]], active[~in_low[active]]):
-            if not len(docs):
-                continue
-            precision = low if bool(in_low[docs[0]]) else fp32
-            lower = run(docs, *gauss_legendre(n), precision)
-            alphas, weights = gauss_legendre(n + 1)
-            mid = n // 2
-            others = torch.cat([torch.arange(mid), torch.arange(mid + 1, n + 1)])
-            upper = run(docs, alphas[others], weights[others], precision)
-            rows = docs.to(device)
-            upper_sum = upper.gradient_sum + weights[mid].item() * middle.gradient_sum[rows]
-            integrand = torch.cat([upper.integrand[:, :mid], middle.integrand[rows], upper.integrand[:, mid:]], 1)
-            results[precision.name] = (docs, lower.gradient_sum, upper_sum, integrand, alphas, weights)
+    active, n = every, FIRST_ROUND
+    while active:
+        points, weights = clenshaw_curtis(n)
+        for precision, docs in ((low, [d for d in active if in_low[d]]), (fp32, [d for d in active if not in_low[d]])):
+            new = [(d, p) for d in docs for p in points if p not in held[d]]
+            if new:
+                run([d for d, _ in new], [p for _, p in new], precision)
         still = []
-        for docs, lower_sum, upper_sum, integrand, alphas, weights in results.values():
-            rows = docs.to(device)
-            pair_error = _relative(difference[rows] * lower_sum, difference[rows] * upper_sum).cpu().tolist()
-            delta = (difference[rows] * upper_sum).flatten(1).sum(1) - gap[rows]
-            delta_met = (delta.abs() <= delta_allowed[rows]).cpu().tolist()
-            for j, d in enumerate(docs.tolist()):
-                low_precision = bool(in_low[d])
-                allowed = max(QUADRATURE_SHARE * accuracy, precision_error[d] / 2 if low_precision else 0.0)
-                done = pair_error[j] <= allowed and (low_precision or delta_met[j])
-                gradient_sum[d] = upper_sum[j]
-                alphas_out[d], integrand_out[d], estimated[d], met[d] = alphas, integrand[j].cpu(), pair_error[j], done
-                if not done and int(evaluations[d]) + 2 * (2 * n) <= max_steps:     # the next pair fits
-                    still.append(d)
-        active, n = torch.tensor(still, dtype=torch.long), 2 * n
-    return TargetedIntegral(difference, gradient_sum, alphas_out, integrand_out, evaluations.tolist(), met,
-                            [low.name if bool(in_low[d]) else fp32.name for d in range(n_docs)],
+        for d in active:
+            for level in _levels_to_sum(len(sums[d]), n):
+                level_points, level_weights = clenshaw_curtis(level)
+                sums[d] = (sums[d] + [sum(float(w) * held[d][p][0] for p, w in zip(level_points, level_weights))])[-3:]
+            estimated[d] = _estimate([difference[d] * total for total in sums[d]])
+            delta = float((difference[d] * sums[d][-1]).sum() - gap[d])
+            allowed = max(QUADRATURE_SHARE * accuracy, precision_error[d] / 2 if in_low[d] else 0.0)
+            met[d] = estimated[d] <= allowed and (in_low[d] or abs(delta) <= delta_allowed[d])
+            alphas_out[d] = torch.tensor([node(p) for p in points], dtype=torch.float32)
+            integrand_out[d] = torch.tensor([held[d][p][1] for p in points], dtype=torch.float32)
+            if not met[d] and 2 * n + 1 <= max_steps:    # the next level fits
+                still.append(d)
+        active, n = still, 2 * n
+    for d in every:
+        gradient_sum[d] = sums[d][-1]
+        held[d].clear()                     # the held gradients go as soon as the group is summed
+    return TargetedIntegral(difference, gradient_sum, alphas_out, integrand_out, evaluations, met,
+                            [low.name if in_low[d] else fp32.name for d in every],
                             estimated, precision_error, max_steps, seconds, sizes, fallbacks)

@@ -47,8 +47,8 @@ def test_the_default_meets_its_accuracy_where_it_says_so(models, tokenizer, conv
     assert sum(d.tolerance_met for d in result.documents) >= 1
 
 
-def test_a_smooth_path_takes_the_first_pair_only(tokenizer):
-    """Random weights of the usual scale give a near-linear path: 4 + 4 points and the shared middle."""
+def test_a_smooth_path_takes_the_first_round_only(tokenizer):
+    """Random weights of the usual scale give a near-linear path: the first round's 9 points."""
     from conftest import MODEL_CLASSES, _config
 
     config = _config("bert")
@@ -57,7 +57,7 @@ def test_a_smooth_path_takes_the_first_pair_only(tokenizer):
     model = MODEL_CLASSES["bert"](config).eval()
     result = fastig.Engine(model, tokenizer).attribute(TEXTS[0])
     reference = fastig.Engine(model, tokenizer).attribute(TEXTS[0], n_steps=256)
-    assert result.documents[0].evaluations == 2 * targeted.FIRST_PAIR + 1 < 50
+    assert result.documents[0].evaluations == targeted.FIRST_ROUND + 1 < 50
     assert result.documents[0].tolerance_met
     assert _relative_l2(result.attributions[0], reference.attributions[0]) <= 2e-2 / 4
 
@@ -85,7 +85,7 @@ def test_low_precision_runs_where_its_check_passes_and_fp32_elsewhere(models, to
     assert [d.precision for d in strict.documents] == ["fp32"] * 3
     for i, (a, b) in enumerate(zip(lenient.documents, strict.documents)):
         assert a.precision_error == pytest.approx(b.precision_error) and 0 < a.precision_error < 0.25
-        assert b.evaluations >= 2 * targeted.FIRST_PAIR + 2       # the check's bf16 evaluation counts
+        assert b.evaluations >= targeted.FIRST_ROUND + 2       # the check's bf16 evaluation counts
         assert _relative_l2(lenient.attributions[i], fp32.attributions[i]) <= 0.5
         assert _relative_l2(strict.attributions[i], fp32.attributions[i]) <= 1e-4 or not b.tolerance_met
 
