@@ -1,8 +1,8 @@
 """The `fastig` command: attribute, check, demo, dataset, aggregate, report and bench. Errors print one line
 and exit 2.
 
-The commands are programs, not library calls: each asks glibc to keep freed memory for reuse
-(fastig.retain_freed_cpu_memory), which a library call never does unasked.
+The commands are programs, not library calls: each asks glibc to keep freed memory for reuse for the
+whole process (fastig.retain_freed_cpu_memory), where a library call does it only while it runs.
 """
 
 import argparse
@@ -51,8 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="banded", choices=ATTENTIONS,
                    help="Longformer self-attention: banded (fastig's, the same function, faster) or model (as loaded)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="the model's dtype during the steps; accumulation is always fp32 "
-                        "(default auto: bf16/fp16 on GPUs, fp32 on CPU)")
+                   help="the model's dtype during the steps; accumulation is always fp32 (default auto: the "
+                        "default call takes bf16 where it is fast and its check passes, GPUs and AMX CPUs, else "
+                        "fp32; with --n-steps or --method, bf16/fp16 on GPUs and fp32 on CPU)")
     p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
                    help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
                         "(default: %(default)s)")
