@@ -103,11 +103,13 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
         end, score_x = self._endpoint(inputs_tuple, additional, target)
         if isinstance(end, str):
             return end
-        start, score_b = self._endpoint(baselines_tuple, additional, target)
+        start, _ = self._endpoint(baselines_tuple, additional, target)
         if isinstance(start, str) or start.shape != end.shape:
             return start if isinstance(start, str) else "layer outputs of different shapes at inputs and baselines"
-        if score_x.shape != (examples,):
+        if score_x.ndim == 0 or score_x.shape[0] != examples or score_x.numel() != examples:   # [N] or [N, 1]
             return "the forward function's output is not one scalar per example for this target"
+        if end.dtype == torch.float64:
+            return "a float64 layer output: Captum integrates it in float64, fastig's path in fp32"
 
         layer_shape, layer_dtype = end.shape[1:], end.dtype
         end, start = _as_path(end), _as_path(start)
@@ -125,8 +127,9 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
 
         def score_from_layer(z, rows):
             with output_replaced(self.layer, z.view(len(z), *layer_shape).to(layer_dtype)):
-                return _run_forward(self.forward_func, (), _rows_of_target(target, rows),
-                                    _rows_of(inputs_tuple + (additional or ()), rows))
+                scores = _run_forward(self.forward_func, (), _rows_of_target(target, rows),
+                                      _rows_of(inputs_tuple + (additional or ()), rows, examples))
+            return scores.reshape(len(rows))     # [c] also where the forward returns [c, 1] (target None)
 
         alphas, weights = quadrature.rule(method, n_steps)
         t0 = time.perf_counter()
@@ -150,8 +153,11 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
         output = _format_outputs(False, [(attributions,)])
         if not return_convergence_delta:
             return output
-        difference = (score_x - score_b).to(torch.promote_types(layer_dtype, score_x.dtype))
-        return output, attributions.reshape(examples, -1).sum(1) - difference
+        # Captum's own delta, with its two last forwards (at the baselines, then at the inputs): tools
+        # that keep state from their forward function (transformers-interpret's predicted probabilities)
+        # read it from the last call, which must be at the inputs as in Captum.
+        return output, self.compute_convergence_delta(attributions, baselines_tuple, inputs_tuple,
+                                                      additional_forward_args=additional, target=target)
 
     def _endpoint(self, inputs_tuple, additional, target):
         """The layer's output [N, ...] and the target scores [N] at these inputs, from one forward."""
@@ -188,8 +194,6 @@ def _rows_unsupported(examples: int, inputs_tuple, baselines_tuple, additional, 
     for name, tensors in (("input", inputs_tuple), ("baseline", baselines_tuple)):
         if any(t.ndim == 0 or t.shape[0] != examples for t in tensors):
             return f"an {name} whose first dimension is not the {examples} examples"
-    if any(isinstance(a, torch.Tensor) and a.ndim > 0 and a.shape[0] != examples for a in additional or ()):
-        return "an additional_forward_args tensor whose first dimension is not the examples"
     if isinstance(target, list) and len(target) != examples:
         return "a target list whose length is not the number of examples"
     if isinstance(target, torch.Tensor) and target.numel() > 1 and (target.ndim != 1 or len(target) != examples):
@@ -197,9 +201,15 @@ def _rows_unsupported(examples: int, inputs_tuple, baselines_tuple, additional, 
     return None
 
 
-def _rows_of(arguments: tuple, rows: torch.Tensor) -> tuple:
-    """Each tensor argument at the examples of `rows` (non-tensors and 0-d tensors as they are)."""
-    return tuple(a[rows.to(a.device)] if isinstance(a, torch.Tensor) and a.ndim > 0 else a for a in arguments)
+def _rows_of(arguments: tuple, rows: torch.Tensor, examples: int) -> tuple:
+    """The arguments of a call of these rows, as Captum expands them: a tensor with one row per example
+    at the examples of `rows`; any other tensor (a 1-D tensor of target tokens, as Captum's
+    LLMGradientAttribution passes) repeated along dimension 0 once per step in the call, as Captum
+    repeats it; non-tensors and 0-d tensors as they are."""
+    steps_in_call = -(-len(rows) // examples)
+    return tuple(a if not isinstance(a, torch.Tensor) or a.ndim == 0
+                 else a[rows.to(a.device)] if a.shape[0] == examples
+                 else torch.cat([a] * steps_in_call) for a in arguments)
 
 
 def _rows_of_target(target, rows: torch.Tensor):

@@ -1,0 +1,171 @@
+"""Under the tools people run (transformers-interpret, Captum's LLMGradientAttribution), fastig's drop-in
+class gives what Captum gives: the attributions, and what the tools read from their own forward functions."""
+
+import pytest
+import torch
+from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradients
+from conftest import COMMON, CORPUS, _config, assert_close
+from torch import nn
+from transformers import BertForTokenClassification, GPT2Config, GPT2LMHeadModel
+
+import fastig
+from fastig.captum import LayerIntegratedGradients
+
+TEXT = "the good movie w1 w2 bad plot & w7"
+
+
+class Recorder(nn.Module):
+    """A bag-of-embeddings classifier whose forward records each call: (rows, gradients enabled, ids)."""
+
+    def __init__(self, columns: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.words = nn.Embedding(30, 8)
+        self.head = nn.Linear(8, columns)
+        self.calls = []
+
+    def forward(self, ids):
+        self.calls.append((len(ids), torch.is_grad_enabled(), ids.clone()))
+        return self.head(torch.tanh(self.words(ids)).mean(1))
+
+
+def _ids(examples: int) -> torch.Tensor:
+    return torch.randint(1, 30, (examples, 6), generator=torch.Generator().manual_seed(examples))
+
+
+@pytest.mark.parametrize("return_convergence_delta", [True, False])
+@pytest.mark.parametrize("internal_batch_size", [None, 4])
+def test_the_forward_function_is_called_as_captum_calls_it(return_convergence_delta, internal_batch_size):
+    """The same calls in the same order, with or without gradients, of the same sizes, over the same
+    rows; the last one at the inputs when Captum's is (return_convergence_delta), so state a tool keeps
+    from it is Captum's. (Within the path's calls fastig groups the rows by example, Captum by step.)"""
+    ids = _ids(2)
+    seen = {}
+    for name, cls in (("captum", CaptumLayerIntegratedGradients), ("fastig", LayerIntegratedGradients)):
+        model = Recorder()
+        lig = cls(model, model.words)
+        lig.attribute(ids, target=1, n_steps=7, internal_batch_size=internal_batch_size,
+                      return_convergence_delta=return_convergence_delta)
+        seen[name] = model.calls
+        if name == "fastig":
+            assert lig.last_path == "fastig"
+    assert [call[:2] for call in seen["fastig"]] == [call[:2] for call in seen["captum"]]
+    def path_rows(calls):
+        rows = torch.cat([ids for _, with_gradients, ids in calls if with_gradients])
+        return sorted(map(tuple, rows.tolist()))
+    assert path_rows(seen["fastig"]) == path_rows(seen["captum"])
+    if return_convergence_delta:
+        assert torch.equal(seen["fastig"][-1][2], ids) and torch.equal(seen["captum"][-1][2], ids)
+        assert not seen["fastig"][-1][1]
+
+
+def test_a_forward_returning_one_column_and_no_target_takes_the_fast_path():
+    """Captum's own test models return [N, 1] and are called with target=None."""
+    model = Recorder(columns=1)
+    ids = _ids(3)
+    expected, expected_delta = CaptumLayerIntegratedGradients(model, model.words).attribute(
+        ids, n_steps=9, return_convergence_delta=True)
+    lig = LayerIntegratedGradients(model, model.words)
+    actual, delta = lig.attribute(ids, n_steps=9, return_convergence_delta=True)
+    assert lig.last_path == "fastig", lig.last_fallback_reason
+    assert_close(actual, expected, rtol=1e-4, atol=1e-7, what="attributions")
+    assert_close(delta, expected_delta, rtol=1e-3, atol=1e-6, what="delta")
+
+
+def test_a_float64_model_is_integrated_in_float64_as_captum_does():
+    model = Recorder().double()
+    ids = _ids(2)
+    expected = CaptumLayerIntegratedGradients(model, model.words).attribute(ids, target=0, n_steps=9)
+    lig = LayerIntegratedGradients(model, model.words)
+    actual = lig.attribute(ids, target=0, n_steps=9)
+    assert actual.dtype == torch.float64 and lig.last_path == "captum" and "float64" in lig.last_fallback_reason
+    assert torch.equal(actual, expected)
+
+
+def _explain(explainer_class, model, tokenizer, **call):
+    """The explainer's output and the explainer, with Captum and with fastig under patch_captum()."""
+    expected_explainer = explainer_class(model, tokenizer)
+    expected = expected_explainer(TEXT, **call)
+    with fastig.patch_captum():
+        actual_explainer = explainer_class(model, tokenizer)
+        actual = actual_explainer(TEXT, **call)
+    attributions = actual_explainer.attributions
+    attributions = attributions.values() if isinstance(attributions, dict) else \
+        attributions if isinstance(attributions, list) else [attributions]    # per label, per token, one
+    for lig in [a.lig for a in attributions]:
+        assert isinstance(lig, LayerIntegratedGradients) and lig.last_path == "fastig", lig.last_fallback_reason
+    return expected, expected_explainer, actual, actual_explainer
+
+
+def _scores(word_attributions) -> torch.Tensor:
+    return torch.tensor([score for _, score in word_attributions])
+
+
+def test_transformers_interpret_sequence_explainer_reports_captums_prediction(models, tokenizer):
+    from transformers_interpret import SequenceClassificationExplainer
+
+    expected, want, actual, got = _explain(SequenceClassificationExplainer, models("bert"), tokenizer, n_steps=30)
+    assert [w for w, _ in actual] == [w for w, _ in expected]
+    assert_close(_scores(actual), _scores(expected), rtol=1e-4, atol=1e-6, what="word attributions")
+    assert got.predicted_class_index == want.predicted_class_index
+    assert float(got.pred_probs) == pytest.approx(float(want.pred_probs), abs=1e-6)
+
+
+def test_transformers_interpret_multilabel_explainer_reports_captums_probabilities(models, tokenizer):
+    from transformers_interpret import MultiLabelClassificationExplainer
+
+    expected, want, actual, got = _explain(MultiLabelClassificationExplainer, models("bert"), tokenizer, n_steps=20)
+    assert list(actual) == list(expected)
+    for label in expected:
+        assert_close(_scores(actual[label]), _scores(expected[label]), rtol=1e-4, atol=1e-6, what=label)
+        assert float(got.label_probs_dict[label]) == pytest.approx(float(want.label_probs_dict[label]), abs=1e-6)
+
+
+def test_transformers_interpret_token_explainer_reports_captums_labels(tokenizer):
+    from transformers_interpret import TokenClassificationExplainer
+
+    torch.manual_seed(0)
+    model = BertForTokenClassification(_config("bert")).eval()
+    expected, _, actual, _ = _explain(TokenClassificationExplainer, model, tokenizer, n_steps=12)
+    assert list(actual) == list(expected)
+    for token in expected:
+        assert actual[token]["label"] == expected[token]["label"]
+        assert_close(_scores(actual[token]["attribution_scores"]), _scores(expected[token]["attribution_scores"]),
+                     rtol=1e-4, atol=1e-6, what=f"token {token}")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    end = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=COMMON["hidden_size"], n_layer=2, n_head=4, n_positions=128,
+                        initializer_range=0.3, bos_token_id=end, eos_token_id=end)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@pytest.mark.parametrize("target", [" improves the model", None], ids=["given", "generated"])
+def test_captums_llm_attribution_takes_the_fast_path_and_agrees(tiny_gpt2, target):
+    """LLMGradientAttribution passes the target tokens as a 1-D tensor in additional_forward_args."""
+    from captum.attr import LLMGradientAttribution, TextTokenInput
+
+    model, tokenizer = tiny_gpt2
+    prompt = TextTokenInput("The component works. Our method", tokenizer)
+    generation = None if target else {"max_new_tokens": 4, "do_sample": False}
+    expected = LLMGradientAttribution(CaptumLayerIntegratedGradients(model, model.transformer.wte), tokenizer) \
+        .attribute(prompt, target=target, gen_args=generation, n_steps=16)
+    attribution = LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.wte), tokenizer)
+    actual = attribution.attribute(prompt, target=target, gen_args=generation, n_steps=16)
+    assert attribution.attr_method.last_path == "fastig", attribution.attr_method.last_fallback_reason
+    assert attribution.attr_method.fast_calls == len(expected.output_tokens) >= 3
+    assert actual.output_tokens == expected.output_tokens
+    assert_close(actual.token_attr, expected.token_attr, rtol=1e-4, atol=1e-7, what="token attributions")
