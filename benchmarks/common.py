@@ -24,7 +24,7 @@ CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A sequence classifier (2 labels) of a known shape: randomly initialised, or with trained_steps
+    """A sequence classifier (2 labels unless told) of a known shape: randomly initialised, or with trained_steps
     trained on a synthetic keyword task (benchmarks/trained.py) and fed documents of that task."""
     family: str                     # "longformer" | "bert"
     layers: int
@@ -36,13 +36,14 @@ class ModelSpec:
     seed: int = 0
     trained_steps: int = 0
     vocab_size: int | None = None   # None: the family's; a trained model takes a small one, quicker to teach
+    labels: int = 2
 
     def build(self) -> torch.nn.Module:
         from transformers import (BertConfig, BertForSequenceClassification, LongformerConfig,
                                   LongformerForSequenceClassification)
 
         shape = dict(num_hidden_layers=self.layers, hidden_size=self.hidden, num_attention_heads=self.heads,
-                     intermediate_size=4 * self.hidden, num_labels=2, initializer_range=self.initializer_range,
+                     intermediate_size=4 * self.hidden, num_labels=self.labels, initializer_range=self.initializer_range,
                      **({"vocab_size": self.vocab_size} if self.vocab_size else {}))
         torch.manual_seed(self.seed)
         if self.family == "longformer":
@@ -266,6 +267,45 @@ def measure(job: Job) -> dict:
                                                                  "precision_error", "tolerance_met")}
                               for d in run.documents]
     return found
+
+
+def targets_timing(job: Job, captum_batch: int) -> dict:
+    """Runs in a child process: every class of the job's documents explained by fastig in one sweep
+    (target="all"), by fastig one call per class, and by Captum one call per class (as tools call it),
+    timed in alternation (median of job.repeats rounds after a warm-up); and the sweep's largest
+    relative L2 difference to the one-call-per-class attributions."""
+    import fastig
+    from fastig.reference import captum_attribute
+
+    sweep_engine, ids = _engine_and_ids(job)
+    # Each way its own scheduler: a sweep's call costs more than a one-target call of the same size, and
+    # the call-size search is per length.
+    each_engine = fastig.Engine(sweep_engine.model, precision="fp32", device=job.device)
+    classes = range(job.model.labels)
+    rule = dict(n_steps=job.n_steps, method=job.method)
+    runs = {
+        "fastig fp32, one sweep": lambda: sweep_engine.attribute(ids, target="all", **rule),
+        "fastig fp32, one call per class": lambda: [each_engine.attribute(ids, target=t, **rule) for t in classes],
+        f"captum ibs={captum_batch}, one call per class": lambda: [
+            captum_attribute(sweep_engine, ids, target=t, internal_batch_size=captum_batch, **rule) for t in classes],
+    }
+    results = {name: (run(), run())[1] for name, run in runs.items()}     # warm-up: probes, call-size search
+    times = {name: [] for name in runs}
+    for _ in range(job.repeats):
+        for name, run in runs.items():
+            sync = _sync(job)
+            started = time.perf_counter()
+            run()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - started)
+    sweep = results["fastig fp32, one sweep"]
+    per_class = results["fastig fp32, one call per class"]
+    pairs = len(classes)
+    rel_l2 = max(float((sweep.attributions[d * pairs + t] - per_class[t].attributions[d]).norm()
+                       / per_class[t].attributions[d].norm()) for t in classes for d in range(job.documents))
+    return {"times": times, "seconds": {name: statistics.median(t) for name, t in times.items()},
+            "rel_l2_sweep_vs_per_class": rel_l2}
 
 
 def _relative_delta(attributions: list, delta: torch.Tensor) -> float:

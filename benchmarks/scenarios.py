@@ -16,7 +16,7 @@ from fastig.reference import CaptumResult, compare
 
 from .common import (CAPTUM_DEFAULT_STEPS, CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance,
                      command_for, gauss_legendre_hindsight, in_child, log, measure, model_shape_peak, model_step,
-                     save_model, seconds_per_step, steps_to_tolerance, timed_command)
+                     save_model, seconds_per_step, steps_to_tolerance, targets_timing, timed_command)
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 HINDSIGHT_MAX_STEPS = 128   # the scan over every n costs n^2 / 2 evaluations per document
@@ -88,6 +88,12 @@ SIZES = {
                        (1, 2, 4), more_models=(replace(LONGFORMER_BASE, layers=4), LONGFORMER_SMALL)),
         "tiny": Sizes(TINY_LONGFORMER, ((32, 1, 32), (64, 1, 32)), (1, 2), more_models=(TINY_LONGFORMER,)),
     },
+    # (length, documents, n_steps); the model's labels are the targets explained
+    "several_targets": {
+        "full": Sizes(ModelSpec("bert", layers=12, max_tokens=512, labels=4), ((256, 8, 50),), GPU_BATCHES),
+        "quick": Sizes(ModelSpec("bert", layers=4, max_tokens=512, labels=4), ((256, 1, 16),), CPU_BATCHES),
+        "tiny": Sizes(replace(TINY_BERT, labels=4), ((16, 2, 4),), (1, 2)),
+    },
     "equal_accuracy": {
         "full": Sizes(TRAINED_BERT, ((64, 32, 0),), GPU_BATCHES, max_steps=4096,
                       more_models=(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2),)),
@@ -110,6 +116,8 @@ TITLES = {
     "equal_accuracy": "steps and time to reach a relative convergence delta",
     "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
                     "internal_batch_size), both scored against a converged fp32 reference",
+    "several_targets": "every class of a document: fastig in one sweep (target=\"all\") against one call per "
+                       "class, fastig's and Captum's (as tools call it)",
 }
 
 
@@ -270,6 +278,26 @@ def default_path(mode: str, repeats: int, device: str) -> dict:
             "model": "; ".join(dict.fromkeys(m.describe() for m in models)), "rows": rows}
 
 
+def several_targets(mode: str, repeats: int, device: str) -> dict:
+    """fastig's one sweep for every class against one call per class (fastig's, and Captum's at its best
+    internal_batch_size), all with fastig's allocator setting on CPU, timed in alternation in one process."""
+    sizes = SIZES["several_targets"][mode]
+    (length, documents, n_steps), = sizes.configs
+    job = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device,
+              retain_cpu_memory=device == "cpu")
+    best, _ = best_captum_batch(replace(job, provider="captum"), sizes.captum_batches)
+    found = in_child(targets_timing, job, best)
+    per_class = found["seconds"]["fastig fp32, one call per class"]
+    rows = [{"provider": name, "targets": sizes.model.labels, "length": length, "documents": documents,
+             "n_steps": n_steps, "seconds": seconds, "times": found["times"][name],
+             "time_vs_fastig_per_class": seconds / per_class} for name, seconds in found["seconds"].items()]
+    for row in rows:
+        log(f"several_targets: {row['provider']:<34} {row['seconds']:8.2f} s ({row['time_vs_fastig_per_class']:.2f}x)")
+    return {"name": "several_targets", "title": TITLES["several_targets"], "model": sizes.model.describe()
+            + f", {sizes.model.labels} labels", "rows": rows,
+            "rel_l2_sweep_vs_per_class": found["rel_l2_sweep_vs_per_class"]}
+
+
 def _uniform_to_tolerance(job: Job, max_steps: int) -> dict:
     """The job's rule at n_steps 1 (or 2), 2, 4, ... up to max_steps: the relative delta at each, and a
     row per tolerance with the first n_steps meeting it for every document."""
@@ -386,4 +414,6 @@ def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
         return model_steps(mode, repeats, device, peaks)
     if name == "processes":
         return process_scaling(mode, device)
+    if name == "several_targets":
+        return several_targets(mode, repeats, device)
     return compare_providers(name, mode, repeats, device, peaks)

@@ -23,7 +23,8 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import check_output, check_target, check_vocabulary, find_layer, model_length, recomputable_layers
+from .models import (check_output, check_target, check_vocabulary, find_layer, model_length,
+                     recomputable_layers, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -184,11 +185,19 @@ class Engine:
         chunk_size_override(chunk_size)
         rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)
-        targets = check_target(target, len(docs), self.model.config.num_labels)
+        n_classes = self.model.config.num_labels
+        several = several_targets(target, len(docs), n_classes)
+        per_document = 1
+        if several is None:
+            targets = check_target(target, len(docs), n_classes)
+        elif rule.auto or rule.targeted:    # each pair stops on its own: integrated as a document of its own
+            docs, targets = [doc for doc in docs for _ in several[0]], [t for row in several for t in row]
+        else:                               # one sweep: each step's forward shared by the document's targets
+            targets, per_document = several, len(several[0])
         self.scheduler.start_run()
 
         bar = Progress(len(docs)) if progress else None
-        records, groups, seconds = [None] * len(docs), [], TimeSplit()
+        records, groups, seconds = [None] * (len(docs) * per_document), [], TimeSplit()
         try:
             # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
             # the last layer computes only the first token, which the classifier reads (fastig.first_token).
@@ -205,14 +214,15 @@ class Engine:
                         bar.documents_done(len(group))
                     groups.append((len(group), path))
                     seconds.add(path.seconds)
-                    for i, (record, attributions) in zip(group, results):
+                    slots = [i * per_document + t for i in group for t in range(per_document)]
+                    for i, (record, attributions) in zip(slots, results):
                         records[i] = (record, attributions)
         finally:
             if bar is not None:
                 bar.close()
 
         documents = [record for record, _ in records]
-        token_steps = sum(len(d.tokens) * d.evaluations for d in documents)
+        token_steps = sum(len(d.tokens) * d.evaluations for d in documents) / per_document  # the model's
         not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
                          retains_cpu_memory=retains_memory, fallbacks=sum(path.fallbacks for _, path in groups),
@@ -229,6 +239,8 @@ class Engine:
                              n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
                              output=output, stats=stats)
         if not_finite:
+            if several is not None:     # results are per (document, target) pair
+                not_finite = sorted({i // len(several[0]) for i in not_finite})
             raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
                                  "(nan or inf) there, so no attribution is given; the model or its inputs are "
                                  "broken for them (the other documents' results are in the error's .result)",
@@ -268,20 +280,24 @@ class Engine:
             path = self._integrate(step, ends, rule, chunk_size, on_chunk)
         per_document = rule.auto or rule.targeted
         t2 = time.perf_counter()
-        # [G, L', H] and [G, L']; L' > L when the model pads (no attribution there: same ids in x and b)
+        # [P, L', H] and [P, L'], P = G (document, target) pairs, G * T with T targets per document;
+        # L' > L when the model pads (no attribution there: same ids in x and b)
         attributions, token_sums = kernels.finalize(path.difference, path.gradient_sum)
-        deltas = token_sums.sum(-1) - (ends.f_x - ends.f_b)
+        f_x, f_b = ends.f_x.reshape(-1), ends.f_b.reshape(-1)
+        deltas = token_sums.sum(-1) - (f_x - f_b)
         # One copy to the host per tensor and group, not per document.
         attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
-            t.cpu() for t in (attributions, token_sums, deltas, ends.logits_x.argmax(-1), ends.target,
-                              torch.softmax(ends.logits_x.float(), -1), ends.f_x, ends.f_b))
+            t.cpu() for t in (attributions, token_sums, deltas, ends.logits_x.argmax(-1), ends.target.reshape(-1),
+                              torch.softmax(ends.logits_x.float(), -1), f_x, f_b))
         integrand = path.integrand if per_document else path.integrand.cpu()    # per document: on CPU already
+        targets_each = len(targets_used) // len(docs)
         results = []
-        for row, (doc, length) in enumerate(zip(docs, batch.lengths)):
+        for row in range(len(targets_used)):
+            doc, length = docs[row // targets_each], batch.lengths[row // targets_each]
             record = DocumentResult(
                 tokens=doc.tokens, input_ids=doc.input_ids, special_positions=doc.special_positions,
-                token_scores=normalized(token_sums[row, :length]), prediction=int(predictions[row]),
-                probs=probs[row], target=int(targets_used[row]), output_at_input=float(f_x[row]),
+                token_scores=normalized(token_sums[row, :length]), prediction=int(predictions[row // targets_each]),
+                probs=probs[row // targets_each], target=int(targets_used[row]), output_at_input=float(f_x[row]),
                 output_at_baseline=float(f_b[row]), delta=float(deltas[row]),
                 alphas=path.alphas[row] if per_document else rule.alphas,
                 integrand=integrand[row],
@@ -304,7 +320,8 @@ class Engine:
         n_steps, processes = len(rule.alphas), self.processes
         mine = processes.items(n_steps)
         path = integrate_path(step, ends.start, ends.end, rule.alphas[mine], rule.weights[mine], self.scheduler,
-                              chunk_size, on_chunk=on_chunk, precision=self.precision)
+                              chunk_size, on_chunk=on_chunk, precision=self.precision,
+                              targets=ends.target.shape[1] if ends.target.ndim == 2 else 1)
         path.integrand = processes.combine(path.integrand, mine, n_steps, dim=1)
         path.outputs = processes.combine(path.outputs, mine, n_steps, dim=1)
         processes.sum(path.gradient_sum)

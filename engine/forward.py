@@ -62,7 +62,8 @@ class Endpoints:
     """The two ends of each document's path and the model's outputs there.
 
     end, start: [G, L', H] fp32 layer outputs e(x), e(b). logits_x: [G, C] at the inputs.
-    target: [G] long, the class attributed. f_x, f_b: [G] fp32, F(x) and F(b).
+    target: [G] long, the class attributed ([G, T] for T targets per document). f_x, f_b: [G] (or [G, T])
+    fp32, F(x) and F(b).
     """
     end: torch.Tensor
     start: torch.Tensor
@@ -100,7 +101,7 @@ def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Docum
               output: str) -> Endpoints:
     """e(x), e(b), the logits and F at both ends, from one forward of inputs and baseline ids together
     (a second, from the layer on, for baselines given as layer outputs). targets: a class id or None
-    (the predicted class) per document."""
+    (the predicted class) per document, or a list of T classes per document."""
     group = len(batch.lengths)
     ids, kwargs = batch.input_ids, batch.model_kwargs
     if batch.baseline_ids is not None:
@@ -119,13 +120,13 @@ def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Docum
             logits_b = logits_from_layer(model, layer, batch, start, torch.arange(group, device=end.device))
     predictions = logits_x.argmax(-1).tolist()
     target = torch.tensor([p if t is None else t for t, p in zip(targets, predictions)], device=end.device)
-    f_x, f_b = score(torch.cat([logits_x, logits_b]).float(), target.repeat(2), output).chunk(2)
+    f_x, f_b = score(torch.cat([logits_x, logits_b]).float(), torch.cat([target, target]), output).chunk(2)
     return Endpoints(end, start, logits_x, target, f_x, f_b)
 
 
 @dataclass
 class ModelStep:
-    """F [c] at layer outputs z [c, L', H] of rows `rows` [c] of the batch: the model run from the layer
+    """F [c] (or [c, T]) at layer outputs z [c, L', H] of rows `rows` [c] of the batch: the model run from the layer
     on, differentiable in z; each transformer layer recomputed in the backward pass while the
     scheduler says so (its first probe may switch it on or off during the run)."""
     model: nn.Module

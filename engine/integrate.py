@@ -42,14 +42,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor,
-              precision: Precision) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """dF/dz [c, L*H] fp32 and F [c] fp32 with the model's forward in `precision`; None if that gave inf or nan."""
+def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor, precision: Precision,
+              targets: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """dF/dz [T * c, L*H] fp32 and F [T * c] fp32 (target-major) with the model's forward in `precision`;
+    None if that gave inf or nan. With T targets the forward runs once and each target's gradient is
+    one more backward pass through the same graph."""
     with torch.enable_grad():
         with precision.autocast():
-            scores = score_from_layer(z, docs)
-        (grads,) = torch.autograd.grad(scores.float().sum() * precision.score_scale, z)
-    grads, scores = grads.reshape(len(z), -1).float(), scores.detach().float()
+            scores = score_from_layer(z, docs).reshape(len(z), targets).float()
+        grads = torch.cat([torch.autograd.grad(scores[:, t].sum() * precision.score_scale, z,
+                                               retain_graph=t < targets - 1)[0] for t in range(targets)])
+    grads, scores = grads.reshape(targets * len(z), -1).float(), scores.detach().t().reshape(-1)
     if precision.name == "fp32":
         return grads, scores
     grads /= precision.score_scale
@@ -59,7 +62,7 @@ def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor,
 def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    start: torch.Tensor, end: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor,
                    scheduler: Scheduler, chunk_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
-                   precision: Precision = FP32) -> PathIntegral:
+                   precision: Precision = FP32, targets: int = 1) -> PathIntegral:
     """Integrate dF/dz along z(a) = start + a (end - start) for G documents of one length.
 
     score_from_layer: (z [c, L, H], docs [c] long, which document each row is) -> F [c],
@@ -70,14 +73,20 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
     each chunk (progress bars).
     precision: the model's forward runs under its autocast; a chunk whose gradient is not
     finite is redone in fp32 and counted in `fallbacks`.
+    targets: T > 1 when score_from_layer gives F [c, T], T targets of each document: one forward
+    per (document, step) for all of them. The result then holds G * T paths, document-major
+    (path g * T + t is document g's target t), as if each pair were a document of its own.
     """
     device = end.device
     n_docs, length, n_steps = end.shape[0], end.shape[1], len(alphas)
     difference = end - start                                    # [G, L, H]
-    flat_difference = difference.flatten(1)          # [G, L*H], also for G = 0 (a process with no share)
+    # [G * T, L, H]: each (document, target) pair's own
+    path_difference = difference.repeat_interleave(targets, 0) if targets > 1 else difference
+    flat_difference = path_difference.flatten(1)     # [G * T, L*H], also for G = 0 (a process with no share)
     gradient_sum = torch.zeros_like(flat_difference)
-    integrand = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
-    outputs = torch.empty(n_docs, n_steps, dtype=torch.float32, device=device)
+    integrand = torch.empty(n_docs * targets, n_steps, dtype=torch.float32, device=device)
+    outputs = torch.empty(n_docs * targets, n_steps, dtype=torch.float32, device=device)
+    target_of_row = torch.arange(targets, device=device)[:, None]
     alphas, weights = alphas.to(device), weights.to(device)
     seconds = TimeSplit()
     sizes, fallbacks = [], 0
@@ -94,9 +103,9 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
                 _sync(device)
                 t1 = time.perf_counter()
                 z.requires_grad_(True)
-                found = _gradient(score_from_layer, z, docs, precision)        # [c, L*H], [c] fp32
+                found = _gradient(score_from_layer, z, docs, precision, targets)   # [T c, L*H], [T c] fp32
                 if found is None:
-                    found = _gradient(score_from_layer, z, docs, FP32)
+                    found = _gradient(score_from_layer, z, docs, FP32, targets)
                     fallbacks += 1
                 grads, scores = found
                 _sync(device)
@@ -113,8 +122,10 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         t2 = time.perf_counter()
         if not probing:     # the probe's time includes its memory measurement
             scheduler.timed(length, hi - lo, t2 - t1)
-        kernels.accumulate(gradient_sum, integrand, grads, flat_difference, docs, steps, weights)
-        outputs[docs, steps] = scores
+        paths = (docs * targets + target_of_row).reshape(-1) if targets > 1 else docs   # target-major, as grads
+        path_steps = steps.repeat(targets) if targets > 1 else steps
+        kernels.accumulate(gradient_sum, integrand, grads, flat_difference, paths, path_steps, weights)
+        outputs[paths, path_steps] = scores
         _sync(device)
         seconds.interpolate += t1 - t0
         seconds.model += t2 - t1
@@ -124,5 +135,5 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
             on_chunk(hi - lo)
         lo = hi
         size = scheduler.sequences_per_call(length, chunk_size)
-    return PathIntegral(difference, gradient_sum.view_as(difference), integrand, outputs, seconds, sizes,
+    return PathIntegral(path_difference, gradient_sum.view_as(path_difference), integrand, outputs, seconds, sizes,
                         fallbacks)

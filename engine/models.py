@@ -96,10 +96,12 @@ def model_length(config, length: int) -> int:
 def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
     """F of each row: softmax probability (the seed's choice) or logit of `target`.
 
-    logits: [N, C]; target: [N] long. Returns [N] in the dtype of logits.
+    logits: [N, C]; target: [N] long, or [N, T] for T targets per row. Returns [N] (or [N, T]) in
+    the dtype of logits.
     """
     values = torch.softmax(logits, dim=-1) if output == "probs" else logits
-    return values.gather(1, target.view(-1, 1)).squeeze(1)
+    picked = values.gather(1, target.view(len(target), -1))
+    return picked.squeeze(1) if target.ndim == 1 else picked
 
 
 def _class_index(value):
@@ -110,7 +112,7 @@ def _class_index(value):
     if value is None or isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return None if value is None else int(value)
     raise TargetError(f"target={value!r} is not a class index: give None (the predicted class), an int, "
-                      "or one int per document")
+                      "one int per document, or several classes: 'all' or one list of classes per document")
 
 
 def check_output(output: str, num_labels: int) -> None:
@@ -145,6 +147,30 @@ def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
         if t is not None and not 0 <= t < n_classes:
             raise TargetError(f"target={t} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     return targets
+
+
+def several_targets(target, n_docs: int, n_classes: int) -> list[list[int]] | None:
+    """The classes of each document when several are asked for ("all", or one list of classes per
+    document, all of one length; a [B, T] tensor alike); None for the one-target forms of check_target."""
+    if isinstance(target, str) and target == "all":
+        return [list(range(n_classes))] * n_docs
+    if isinstance(target, torch.Tensor) and target.ndim == 2:
+        target = target.tolist()
+    if not isinstance(target, (list, tuple)) or not any(isinstance(t, (list, tuple, torch.Tensor)) for t in target):
+        if isinstance(target, str):
+            raise TargetError(f"target={target!r} is not a class index or 'all': give None (the predicted class), "
+                              "an int, one int per document, 'all', or one list of classes per document")
+        return None
+    if len(target) != n_docs or not all(isinstance(t, (list, tuple, torch.Tensor)) for t in target):
+        raise TargetError(f"target has {len(target)} entries for {n_docs} documents; several targets are one "
+                          "list of classes per document (or 'all')")
+    classes = [[_class_index(t) for t in row] for row in target]
+    if len({len(row) for row in classes}) != 1 or not classes[0] or any(None in row for row in classes):
+        raise TargetError("several targets: every document's list must name the same number (1 or more) of "
+                          "classes, as ints (None, the predicted class, is for one target per document)")
+    for row in classes:
+        check_target(row, len(row), n_classes)
+    return classes
 
 
 @contextmanager

@@ -39,6 +39,15 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
     assert len(saved["documents"][0]["top"]) == 3
 
 
+def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    assert main(["attribute", "--model", model_dir, "--text", make_text(11), "--target", "all", "--n-steps", "6",
+                 "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [d["target"] for d in saved["documents"]] == [0, 1, 2]      # the saved model's three classes
+    assert len({tuple(d["tokens"]) for d in saved["documents"]}) == 1
+
+
 def test_attribute_reports_its_memory(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, "--text", make_text(30), "--n-steps", "8",
                  "--memory-budget", "90%", "--chunk-size", "4"]) == 0

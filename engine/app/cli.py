@@ -38,7 +38,7 @@ def _int_or(flag: str, words: dict, allowed: str):
     return parse
 
 
-_target = _int_or("--target", {"predicted": None}, "a class index or 'predicted'")
+_target = _int_or("--target", {"predicted": None, "all": "all"}, "a class index, 'predicted' or 'all'")
 _n_steps = _int_or("--n-steps", {"auto": "auto"}, "a number of steps or auto")
 _dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted"}, "label, predicted or a class index")
 
@@ -82,7 +82,8 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     _add_rule_args(p)
     p.add_argument("--text", action="append", help="a document (repeat for several)")
     p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
-    p.add_argument("--target", type=_target, default=None, help="class index, or 'predicted' (default)")
+    p.add_argument("--target", type=_target, default=None,
+                   help="class index, 'predicted' (default), or 'all': every class, one explanation each")
     p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
                                                   "(default: sized from the memory budget)")
     _add_processes_arg(p, "each document's steps")
