@@ -105,6 +105,21 @@ def median_seconds(fn, repeats: int, sync=None) -> tuple[float, list[float], obj
     return statistics.median(times), times, value
 
 
+def alternated_seconds(runs: dict, repeats: int, sync=None) -> tuple[dict, dict, dict]:
+    """Each named run's median wall time over `repeats` rounds that run them in turn (a noisy machine
+    slows neighbours alike), after one warm-up round: (medians, times, what each returned last)."""
+    results = {name: run() for name, run in runs.items()}
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, times, results
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -289,23 +304,15 @@ def targets_timing(job: Job, captum_batch: int) -> dict:
         f"captum ibs={captum_batch}, one call per class": lambda: [
             captum_attribute(sweep_engine, ids, target=t, internal_batch_size=captum_batch, **rule) for t in classes],
     }
-    results = {name: (run(), run())[1] for name, run in runs.items()}     # warm-up: probes, call-size search
-    times = {name: [] for name in runs}
-    for _ in range(job.repeats):
-        for name, run in runs.items():
-            sync = _sync(job)
-            started = time.perf_counter()
-            run()
-            if sync is not None:
-                sync()
-            times[name].append(time.perf_counter() - started)
+    for run in runs.values():       # a second warm-up: the probes, then the call-size search
+        run()
+    seconds, times, results = alternated_seconds(runs, job.repeats, _sync(job))
     sweep = results["fastig fp32, one sweep"]
     per_class = results["fastig fp32, one call per class"]
     pairs = len(classes)
     rel_l2 = max(float((sweep.attributions[d * pairs + t] - per_class[t].attributions[d]).norm()
                        / per_class[t].attributions[d].norm()) for t in classes for d in range(job.documents))
-    return {"times": times, "seconds": {name: statistics.median(t) for name, t in times.items()},
-            "rel_l2_sweep_vs_per_class": rel_l2}
+    return {"times": times, "seconds": seconds, "rel_l2_sweep_vs_per_class": rel_l2}
 
 
 def _relative_delta(attributions: list, delta: torch.Tensor) -> float:

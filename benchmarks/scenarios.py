@@ -17,6 +17,7 @@ from fastig.reference import CaptumResult, compare
 from .common import (CAPTUM_DEFAULT_STEPS, CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance,
                      command_for, gauss_legendre_hindsight, in_child, log, measure, model_shape_peak, model_step,
                      save_model, seconds_per_step, steps_to_tolerance, targets_timing, timed_command)
+from .tools import tools_timing
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 HINDSIGHT_MAX_STEPS = 128   # the scan over every n costs n^2 / 2 evaluations per document
@@ -94,6 +95,12 @@ SIZES = {
         "quick": Sizes(ModelSpec("bert", layers=4, max_tokens=512, labels=4), ((256, 1, 16),), CPU_BATCHES),
         "tiny": Sizes(replace(TINY_BERT, labels=4), ((16, 2, 4),), (1, 2)),
     },
+    # The tools' own models (benchmarks/tools.py): a BERT classifier and a GPT-2 of this shape
+    "tools": {
+        "full": dict(layers=12, hidden=768, text_words=250, prompt_words=30, new_tokens=25, n_steps=50),
+        "quick": dict(layers=4, hidden=256, text_words=120, prompt_words=30, new_tokens=8, n_steps=50),
+        "tiny": dict(layers=2, hidden=32, text_words=10, prompt_words=5, new_tokens=3, n_steps=4),
+    },
     "equal_accuracy": {
         "full": Sizes(TRAINED_BERT, ((64, 32, 0),), GPU_BATCHES, max_steps=4096,
                       more_models=(ModelSpec("bert", layers=12, max_tokens=512, initializer_range=0.2),)),
@@ -116,6 +123,8 @@ TITLES = {
     "equal_accuracy": "steps and time to reach a relative convergence delta",
     "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
                     "internal_batch_size), both scored against a converged fp32 reference",
+    "tools": "the tools people run, with Captum and on fastig: transformers-interpret's sequence explainer, and "
+             "Captum's LLMGradientAttribution (Captum's class, fastig's drop-in, fastig.llm's one sweep)",
     "several_targets": "every class of a document: fastig in one sweep (target=\"all\") against one call per "
                        "class, fastig's and Captum's (as tools call it)",
 }
@@ -298,6 +307,21 @@ def several_targets(mode: str, repeats: int, device: str) -> dict:
             "rel_l2_sweep_vs_per_class": found["rel_l2_sweep_vs_per_class"]}
 
 
+def tools(mode: str, repeats: int, device: str) -> dict:
+    """Each tool's call with Captum and on fastig, timed in alternation in one process (CPU or GPU alike:
+    the tools run where their models are, on the CPU here)."""
+    sizes = SIZES["tools"][mode]
+    found = in_child(tools_timing, sizes, repeats)
+    for row in found["rows"]:
+        agreement = "" if row["rel_l2_vs_captum"] is None else f", rel L2 {row['rel_l2_vs_captum']:.1e}"
+        log(f"tools: {row['provider']:<46} {row['seconds']:8.2f} s ({row['speedup_vs_captum']:.2f}x){agreement}")
+    return {"name": "tools", "title": TITLES["tools"], "rows": found["rows"],
+            "model": (f"Bert and GPT-2, {sizes['layers']} layers, hidden {sizes['hidden']}, random; a "
+                      f"{found['text_tokens']}-token text; a {found['prompt_tokens']}-token prompt and "
+                      f"{found['generated_tokens']} target tokens; {sizes['n_steps']} steps"
+                      + "".join(f"; left out: {tool}" for tool in found["left_out"]))}
+
+
 def _uniform_to_tolerance(job: Job, max_steps: int) -> dict:
     """The job's rule at n_steps 1 (or 2), 2, 4, ... up to max_steps: the relative delta at each, and a
     row per tolerance with the first n_steps meeting it for every document."""
@@ -416,4 +440,6 @@ def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
         return process_scaling(mode, device)
     if name == "several_targets":
         return several_targets(mode, repeats, device)
+    if name == "tools":
+        return tools(mode, repeats, device)
     return compare_providers(name, mode, repeats, device, peaks)

@@ -89,6 +89,15 @@ def _targets_table(section: dict) -> list[str]:
                         "of the rounds after a warm-up; every way with fastig's allocator setting on CPU."]
 
 
+def _tools_table(section: dict) -> list[str]:
+    lines = ["| tool, attribution by | time (s) | rel L2 to Captum | vs Captum |", "|---|---:|---:|---:|"]
+    for r in section["rows"]:
+        lines.append(f"| {r['provider']} | {r['seconds']:.2f} | {_number(r['rel_l2_vs_captum'], 2)} "
+                     f"| {r['speedup_vs_captum']:.2f}x |")
+    return lines + ["", "Timed in alternation in one process (median of the rounds after a warm-up), every way with "
+                        "fastig's allocator setting."]
+
+
 def _accuracy_table(section: dict) -> list[str]:
     lines = []
     for summary in section["models"]:
@@ -191,7 +200,8 @@ def markdown(report: dict) -> str:
                  if "captum_best_batch" in section else "")
         lines += [f"**{section['name']}** — {section['title']}: {section['model']}{sweep}.", ""]
         table = {"equal_accuracy": _accuracy_table, "model_step": _step_table, "default_path": _default_path_table,
-                 "processes": _processes_table, "several_targets": _targets_table}.get(section["name"], _comparison_table)
+                 "processes": _processes_table, "several_targets": _targets_table,
+                 "tools": _tools_table}.get(section["name"], _comparison_table)
         lines += table(section) + [""]
     return "\n".join(lines)
 

@@ -116,6 +116,41 @@ def byte_level_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def causal_lm():
+    """(model, tokenizer) of a tiny causal LM ("gpt2" or "llama") with a byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              PreTrainedTokenizerFast)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    end = tokenizer.eos_token_id
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            torch.manual_seed(0)
+            if family == "gpt2":
+                config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                    initializer_range=0.3, bos_token_id=end, eos_token_id=end)
+                cache[family] = GPT2LMHeadModel(config).eval()
+            else:
+                config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     max_position_embeddings=128, initializer_range=0.3, bos_token_id=end,
+                                     eos_token_id=end)      # no pad token: a zero embedding row at the
+                                     # baseline id 0 would make F jump at alpha = 0 (RMSNorm of 0)
+                cache[family] = LlamaForCausalLM(config).eval()
+        return cache[family], tokenizer
+    return get
+
+
+@pytest.fixture(scope="session")
 def models():
     cache = {}
 

@@ -4,9 +4,9 @@ class gives what Captum gives: the attributions, and what the tools read from th
 import pytest
 import torch
 from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradients
-from conftest import COMMON, CORPUS, _config, assert_close
+from conftest import _config, assert_close
 from torch import nn
-from transformers import BertForTokenClassification, GPT2Config, GPT2LMHeadModel
+from transformers import BertForTokenClassification
 
 import fastig
 from fastig.captum import LayerIntegratedGradients
@@ -134,31 +134,12 @@ def test_transformers_interpret_token_explainer_reports_captums_labels(tokenizer
                      rtol=1e-4, atol=1e-6, what=f"token {token}")
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(CORPUS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    end = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=COMMON["hidden_size"], n_layer=2, n_head=4, n_positions=128,
-                        initializer_range=0.3, bos_token_id=end, eos_token_id=end)
-    return GPT2LMHeadModel(config).eval(), tokenizer
-
-
 @pytest.mark.parametrize("target", [" improves the model", None], ids=["given", "generated"])
-def test_captums_llm_attribution_takes_the_fast_path_and_agrees(tiny_gpt2, target):
+def test_captums_llm_attribution_takes_the_fast_path_and_agrees(causal_lm, target):
     """LLMGradientAttribution passes the target tokens as a 1-D tensor in additional_forward_args."""
     from captum.attr import LLMGradientAttribution, TextTokenInput
 
-    model, tokenizer = tiny_gpt2
+    model, tokenizer = causal_lm("gpt2")
     prompt = TextTokenInput("The component works. Our method", tokenizer)
     generation = None if target else {"max_new_tokens": 4, "do_sample": False}
     expected = LLMGradientAttribution(CaptumLayerIntegratedGradients(model, model.transformer.wte), tokenizer) \

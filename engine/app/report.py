@@ -10,6 +10,9 @@ each way link to their place in it; below it, the top and bottom words, the conv
 how the result was computed, the path integrand s(alpha), where the data and model came from,
 and a link back to the index.
 
+A generated text's page (generation_page, of fastig.llm's result) is a matrix: a row per generated
+token, a column per prompt token.
+
 The index lists every document (sortable) and, per target (and label), the words that push most
 toward and away from it by sum and by mean. Nothing is fetched: styles, the sorting script and the
 charts (matplotlib PNGs as data URIs) are inside the files, so they open offline and can be sent
@@ -235,6 +238,34 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
             + "<h3>Path integrand</h3>" + integrand_svg(record.alphas.tolist(), record.integrand.tolist())
             + ("" if source is None else "<h2>Source</h2>" + _facts(source.facts)))
     return _page(f"document {record.id}", body)
+
+
+def generation_page(result, title: str = "Generated tokens and the prompt tokens they come from") -> str:
+    """The page of a fastig.llm.GenerationAttribution: a matrix, a row per generated token and a column per
+    prompt token, each cell coloured by that prompt token's attribution (green: raises the generated
+    token's log-probability; red: lowers it), scaled to the matrix's 99th percentile of |attribution|
+    (each value shows on hover); the last row sums each column (Captum's seq_attr)."""
+    matrix = result.token_attr.float()
+    scale = float(np.percentile(matrix.abs().numpy(), SCALE_PERCENTILE)) or float(matrix.abs().max()) or 1.0
+
+    def cell(value: float) -> str:
+        return f'<td style="background-color: {color(value / scale)}" title="{value:+.4f}">{value:+.2f}</td>'
+    header = "".join(f"<th>{html.escape(token)}</th>" for token in result.prompt_tokens)
+    rows = "".join(f"<tr><th>{html.escape(token)}</th>{''.join(cell(float(v)) for v in row)}"
+                   f"<td>{float(result.delta[j]):+.1e}</td></tr>"
+                   for j, (token, row) in enumerate(zip(result.output_tokens, matrix)))
+    total = "".join(cell(float(v)) for v in result.seq_attr)
+    steps = "".join(f'<span style="background-color: {color(v)}"></span>' for v in np.linspace(-1, 1, 9))
+    body = (f"<h1>{html.escape(title)}</h1>"
+            f"<p><b>Prompt:</b> {html.escape(''.join(result.prompt_tokens))}<br><b>Generated:</b> "
+            f"{html.escape(result.output_text)}</p>"
+            f'<p class="legend">lowers the generated token {steps} raises it (its log-probability); colours '
+            f"saturate at ±{scale:.3g}, the {SCALE_PERCENTILE}th percentile of |attribution| (values on hover).</p>"
+            f'<table class="matrix"><thead><tr><th>generated \\ prompt</th>{header}<th>delta</th></tr></thead>'
+            f"<tbody>{rows}<tr><th>all generated</th>{total}<td></td></tr></tbody></table>"
+            + _facts({"rule": f"{result.method}, {result.n_steps} steps", "generated tokens": len(result.output_tokens),
+                      "prompt tokens attributed": len(result.prompt_tokens)}))
+    return _page(title, body)
 
 
 def _chart(rows, title: str, key: str, top: int) -> str:
