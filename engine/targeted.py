@@ -42,6 +42,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from .adaptive import AdaptiveIntegral
 from .errors import MethodError
 from .precision import Precision
 from .result import TimeSplit
@@ -86,29 +87,16 @@ def clenshaw_curtis(n: int) -> tuple[list[Fraction], np.ndarray]:
 
 
 @dataclass
-class TargetedIntegral:
-    """The integrals of G documents' paths, each to its accuracy.
-
-    difference, gradient_sum: [G, L, H] fp32 as in PathIntegral (gradient_sum of the last level).
-    alphas, integrand: per document, the last level's points and s there. evaluations: model
-    evaluations spent per document (every point, and the precision check). met: whether the
-    accuracy was reached. precision: per document, "fp32" or the low precision it ran in.
-    estimated_error: the last two levels' relative difference. precision_error: low precision's
-    error at alpha = 1/2 (None where it was not checked).
+class TargetedIntegral(AdaptiveIntegral):
+    """The integrals of G documents' paths, each to its accuracy: AdaptiveIntegral's fields (gradient_sum
+    of the last level; alphas and integrand: the last level's points and s there; evaluations: every point
+    and the precision check; met: whether the accuracy was reached), and per document the precision it
+    ran in ("fp32" or the low one), estimated_error (the levels' estimate, see _estimate) and
+    precision_error (low precision's error at alpha = 1/2; None where it was not checked).
     """
-    difference: torch.Tensor
-    gradient_sum: torch.Tensor
-    alphas: list
-    integrand: list
-    evaluations: list
-    met: list
-    precision: list
-    estimated_error: list
-    precision_error: list
-    evaluations_allowed: int
-    seconds: TimeSplit = field(default_factory=TimeSplit)
-    sequences_per_call: list = field(default_factory=list)
-    fallbacks: int = 0
+    precision: list = field(default_factory=list)
+    estimated_error: list = field(default_factory=list)
+    precision_error: list = field(default_factory=list)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -205,6 +193,7 @@ def integrate_to_accuracy(evaluate, start: torch.Tensor, end: torch.Tensor, f_x:
     for d in every:
         gradient_sum[d] = sums[d][-1]
         held[d].clear()                     # the held gradients go as soon as the group is summed
-    return TargetedIntegral(difference, gradient_sum, alphas_out, integrand_out, evaluations, met,
-                            [low.name if in_low[d] else fp32.name for d in every],
-                            estimated, precision_error, max_steps, seconds, sizes, fallbacks)
+    return TargetedIntegral(difference, gradient_sum, alphas_out, integrand_out, evaluations, met, seconds, sizes,
+                            fallbacks, evaluations_allowed=max_steps,
+                            precision=[low.name if in_low[d] else fp32.name for d in every],
+                            estimated_error=estimated, precision_error=precision_error)
