@@ -292,12 +292,13 @@ class Engine:
         integrand = path.integrand if per_document else path.integrand.cpu()    # per document: on CPU already
         targets_each = len(targets_used) // len(docs)
         results = []
-        for row in range(len(targets_used)):
-            doc, length = docs[row // targets_each], batch.lengths[row // targets_each]
+        for row in range(len(targets_used)):        # a (document, target) pair
+            d = row // targets_each
+            doc, length = docs[d], batch.lengths[d]
             record = DocumentResult(
                 tokens=doc.tokens, input_ids=doc.input_ids, special_positions=doc.special_positions,
-                token_scores=normalized(token_sums[row, :length]), prediction=int(predictions[row // targets_each]),
-                probs=probs[row // targets_each], target=int(targets_used[row]), output_at_input=float(f_x[row]),
+                token_scores=normalized(token_sums[row, :length]), prediction=int(predictions[d]),
+                probs=probs[d], target=int(targets_used[row]), output_at_input=float(f_x[row]),
                 output_at_baseline=float(f_b[row]), delta=float(deltas[row]),
                 alphas=path.alphas[row] if per_document else rule.alphas,
                 integrand=integrand[row],
