@@ -190,9 +190,9 @@ class Engine:
         per_document = 1
         if several is None:
             targets = check_target(target, len(docs), n_classes)
-        elif rule.auto or rule.targeted:    # each pair stops on its own: integrated as a document of its own
+        elif rule.auto:     # each pair integrated as a document of its own
             docs, targets = [doc for doc in docs for _ in several[0]], [t for row in several for t in row]
-        else:                               # one sweep: each step's forward shared by the document's targets
+        else:               # a document's forwards shared by its targets (each pair still stops on its own)
             targets, per_document = several, len(several[0])
         self.scheduler.start_run()
 
@@ -322,7 +322,7 @@ class Engine:
         mine = processes.items(n_steps)
         path = integrate_path(step, ends.start, ends.end, rule.alphas[mine], rule.weights[mine], self.scheduler,
                               chunk_size, on_chunk=on_chunk, precision=self.precision,
-                              targets=ends.target.shape[1] if ends.target.ndim == 2 else 1)
+                              targets=ends.targets_each)
         path.integrand = processes.combine(path.integrand, mine, n_steps, dim=1)
         path.outputs = processes.combine(path.outputs, mine, n_steps, dim=1)
         processes.sum(path.gradient_sum)
@@ -338,22 +338,34 @@ class Engine:
         point_bytes = ends.end[0].numel() * 4
         return self.processes.agree(max(least, min(max_steps, room // (point_bytes * len(ends.end)))))
 
-    def _evaluate_points(self, step: ModelStep, ends: Endpoints, point_docs: torch.Tensor, point_alphas: torch.Tensor,
+    def _evaluate_points(self, step: ModelStep, ends: Endpoints, point_paths: torch.Tensor, point_alphas: torch.Tensor,
                          precision: Precision, chunk_size, on_chunk) -> PathIntegral:
-        """F, s and dF/dz at (document, alpha) pairs, each a one-point path from z(alpha), in `precision`; each
-        process takes its share of the pairs, and every process ends with all of them. Their gradients
-        [J, L, H] count as held memory until the caller resets scheduler.held_bytes."""
-        processes, scheduler = self.processes, self.scheduler
+        """F, s and dF/dz at (path, alpha) pairs, each a one-point path from z(alpha), in `precision`; each
+        process takes its share of the pairs, and every process ends with all of them. A path is a document,
+        or with T targets per document the pair (document p // T, its target p % T): then each (document,
+        alpha) pair runs the model once for all T targets (one backward pass each). Their gradients [J, L, H]
+        count as held memory until the caller resets scheduler.held_bytes."""
+        processes, scheduler, targets = self.processes, self.scheduler, ends.targets_each
+        point_docs, pick = point_paths, None
+        if targets > 1:     # the distinct (document, alpha) pairs, alphas compared bit for bit
+            bits = point_alphas.float().cpu().contiguous().view(torch.int32).long()
+            unique, which = torch.unique(torch.stack([point_paths.cpu() // targets, bits]), dim=1, return_inverse=True)
+            point_docs = unique[0].to(point_paths.device)
+            point_alphas = unique[1].to(torch.int32).contiguous().view(torch.float32)
+            pick = which * targets + point_paths.cpu() % targets
         difference = ends.end - ends.start
         mine = processes.items(len(point_docs))
         docs_mine = point_docs[mine]
         point_start = ends.start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
         path = integrate_path(lambda z, rows: step(z, docs_mine[rows]), point_start,
                               point_start + difference[docs_mine], torch.zeros(1), torch.ones(1), scheduler,
-                              chunk_size, on_chunk=on_chunk, precision=precision)
-        scheduler.held_bytes += len(point_docs) * ends.end[0].numel() * 4
+                              chunk_size, on_chunk=on_chunk, precision=precision, targets=targets)
+        scheduler.held_bytes += len(point_paths) * ends.end[0].numel() * 4
         for name in ("gradient_sum", "integrand", "outputs"):
-            setattr(path, name, processes.combine(getattr(path, name), mine, len(point_docs)))
+            value = getattr(path, name)         # [mine * T, ...]: pair u's targets together
+            value = processes.combine(value.view(len(mine), targets, *value.shape[1:]), mine, len(point_docs))
+            value = value.flatten(0, 1)
+            setattr(path, name, value if pick is None else value[pick.to(value.device)])
         return path
 
     def _integrate_adaptive(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
@@ -370,14 +382,16 @@ class Engine:
 
     def _integrate_to_accuracy(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk):
         """The default: nested Clenshaw-Curtis levels until each document meets the accuracy (fastig.targeted),
-        in the low precision where it is fast and its check passes, else fp32."""
+        in the low precision where it is fast and its check passes, else fp32. With several targets per document
+        each (document, target) pair is a path of its own, and the pairs of a document share its forwards."""
         name = default_path_precision(self.device)
-        max_steps = self._points_allowed(ends, rule.max_steps, FIRST_ROUND + 1)
+        pairs = ends.pairs()
+        max_steps = self._points_allowed(pairs, rule.max_steps, FIRST_ROUND + 1)
 
-        def evaluate(point_docs, point_alphas, precision):
-            return self._evaluate_points(step, ends, point_docs, point_alphas, precision, chunk_size, on_chunk)
+        def evaluate(point_paths, point_alphas, precision):
+            return self._evaluate_points(step, ends, point_paths, point_alphas, precision, chunk_size, on_chunk)
         try:
-            return integrate_to_accuracy(evaluate, ends.start, ends.end, ends.f_x, ends.f_b, rule.accuracy, max_steps,
-                                         resolve(name, self.device) if name else None, FP32)
+            return integrate_to_accuracy(evaluate, pairs.start, pairs.end, pairs.f_x, pairs.f_b, rule.accuracy,
+                                         max_steps, resolve(name, self.device) if name else None, FP32)
         finally:
             self.scheduler.held_bytes = 0

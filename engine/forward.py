@@ -72,6 +72,18 @@ class Endpoints:
     f_x: torch.Tensor
     f_b: torch.Tensor
 
+    @property
+    def targets_each(self) -> int:
+        return self.target.shape[1] if self.target.ndim == 2 else 1
+
+    def pairs(self) -> "Endpoints":
+        """One path per (document, target) pair, document-major: e(x) and e(b) repeated per target, and
+        F [G * T] of each pair."""
+        count = self.targets_each
+        return Endpoints(self.end.repeat_interleave(count, 0), self.start.repeat_interleave(count, 0),
+                         self.logits_x.repeat_interleave(count, 0), self.target.reshape(-1),
+                         self.f_x.reshape(-1), self.f_b.reshape(-1))
+
 
 def _layer_output(captured: list, ids: torch.Tensor) -> torch.Tensor:
     layer_output = captured[-1]

@@ -84,3 +84,17 @@ def test_bad_several_targets_name_what_is_allowed(target, message, tokenizer):
     engine = fastig.Engine(make_model("bert"), tokenizer, precision="fp32")
     with pytest.raises(TargetError, match=message):
         engine.attribute(_texts(), target=target, **RULE)
+
+
+def test_the_default_call_shares_each_documents_forwards(tokenizer):
+    model = make_model("bert", seed=3)
+    forwards = []
+    model.classifier.register_forward_hook(lambda module, args, out: forwards.append(len(out)))
+    engine = fastig.Engine(model, tokenizer)
+    texts = _texts()
+    engine.attribute(texts, target="all")
+    shared = sum(forwards)
+    forwards.clear()
+    for t in range(N_LABELS):
+        engine.attribute(texts, target=t)
+    assert shared < 0.6 * sum(forwards)       # rows through the model: one document's pairs share them
