@@ -25,8 +25,10 @@ for precision in ("fp32", "bf16"):
     engine = fastig.Engine(model, precision=precision, device="cuda")
     result = engine.attribute(random_ids(model, 3, 512), n_steps=32)
     s = result.stats
-    print(precision, "delta", result.delta.tolist(), "chunk", s["chunk_size"], "calls", s["model_calls"],
-          "peak GB", s["peak_memory_bytes"] / 1e9, "probe", s["probe"], "recompute", s["recompute_layers"])
+    print(precision, "delta", result.delta.tolist(), "chunk", s.chunk_size, "calls", s.model_calls,
+          "peak GB", s.memory.peak_memory_bytes / 1e9, "probe", s.memory.probe, "recompute", s.memory.recompute_layers)
+default = fastig.Engine(model, device="cuda").attribute(random_ids(model, 3, 512))
+print("default call", [(d.evaluations, d.precision, d.estimated_error) for d in default.documents])
 PY
 if [ "${STEPS:-0}" = 1 ]; then   # banded Longformer attention on CUDA: its tests, then the model step by attention
     (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:warnings test_longformer_attention.py \
