@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastig.app.report import document_page, integrand_svg, write_report
+from fastig.app.report import document_page, index_page, integrand_svg, write_report
 from fastig.display import color
 
 from conftest import record
@@ -230,3 +230,16 @@ def test_the_index_and_its_charts_can_be_read(long_report):
         assert width >= 500 and height >= 15 * 28, (width, height)     # 11 pt labels, a row per word
     text = _measured(index, "document.body.innerText")
     assert "other" in text and "AI paper" in text and not [m for m in MARKERS[:5] if m in text]
+
+
+def test_a_short_chart_beside_a_tall_one_keeps_its_size(tmp_path):
+    """Words in three documents or more are few here: the by-mean chart is short, the by-sum one tall."""
+    records = [_record(0, 40), _record(2, 5, seed=1), _record(4, 5, seed=2)]      # all toward class 0
+    index = tmp_path / "index.html"
+    index.write_text(index_page(records, {}, "short and tall"))
+    sizes = _measured(index, "Array.from(document.images).map(i => [i.width, i.height, i.naturalWidth, "
+                             "i.naturalHeight])")
+    assert len(sizes) == 2 and sizes[0][3] > 2 * sizes[1][3]
+    assert all([width, height] == [natural_width, natural_height]
+               for width, height, natural_width, natural_height in sizes), sizes
+

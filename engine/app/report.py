@@ -43,7 +43,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f3f3f3; }
 .text { white-space: pre-wrap; line-height: 1.9; font-size: 1.05em; max-width: none; }
 mark { padding: 0.05em 0; border-radius: 0.15em; color: #000; }
-.tables { display: flex; gap: 2em; flex-wrap: wrap; }
+.tables { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }   /* charts keep their height */
 th.sortable { cursor: pointer; }
 .legend span { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle; }
 .facts td:first-child { color: #555; }
