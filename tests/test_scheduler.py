@@ -63,8 +63,9 @@ def test_chunks_may_span_documents(models, tokenizer):
         _assert_same_document(spanning, i, engine.attribute(text, n_steps=N_STEPS, chunk_size=N_STEPS), f"doc {i}")
 
 
-def _failing_once(model, on_call: int, error: Exception):
-    """model.forward raising `error` on its `on_call`-th call; returns the batch sizes it saw."""
+def _failing_once(monkeypatch, model, on_call: int, error: Exception):
+    """model.forward raising `error` on its `on_call`-th call, until the test ends (the model is shared by
+    the session's tests); returns the batch sizes it saw."""
     forward, sizes = model.forward, []
 
     def fails_once(*args, **kwargs):
@@ -72,17 +73,17 @@ def _failing_once(model, on_call: int, error: Exception):
         if len(sizes) == on_call:
             raise error
         return forward(*args, **kwargs)
-    model.forward = fails_once
+    monkeypatch.setattr(model, "forward", fails_once)
     return sizes
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")])
-def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error):
+def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error, monkeypatch):
     text = make_text(40, seed=5)
     clean = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=12, chunk_size=4)
     model = models("bert")
-    sizes = _failing_once(model, on_call=3, error=error)      # call 1: the endpoints; 2: steps 0-3; 3: steps 4-7
+    sizes = _failing_once(monkeypatch, model, on_call=3, error=error)   # call 1: the endpoints; 2: steps 0-3; 3: 4-7
     result = fastig.Engine(model, tokenizer).attribute(text, n_steps=12, chunk_size=4)
     assert sizes == [2, 4, 4, 2, 2, 2, 2]                      # the failed chunk redone in halves, then halves on
     assert result.stats.memory.out_of_memory_retries == 1 and result.stats.model_calls == 5
@@ -91,16 +92,16 @@ def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error
     assert float(result.delta[0]) == pytest.approx(float(clean.delta[0]), abs=1e-6)
 
 
-def test_out_of_memory_at_one_sequence_is_a_clear_error(models, tokenizer):
+def test_out_of_memory_at_one_sequence_is_a_clear_error(models, tokenizer, monkeypatch):
     model = models("bert")
-    _failing_once(model, on_call=2, error=torch.OutOfMemoryError("CUDA out of memory"))
+    _failing_once(monkeypatch, model, on_call=2, error=torch.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(fastig.MemoryBudgetError, match="one 12-token sequence does not fit"):
         fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4, chunk_size=1)
 
 
-def test_other_runtime_errors_are_not_retried(models, tokenizer):
+def test_other_runtime_errors_are_not_retried(models, tokenizer, monkeypatch):
     model = models("bert")
-    _failing_once(model, on_call=2, error=RuntimeError("shape mismatch"))
+    _failing_once(monkeypatch, model, on_call=2, error=RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4)
 
