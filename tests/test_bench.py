@@ -62,8 +62,9 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
     on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step", "processes", "default_path"):
-            continue
+        if section["name"] in ("equal_accuracy", "model_step", "processes", "default_path", "several_targets",
+                               "tools"):
+            continue        # sections of their own kind, tested below
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
             rows = [r for r in section["rows"] if (r["length"], r["documents"], r["n_steps"]) == config]
@@ -82,6 +83,22 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
                 assert all(row["speedup_vs_captum_best"] <= c["seconds"] / row["seconds"] * (1 + 1e-9) for c in captum)
             for row in rows:
                 assert len(row["times"]) == 1 and row["seconds"] == row["times"][0] and row["peak_memory_mb"] > 0
+
+
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_several_targets_and_the_tools_agree_with_captum(bench):
+    report, _, _ = bench
+    sections = {s["name"]: s for s in report["scenarios"]}
+    targets = sections["several_targets"]
+    assert targets["rel_l2_sweep_vs_per_class"] <= MAX_REL_L2
+    assert {r["provider"] for r in targets["rows"]} == {"fastig fp32, one sweep", "fastig fp32, one call per class",
+                                                         "captum ibs=2, one call per class"}
+    tools = sections["tools"]["rows"]
+    assert {r["tool"] for r in tools} == {"transformers-interpret", "LLMGradientAttribution"}
+    for row in tools:
+        assert row["seconds"] > 0 and len(row["times"]) == 1
+        assert row["rel_l2_vs_captum"] is None if row["provider"].endswith("Captum") \
+            else row["rel_l2_vs_captum"] <= MAX_REL_L2
 
 
 @pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
