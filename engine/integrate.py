@@ -50,8 +50,9 @@ def _gradient(score_from_layer, z: torch.Tensor, docs: torch.Tensor, precision: 
     with torch.enable_grad():
         with precision.autocast():
             scores = score_from_layer(z, docs).reshape(len(z), targets).float()
-        grads = torch.cat([torch.autograd.grad(scores[:, t].sum() * precision.score_scale, z,
-                                               retain_graph=t < targets - 1)[0] for t in range(targets)])
+        grads = [torch.autograd.grad(scores[:, t].sum() * precision.score_scale, z, retain_graph=t < targets - 1)[0]
+                 for t in range(targets)]
+        grads = grads[0] if targets == 1 else torch.cat(grads)     # one target: no copy of [c, L, H]
     grads, scores = grads.reshape(targets * len(z), -1).float(), scores.detach().t().reshape(-1)
     if precision.name == "fp32":
         return grads, scores
