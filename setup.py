@@ -19,7 +19,7 @@ setup(
                       "numpy", "tqdm", "pandas", "pyarrow", "datasets", "matplotlib"],
     extras_require={
         # transformers-interpret: a real tool on Captum, run unchanged under fastig.patch_captum() in the tests
-        "dev": ["pytest>=7", "transformers-interpret==0.10.0"],
+        "dev": ["pytest>=7", "transformers-interpret==0.10.0", "inseq==0.7.1"],
         "triton": ["triton>=3.0; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["fastig = fastig.app.cli:main"]},

@@ -123,8 +123,11 @@ TITLES = {
     "equal_accuracy": "steps and time to reach a relative convergence delta",
     "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
                     "internal_batch_size), both scored against a converged fp32 reference",
-    "tools": "the tools people run, with Captum and on fastig: transformers-interpret's sequence explainer, and "
-             "Captum's LLMGradientAttribution (Captum's class, fastig's drop-in, fastig.llm's one sweep)",
+    "tools": "the tools people run, with Captum and on fastig: transformers-interpret's sequence explainer, "
+             "Inseq's layer_integrated_gradients over a GPT-2 generation (Inseq 0.7.1's forward gives the model "
+             "the ids of its additional arguments, so its attributions are zero with Captum: there the column is "
+             "the L2 distance), and Captum's LLMGradientAttribution (Captum's class, fastig's drop-in, "
+             "fastig.llm's one sweep)",
     "several_targets": "every class of a document: fastig in one sweep (target=\"all\") against one call per "
                        "class, fastig's and Captum's (as tools call it)",
 }

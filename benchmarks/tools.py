@@ -1,9 +1,9 @@
 """The `tools` scenario's models, tokenizers and timings: the tools people run, with Captum and on fastig.
 
-transformers-interpret's SequenceClassificationExplainer (as it calls Captum, and unchanged under
-fastig.patch_captum()), and Captum's LLMGradientAttribution over LayerIntegratedGradients (Captum's,
-fastig's drop-in in its place, and fastig.llm's one sweep over every generated token), on small random
-models with tokenizers built here, offline.
+transformers-interpret's SequenceClassificationExplainer and Inseq's layer_integrated_gradients (as they
+call Captum, and unchanged under fastig.patch_captum()), and Captum's LLMGradientAttribution over
+LayerIntegratedGradients (Captum's, fastig's drop-in in its place, and fastig.llm's one sweep over every
+generated token), on small random models with tokenizers built here, offline.
 """
 
 import tempfile
@@ -37,11 +37,13 @@ def byte_level_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator([CORPUS] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")     # GPT-2's: Inseq's baseline is the unk token
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    """rel L2 of a to b; the plain L2 distance where b is zero (Inseq's attributions with Captum)."""
+    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float((a - b).norm())
 
 
 def tools_timing(sizes: dict, repeats: int) -> dict:
@@ -54,6 +56,10 @@ def tools_timing(sizes: dict, repeats: int) -> dict:
         from transformers_interpret import SequenceClassificationExplainer
     except ImportError:         # not a dependency of fastig (its dev extra has it): that tool's rows are left out
         SequenceClassificationExplainer = None
+    try:
+        import inseq
+    except ImportError:         # the same
+        inseq = None
 
     import fastig
     from fastig.captum import LayerIntegratedGradients as DropIn
@@ -89,8 +95,19 @@ def tools_timing(sizes: dict, repeats: int) -> dict:
         attribution = LLMGradientAttribution(lig_class(generator, generator.get_input_embeddings()), pieces)
         return lambda: attribution.attribute(TextTokenInput(prompt, pieces), target=target, n_steps=n_steps).token_attr
 
+    def inseq_run(on_fastig: bool):
+        def run():
+            with fastig.patch_captum() if on_fastig else torch.enable_grad():
+                explainer = inseq.load_model(generator, "layer_integrated_gradients", tokenizer=pieces)
+                out = explainer.attribute(prompt, n_steps=n_steps, show_progress=False, generation_args={
+                    "max_new_tokens": sizes["new_tokens"], "do_sample": False})
+            return out.sequence_attributions[0].target_attributions.nan_to_num()
+        return run
+
     runs = {} if SequenceClassificationExplainer is None else {
         "transformers-interpret, Captum": explain, "transformers-interpret, fastig (patch_captum)": explain_on_fastig}
+    if inseq is not None:
+        runs |= {"Inseq, Captum": inseq_run(False), "Inseq, fastig (patch_captum)": inseq_run(True)}
     runs |= {"LLMGradientAttribution, Captum": llm(LayerIntegratedGradients),
             "LLMGradientAttribution, fastig drop-in": llm(DropIn),
             "fastig.llm.attribute_generation (one sweep)":
@@ -106,4 +123,6 @@ def tools_timing(sizes: dict, repeats: int) -> dict:
         row["speedup_vs_captum"] = seconds[f"{row['tool']}, Captum"] / row["seconds"]
     return {"rows": rows, "prompt_tokens": len(pieces.encode(prompt)), "generated_tokens": len(target),
             "text_tokens": len(words(text)["input_ids"]),
-            "left_out": [] if SequenceClassificationExplainer else ["transformers-interpret (not installed)"]}
+            "left_out": [f"{tool} (not installed)" for tool, module in
+                         (("transformers-interpret", SequenceClassificationExplainer), ("Inseq", inseq))
+                         if module is None]}

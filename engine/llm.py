@@ -157,7 +157,9 @@ def _attributed(prompt_ids: torch.Tensor, tokenizer, skip_tokens) -> torch.Tenso
         if tokenizer is None:
             raise InputError("skip_tokens as strings need a tokenizer")
         ids = tokenizer.convert_tokens_to_ids(list(skip_tokens))
-        unknown = [token for token, i in zip(skip_tokens, ids) if i is None]
+        # a tokenizer with an unk token (GPT-2's) maps every unknown string to it
+        unknown = [token for token, i in zip(skip_tokens, ids)
+                   if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token)]
         if unknown:
             raise InputError(f"skip_tokens {unknown} are not tokens of the tokenizer")
         skip_tokens = ids

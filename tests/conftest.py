@@ -128,7 +128,9 @@ def causal_lm():
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(CORPUS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    # GPT-2's own special tokens: one for bos, eos and unk (Inseq's baseline is the unk token), no pad
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                        unk_token="<|endoftext|>")
     end = tokenizer.eos_token_id
     cache = {}
 

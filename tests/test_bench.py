@@ -94,7 +94,7 @@ def test_several_targets_and_the_tools_agree_with_captum(bench):
     assert {r["provider"] for r in targets["rows"]} == {"fastig fp32, one sweep", "fastig fp32, one call per class",
                                                          "captum ibs=2, one call per class"}
     tools = sections["tools"]["rows"]
-    assert {r["tool"] for r in tools} == {"transformers-interpret", "LLMGradientAttribution"}
+    assert {r["tool"] for r in tools} == {"transformers-interpret", "Inseq", "LLMGradientAttribution"}
     for row in tools:
         assert row["seconds"] > 0 and len(row["times"]) == 1
         assert row["rel_l2_vs_captum"] is None if row["provider"].endswith("Captum") \

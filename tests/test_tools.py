@@ -150,3 +150,64 @@ def test_captums_llm_attribution_takes_the_fast_path_and_agrees(causal_lm, targe
     assert attribution.attr_method.fast_calls == len(expected.output_tokens) >= 3
     assert actual.output_tokens == expected.output_tokens
     assert_close(actual.token_attr, expected.token_attr, rtol=1e-4, atol=1e-7, what="token attributions")
+
+
+def _inseq_attribution(model, tokenizer, under_fastig: bool):
+    """Inseq's layer_integrated_gradients over a generation, as a user calls it; and Inseq's method."""
+    import inseq
+
+    with fastig.patch_captum() if under_fastig else torch.enable_grad():
+        explainer = inseq.load_model(model, "layer_integrated_gradients", tokenizer=tokenizer)
+        result = explainer.attribute("The component works. Our method", n_steps=16, show_progress=False,
+                                     generation_args={"max_new_tokens": 4, "do_sample": False},
+                                     step_scores=["probability"])
+    return result.sequence_attributions[0], explainer.attribution_method.method
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_inseq_layer_integrated_gradients_takes_the_fast_path_and_gives_captums_result(causal_lm, family):
+    """Inseq 0.7.1, unchanged under patch_captum(): every generated token's call takes the fast path and the
+    attributions and step scores are Captum's. (Inseq's forward feeds the model the ids of its additional
+    arguments, not the ids Captum passes, so Captum's baseline layer output is the input's and its
+    attributions are zero; fastig's are the same zeros. The next test gives the same calls nonzero results.)"""
+    model, tokenizer = causal_lm(family)
+    expected, _ = _inseq_attribution(model, tokenizer, under_fastig=False)
+    actual, method = _inseq_attribution(model, tokenizer, under_fastig=True)
+    assert isinstance(method, LayerIntegratedGradients)
+    assert method.last_path == "fastig" and method.fallback_calls == 0, method.last_fallback_reason
+    assert method.fast_calls == expected.target_attributions.shape[1] >= 4      # one per attributed token
+    assert [token.token for token in actual.target] == [token.token for token in expected.target]
+    assert torch.equal(actual.target_attributions.isnan(), expected.target_attributions.isnan())
+    assert_close(actual.target_attributions.nan_to_num(), expected.target_attributions.nan_to_num(),
+                 rtol=1e-4, atol=1e-7, what="target attributions")
+    assert_close(actual.step_scores["probability"], expected.step_scores["probability"], rtol=1e-5, atol=0,
+                 what="probabilities")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_inseqs_calls_with_a_forward_that_reads_the_path_agree_with_captum(causal_lm, family, monkeypatch):
+    """Inseq's own calls (its additional arguments: ids, target ids, a step function, a mask, flags, a list)
+    replayed with a forward that gives the model the ids Captum passes: nonzero attributions, fastig's
+    equal to Captum's on the fast path."""
+    model, tokenizer = causal_lm(family)
+    calls = []
+    captums_attribute = CaptumLayerIntegratedGradients.attribute
+
+    def record(self, inputs, baselines=None, target=None, additional_forward_args=None, **rest):
+        calls.append((self.forward_func, self.layer, inputs, baselines, target, additional_forward_args, rest))
+        return captums_attribute(self, inputs, baselines, target, additional_forward_args, **rest)
+    monkeypatch.setattr(CaptumLayerIntegratedGradients, "attribute", record)
+    _inseq_attribution(model, tokenizer, under_fastig=False)
+    monkeypatch.undo()
+    assert len(calls) >= 4
+    for forward, layer, inputs, baselines, target, arguments, rest in calls:
+        def reads_the_path(ids, _inseqs_ids, *others, forward=forward):
+            return forward(ids, ids, *others)
+        call = dict(baselines=baselines, target=target, additional_forward_args=arguments, **rest)
+        expected = captums_attribute(CaptumLayerIntegratedGradients(reads_the_path, layer), inputs, **call)
+        lig = LayerIntegratedGradients(reads_the_path, layer)
+        actual = lig.attribute(inputs, **call)
+        assert lig.last_path == "fastig", lig.last_fallback_reason
+        expected, actual = expected[0], actual[0]      # one input (the ids), as Inseq passes a tuple
+        assert expected.abs().sum(-1).min() > 0
+        assert_close(actual, expected, rtol=1e-4, atol=1e-6, what="attributions")
