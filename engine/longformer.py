@@ -132,10 +132,15 @@ def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index
     key_weight = attention.key_global.weight.view(heads, head_dim, -1)                       # [h, d, E]
     folded_query = torch.einsum("bhgd,hde->bhge", global_query, key_weight)                  # [B, h, G, E]
     key_bias = torch.einsum("bhgd,hd->bhg", global_query, attention.key_global.bias.view(heads, head_dim))
-    scores = folded_query @ hidden_states[:, None].transpose(-1, -2) + key_bias[..., None]  # [B, h, G, L]
-    scores = scores.masked_fill(is_index_masked[:, None, None, :], torch.finfo(scores.dtype).min)
+    # Heads and global tokens as one dimension of h*G rows against the [B, L, E] hidden states: a matmul
+    # broadcast over heads instead ([B, h, G, E] @ [B, 1, E, L]) has a backward that forms [B, h, E, L]
+    # outer products and sums them over h: 20% of a 4-layer 2,048-token step, and 13% in their copies.
+    rows = heads * count
+    scores = torch.bmm(folded_query.reshape(batch, rows, -1), hidden_states.transpose(1, 2)) \
+        + key_bias.reshape(batch, rows, 1)                                                    # [B, h*G, L]
+    scores = scores.masked_fill(is_index_masked[:, None, :], torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-    mixed = probs @ hidden_states[:, None]                                                    # [B, h, G, E]
+    mixed = torch.bmm(probs, hidden_states).view(batch, heads, count, -1)                    # [B, h, G, E]
     value_weight = attention.value_global.weight.view(heads, head_dim, -1)
     global_output = torch.einsum("bhge,hde->bhgd", mixed, value_weight) + \
         attention.value_global.bias.view(heads, 1, head_dim)
