@@ -105,6 +105,38 @@ def test_banded_attention_is_restored_and_keeps_attention_maps():
         assert_close(model(input_ids=ids).logits, plain, rtol=1e-5, atol=1e-5, what="logits")
 
 
+def test_banded_attention_builds_one_row_of_the_mask(monkeypatch):
+    """Hugging Face's forward keeps row 0 of a [B, 1, L, L] mask; inside the block it is built alone, the
+    logits (Hugging Face's attention maps too, with padding and a global token) are unchanged, and the
+    function is Hugging Face's own again after."""
+    from transformers.models.longformer import modeling_longformer
+
+    model = _model(8)
+    ids = torch.randint(5, 200, (2, 24))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 17:] = 0
+    global_mask = torch.zeros_like(ids)
+    global_mask[:, [0, 5]] = 1
+    call = dict(input_ids=ids, attention_mask=attention_mask, global_attention_mask=global_mask)
+    with torch.no_grad():
+        plain = model(**call, output_attentions=True)
+    original = modeling_longformer.create_bidirectional_mask
+    query_lengths = []
+
+    def spy(*args, inputs_embeds, **kwargs):
+        query_lengths.append(inputs_embeds.shape[1])
+        return original(*args, inputs_embeds=inputs_embeds, **kwargs)
+    monkeypatch.setattr(modeling_longformer, "create_bidirectional_mask", spy)
+    with torch.no_grad(), banded_attention(model):
+        banded = model(**call).logits
+        maps = model(**call, output_attentions=True)                 # Hugging Face's attention, the one row
+    assert query_lengths == [1, 1]
+    assert modeling_longformer.create_bidirectional_mask is spy
+    assert_close(banded, plain.logits, rtol=1e-5, atol=1e-5, what="banded logits")
+    assert torch.equal(maps.logits, plain.logits)
+    assert all(torch.equal(a, b) for a, b in zip(maps.attentions, plain.attentions))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_engine_results_do_not_depend_on_the_attention(models, tokenizer, precision):
     texts = [make_text(40, seed=4), make_text(9, seed=5)]
