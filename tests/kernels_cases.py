@@ -90,6 +90,33 @@ def test_accumulate_when_a_document_comes_back():
     assert_close(got[1][:, :2], expected[1][:, :2], rtol=1e-5, atol=1e-4, what="integrand")
 
 
+@pytest.mark.parametrize("docs", [[2, 0, 2, 1, 0, 0, 3], [0, 2, 4, 1, 3, 5], [3, 3, 3]],
+                         ids=["interleaved", "target-major", "one-document"])
+def test_accumulate_finds_the_documents_rows_in_any_order(docs):
+    """The runs are found on the device: rows of a document anywhere in the chunk, summed in their order."""
+    docs = torch.tensor(docs, device=DEVICE)
+    steps = torch.arange(len(docs), device=DEVICE) % 4
+    grads, difference, weights = _random(len(docs), 700), _random(6, 700), torch.rand(4, device=DEVICE)
+    got = _accumulated(accumulate, 6, 700, grads, docs, steps, weights, difference)
+    expected = _accumulated(accumulate_reference, 6, 700, grads, docs, steps, weights, difference)
+    assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5, what="gradient sum")
+    assert_close(got[1][docs, steps], expected[1][docs, steps], rtol=1e-5, atol=1e-4, what="integrand")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="a host sync is a CUDA notion")
+def test_accumulate_does_not_wait_for_the_device():
+    grads, difference = _random(8, 4096), _random(2, 4096)
+    docs, steps = _rows(2, 8)
+    gradient_sum, integrand = torch.zeros(2, 4096, device=DEVICE), torch.zeros(2, 16, device=DEVICE)
+    weights = torch.rand(16, device=DEVICE)
+    accumulate(gradient_sum, integrand, grads, difference, docs, steps, weights)     # compiled before the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        accumulate(gradient_sum, integrand, grads, difference, docs, steps, weights)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("n_docs, length, hidden, _rows_", SHAPES)
 def test_finalize(n_docs, length, hidden, _rows_):
     difference, gradient_sum = _random(n_docs, length, hidden), _random(n_docs, length, hidden)
