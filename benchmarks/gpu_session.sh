@@ -2,8 +2,9 @@
 # One lent-GPU session of checks, as prepared on the CPU machine: install fastig (and a carried
 # captum wheel from .whl/) into the device image, smoke-test the engine on CUDA, then run the
 # benchmark suite there. Results land under $OUT (the device tool brings them back).
-# Usage on the device machine: bash benchmarks/gpu_session.sh (KERNELS_ONLY=1: the Triton kernels;
-# STEPS=1: Longformer attention tests and the model-step scenario; default: quick suite + long_document).
+# Usage here: pip download captum==0.9.0 --no-deps -d .whl (an ignored folder), then with the device tool
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=570)
+# Each part's time limit can be set: TESTS_S, KERNELS_S, STEP_S, LONG_S, DEFAULT_S (seconds).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -30,21 +31,15 @@ for precision in ("fp32", "bf16"):
 default = fastig.Engine(model, device="cuda").attribute(random_ids(model, 3, 512))
 print("default call", [(d.evaluations, d.precision, d.estimated_error) for d in default.documents])
 PY
-if [ "${STEPS:-0}" = 1 ]; then   # banded Longformer attention on CUDA: its tests, then the model step by attention
-    (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:warnings test_longformer_attention.py \
-        2>&1 | tail -15)
-    timeout "${STEP_S:-300}" python3 -m fastig bench model_step --full --repeats 10 --device cuda --out "$OUT/results" \
-        2>&1 | tail -40
-    ls -R "$OUT"; exit 0
-fi
-if [ "${KERNELS_ONLY:-0}" = 1 ]; then
-    (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider kernels_cases.py 2>&1 | tail -15)
-    timeout 90 python3 -m fastig.benchmarks.kernels --out "$OUT/results"
-    ls -R "$OUT"; exit 0
-fi
-# The quick comparisons with Captum (2.3 min on the H200); the model step has its own run above (STEPS=1).
-timeout "${QUICK_S:-200}" python3 -m fastig bench quick long_document short_documents steps_sweep length_sweep --quick \
-    --device cuda --out "$OUT/results" 2>&1 | tail -60
-timeout "${FULL_S:-270}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
-    2>&1 | tail -40
+# Everything issue 24 measures, in one run of about 8.5 minutes (each part time-boxed, so one slow part
+# cannot take the others' time; each bench run writes its own files with device and versions):
+(cd tests && timeout "${TESTS_S:-100}" python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
+    test_longformer_attention.py 2>&1 | tail -15)
+timeout "${KERNELS_S:-50}" python3 -m fastig.benchmarks.kernels --out "$OUT/results" 2>&1 | tail -20
+timeout "${STEP_S:-80}" python3 -m fastig bench model_step --full --repeats 5 --device cuda --out "$OUT/results" \
+    2>&1 | tail -25
+timeout "${LONG_S:-110}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
+    2>&1 | tail -20
+timeout "${DEFAULT_S:-150}" python3 -m fastig bench default_path --full --repeats 1 --device cuda --out "$OUT/results" \
+    2>&1 | tail -20
 ls -R "$OUT"
