@@ -64,9 +64,8 @@ def default_path_precision(device: torch.device) -> str | None:
     """The low precision the default call (n_steps=None) tries where it is fast, or None (fp32 only).
 
     GPUs: bf16 where they have it, else fp16. CPUs: bf16 with AMX tiles. Without AMX (AVX512-BF16
-    only, as on the 2-core EPYC) the banded attention runs no faster in bf16 than in fp32 (about 50
-    GFLOP/s either way) and a 4-layer Longformer step was only 1.4x faster, too little for the
-    precision check's evaluation and bf16's 1.5e-2 error.
+    only, as on the 2-core EPYC) a Longformer step is 2.1-2.3x faster in bf16, but bf16's 1.5e-2
+    error there is too close to the default's 2e-2 accuracy to pass its check reliably.
     """
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
