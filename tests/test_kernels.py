@@ -65,7 +65,9 @@ def test_triton_kernels_under_the_interpreter():
     """kernels_cases.py in its own process: TRITON_INTERPRET must be set before triton is imported."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "FASTIG_KERNELS": "triton"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "kernels_cases.py")],
+    # every case runs here but the one about CUDA's host syncs, which the interpreter has not
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "kernels_cases.py"),
+                           "-k", "not does_not_wait_for_the_device"],
                           capture_output=True, text=True, timeout=900, env=env, cwd=TESTS)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout
