@@ -431,13 +431,15 @@ class StepJob:
     attention: str = "model"        # "model" (the model's own), or a banded kernel of fastig.longformer
     repeats: int = 3
     device: str = "cpu"
+    compile: str | None = None      # a torch.compile mode of the layers (fastig.compiled), None: eager
 
     @property
     def label(self) -> str:
+        compiled = f" compiled {self.compile}" if self.compile else ""
         if self.model.family != "longformer":
-            return f"{self.model.family} {self.precision}"
+            return f"{self.model.family} {self.precision}{compiled}"
         attention = "hf-attention" if self.attention == "model" else f"banded {self.attention}"
-        return f"longformer {self.precision} {attention}"
+        return f"longformer {self.precision} {attention}{compiled}"
 
 
 def model_step(job: StepJob) -> dict:
@@ -446,6 +448,7 @@ def model_step(job: StepJob) -> dict:
     for every attention alike."""
     from contextlib import nullcontext
 
+    from fastig.compiled import layers_compiled
     from fastig.longformer import banded_attention
     from fastig.models import find_layer, output_captured, output_replaced
     from fastig.precision import resolve
@@ -468,7 +471,8 @@ def model_step(job: StepJob) -> dict:
 
     def step():
         with (output_replaced(layer, z), precision.autocast(),
-              banded_attention(model, job.attention) if job.attention != "model" else nullcontext()):
+              banded_attention(model, job.attention) if job.attention != "model" else nullcontext(),
+              layers_compiled(model, job.compile) if job.compile else nullcontext()):
             logits = model(input_ids=ids, **kwargs).logits
         return torch.autograd.grad(logits[:, 0].float().sum(), z)[0]
 

@@ -4,7 +4,7 @@
 # benchmark suite there. Results land under $OUT (the device tool brings them back).
 # Usage here: pip download captum==0.9.0 --no-deps -d .whl (an ignored folder), then with the device tool
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=570)
-# Each part's time limit can be set: TESTS_S, KERNELS_S, STEP_S, LONG_S, DEFAULT_S (seconds).
+# Each part's time limit can be set: TESTS_S, KERNELS_S, STEP_S, COMPILE_S, LONG_S, DEFAULT_S (seconds).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -31,15 +31,18 @@ for precision in ("fp32", "bf16"):
 default = fastig.Engine(model, device="cuda").attribute(random_ids(model, 3, 512))
 print("default call", [(d.evaluations, d.precision, d.estimated_error) for d in default.documents])
 PY
-# Everything issue 24 measures, in one run of about 8.5 minutes (each part time-boxed, so one slow part
+# Everything issue 24 measures, in one run of about 9 minutes (each part time-boxed, so one slow part
 # cannot take the others' time; each bench run writes its own files with device and versions):
-(cd tests && timeout "${TESTS_S:-100}" python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
+(cd tests && timeout "${TESTS_S:-80}" python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
     test_longformer_attention.py 2>&1 | tail -15)
-timeout "${KERNELS_S:-50}" python3 -m fastig.benchmarks.kernels --out "$OUT/results" 2>&1 | tail -20
+timeout "${KERNELS_S:-40}" python3 -m fastig.benchmarks.kernels --out "$OUT/results" 2>&1 | tail -20
 timeout "${STEP_S:-80}" python3 -m fastig bench model_step --full --repeats 5 --device cuda --out "$OUT/results" \
     2>&1 | tail -25
-timeout "${LONG_S:-110}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
+# 4,096 x 4 tokens, fp32 and bf16: eager, torch.compile default and reduce-overhead (CUDA graphs), first calls apart.
+timeout "${COMPILE_S:-100}" python3 -m fastig bench compiled_step --full --repeats 5 --device cuda --out "$OUT/results" \
+    2>&1 | tail -12
+timeout "${LONG_S:-100}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
     2>&1 | tail -20
-timeout "${DEFAULT_S:-150}" python3 -m fastig bench default_path --full --repeats 1 --device cuda --out "$OUT/results" \
+timeout "${DEFAULT_S:-90}" python3 -m fastig bench default_path --full --repeats 1 --device cuda --out "$OUT/results" \
     2>&1 | tail -20
 ls -R "$OUT"

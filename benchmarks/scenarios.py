@@ -112,6 +112,11 @@ SIZES = {
     },
 }
 
+# The longest model_step shape again, eager and compiled (fastig.compiled): a scenario of its own, so that a
+# time-boxed GPU session (benchmarks/gpu_session.sh) loses only this part if compilation runs long.
+SIZES["compiled_step"] = {mode: replace(sizes, configs=sizes.configs[-1:]) for mode, sizes in SIZES["model_step"].items()}
+STEP_COMPILE_MODES = {"cuda": ("default", "reduce-overhead"), "cpu": ("default",)}
+
 TITLES = {
     "quick": "fastig vs Captum on a Longformer-base-shaped model",
     "long_document": "one long document",
@@ -120,6 +125,8 @@ TITLES = {
     "length_sweep": "time and memory against length",
     "model_step": "one model step (forward + input-gradient backward) by attention, and BERT of the same shape",
     "processes": "one process against N (accelerate launch), for one long document and for a data set",
+    "compiled_step": "the model step with banded attention, eager and with its layers through torch.compile "
+                     "(Engine(compile=...)); the first call is the compilation",
     "equal_accuracy": "steps and time to reach a relative convergence delta",
     "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
                     "internal_batch_size), both scored against a converged fp32 reference",
@@ -406,6 +413,28 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     return {"name": "model_step", "title": TITLES["model_step"], "model": longformer.describe(), "rows": rows}
 
 
+def compiled_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
+    """The step of model_step's longest shape with banded blocks attention, eager and compiled in each
+    mode of STEP_COMPILE_MODES (a tiny run: fp32 only, one compilation)."""
+    sizes = SIZES["compiled_step"][mode]
+    rows = []
+    for length, sequences, _ in sizes.configs:
+        for precision in ["fp32"] if mode == "tiny" else fastig_precisions("model_step", mode, device):
+            eager = StepJob(sizes.model, length, sequences, precision, "blocks", repeats=repeats, device=device)
+            results = {}
+            for job in [eager] + [replace(eager, compile=m) for m in STEP_COMPILE_MODES[device]]:
+                results[job] = in_child(model_step, job)
+                log(f"compiled_step: {job.label:<46} {length:>5} tokens x {sequences:>2}: "
+                    f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s)")
+            for job, result in results.items():
+                achieved = length * sequences * sizes.model.flops_per_token_step(length) / result["seconds"]
+                rows.append({"provider": job.label, "precision": precision, "compile": job.compile, "length": length,
+                             "sequences": sequences, **result, "achieved_gflops": achieved / 1e9,
+                             "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
+                             "speedup_vs_eager": results[eager]["seconds"] / result["seconds"]})
+    return {"name": "compiled_step", "title": TITLES["compiled_step"], "model": sizes.model.describe(), "rows": rows}
+
+
 def process_scaling(mode: str, device: str) -> dict:
     """Wall time of the same command in 1 and N processes (N: the cores of a CPU up to 2, the GPUs),
     with the speed-up and the scaling efficiency (speed-up / N). Timed once each: the commands are long."""
@@ -439,6 +468,8 @@ def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
         return default_path(mode, repeats, device)
     if name == "model_step":
         return model_steps(mode, repeats, device, peaks)
+    if name == "compiled_step":
+        return compiled_steps(mode, repeats, device, peaks)
     if name == "processes":
         return process_scaling(mode, device)
     if name == "several_targets":

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
+from .compiled import check_mode
 from .errors import InputError, NonFiniteError
 from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints
@@ -131,14 +132,18 @@ class Engine:
     the model's own. Other models are not affected.
     processes: fastig.processes.AllProcesses when several launched processes share each
     document's steps; None for a run in this process alone.
+    compile: None, or a torch.compile mode ("default", "reduce-overhead": CUDA graphs, "max-autotune",
+    "max-autotune-no-cudagraphs") the model step's transformer layers run through (fastig.compiled);
+    the calls that compiled are timed apart (stats.seconds.compile). For GPUs; slower on CPUs measured.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, layer: str | nn.Module | None = None,
                  precision: str = "auto", memory_budget=None, device=None, attention: str = "banded",
-                 processes: OneProcess | None = None):
+                 processes: OneProcess | None = None, compile: str | None = None):
         if attention not in ATTENTIONS:
             raise InputError(f"attention={attention!r} is unknown; allowed: {', '.join(ATTENTIONS)}")
-        self.attention = attention
+        check_mode(compile)
+        self.attention, self.compile = attention, compile
         self.requested_precision = precision
         self.precision = resolve(precision, torch.device(device) if device is not None
                                  else next(model.parameters()).device)
@@ -231,7 +236,8 @@ class Engine:
                          model_calls=sum(len(path.sequences_per_call) for _, path in groups),
                          memory=self.scheduler.run_stats(), seconds=seconds,
                          token_steps_per_s=token_steps / max(seconds.total, 1e-12),
-                         tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps)
+                         tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps,
+                         compile=self.compile)
         attributions = [a for _, a in records]
         result = Attribution(documents=documents,
                              attributions=torch.stack(attributions) if len({a.shape for a in attributions}) == 1
@@ -269,7 +275,7 @@ class Engine:
         t0 = time.perf_counter()
         batch = batch_of(docs, self.model.config.pad_token_id or 0, self.device)
         ends = endpoints(self.model, self.layer, batch, docs, targets, output)
-        step = ModelStep(self.model, self.layer, batch, ends.target, output, self.scheduler)
+        step = ModelStep(self.model, self.layer, batch, ends.target, output, self.scheduler, self.compile)
         t1 = time.perf_counter()
         on_chunk = bar.evaluated if bar is not None else None
         if rule.targeted:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .compiled import layers_compiled
 from .errors import BaselineError, LayerNotFoundError
 from .inputs import Document
 from .models import layers_recomputed, output_captured, output_replaced, score
@@ -140,15 +141,24 @@ def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Docum
 class ModelStep:
     """F [c] (or [c, T]) at layer outputs z [c, L', H] of rows `rows` [c] of the batch: the model run from the layer
     on, differentiable in z; each transformer layer recomputed in the backward pass while the
-    scheduler says so (its first probe may switch it on or off during the run)."""
+    scheduler says so (its first probe may switch it on or off during the run); with compile_mode, each
+    layer through torch.compile in that mode (fastig.compiled) in the calls that keep every layer."""
     model: nn.Module
     layer: nn.Module
     batch: Batch
     target: torch.Tensor
     output: str
     scheduler: Scheduler
+    compile_mode: str | None = None
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        with layers_recomputed(self.model) if self.scheduler.recompute_layers else nullcontext():
+        recompute = self.scheduler.recompute_layers
+        # Calls that recompute run eager: a compiled Longformer layer breaks its graph at the global tokens,
+        # and the recomputation in the backward then picks another compiled graph than the forward ran (torch
+        # refuses it, pytorch#166926). The first probe recomputes; the calls after it keep every layer unless
+        # the memory budget is tight.
+        with (layers_recomputed(self.model) if recompute else nullcontext(),
+              layers_compiled(self.model, self.compile_mode) if self.compile_mode and not recompute
+              else nullcontext()):
             logits = logits_from_layer(self.model, self.layer, self.batch, z, rows)
         return score(logits.float(), self.target[rows], self.output)

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from . import kernels
+from .compiled import compilations
 from .precision import Precision
 from .result import TimeSplit
 from .scheduler import PROBE_SEQUENCES, Scheduler, is_out_of_memory
@@ -104,6 +105,7 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
                 _sync(device)
                 t1 = time.perf_counter()
                 z.requires_grad_(True)
+                graphs = compilations()
                 found = _gradient(score_from_layer, z, docs, precision, targets)   # [T c, L*H], [T c] fp32
                 if found is None:
                     found = _gradient(score_from_layer, z, docs, FP32, targets)
@@ -121,7 +123,8 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
             size = scheduler.halve(hi - lo, length)
             continue
         t2 = time.perf_counter()
-        if not probing:     # the probe's time includes its memory measurement
+        compiling = compilations() != graphs
+        if not (probing or compiling):     # the probe's time includes its memory measurement
             scheduler.timed(length, hi - lo, t2 - t1)
         paths = (docs * targets + target_of_row).reshape(-1) if targets > 1 else docs   # target-major, as grads
         path_steps = steps.repeat(targets) if targets > 1 else steps
@@ -129,7 +132,10 @@ def integrate_path(score_from_layer: Callable[[torch.Tensor, torch.Tensor], torc
         outputs[paths, path_steps] = scores
         _sync(device)
         seconds.interpolate += t1 - t0
-        seconds.model += t2 - t1
+        if compiling:
+            seconds.compile += t2 - t1
+        else:
+            seconds.model += t2 - t1
         seconds.accumulate += time.perf_counter() - t2
         sizes.append(hi - lo)
         if on_chunk is not None:

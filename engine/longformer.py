@@ -36,6 +36,16 @@ class GlobalTokens(NamedTuple):
     valid: torch.Tensor
 
 
+@torch.compiler.disable
+def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens:
+    """The global tokens of a batch, from is_index_global_attn [B, L] bool. Their number is read off the
+    data, so torch.compile leaves this eager: the graph breaks here once, rather than at every
+    use of the number (4 graphs per layer otherwise)."""
+    count = int(is_index_global_attn.sum(1).max())
+    order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
+    return GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
+
+
 def default_kernel(device: torch.device) -> str:
     """"blocks" on every device: on the H200 it ran the 12-layer step 1.8-2.1x faster than "flex" in fp32
     and 1.0-1.17x in bf16 (benchmarks/results/nvidia-h200-full-2026-11-26.md, model_step)."""
@@ -162,11 +172,7 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     scale = 1 / math.sqrt(head_dim)
     query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
     key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
-    global_tokens = None
-    if is_global_attn:
-        count = int(is_index_global_attn.sum(1).max())
-        order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
-        global_tokens = GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
+    global_tokens = global_tokens_of(is_index_global_attn) if is_global_attn else None
 
     local = LOCAL_ATTENTIONS[kernel or default_kernel(hidden_states.device)]
     output = local(query, key, value, attention_mask, global_tokens, w)                     # [B, L, h, d]

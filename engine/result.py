@@ -162,10 +162,13 @@ def _checked(name: str, value):
 @dataclass
 class TimeSplit:
     """Seconds of a run by part: one forward for the endpoints, then per model call the
-    interpolation, the model (forward and backward) and the accumulation, and the finalization."""
+    interpolation, the model (forward and backward) and the accumulation, and the finalization.
+    compile: the model calls during which torch.compile made graphs (Engine(compile=...)), their
+    own run included; they are not in `model`."""
     endpoints: float = 0.0
     interpolate: float = 0.0
     model: float = 0.0
+    compile: float = 0.0
     accumulate: float = 0.0
     finalize: float = 0.0
     total: float = 0.0
@@ -193,6 +196,7 @@ class RunStats:
     tolerance: float | None = None  # n_steps="auto"
     accuracy: float | None = None   # n_steps=None
     max_steps: int | None = None
+    compile: str | None = None      # the torch.compile mode of the step, None when not compiled
 
     def to_dict(self) -> dict:
         values = asdict(self)

@@ -52,8 +52,8 @@ def test_every_scenario_is_reported_with_its_machine(bench):
             assert any(r["provider"].startswith("fastig.captum ibs=") for r in section["rows"]), section["name"]
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
-        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "processes",
-                                                                                  "default_path"):
+        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "compiled_step",
+                                                                                  "processes", "default_path"):
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
@@ -62,8 +62,8 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
     on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step", "processes", "default_path", "several_targets",
-                               "tools"):
+        if section["name"] in ("equal_accuracy", "model_step", "compiled_step", "processes", "default_path",
+                               "several_targets", "tools"):
             continue        # sections of their own kind, tested below
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
@@ -121,6 +121,19 @@ def test_equal_accuracy_steps_meet_their_tolerance(bench):
             summary = next(m for m in section["models"] if m["model"] == row["model"])
             hindsight = next(h["n_steps"] for h in summary["hindsight"] if h["tolerance"] == row["tolerance"])
             assert all(n is not None and n <= row["n_steps"] for n in hindsight)
+
+
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_compiled_step_times_eager_and_each_compile_mode_with_the_compilation_apart(bench):
+    report, _, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "compiled_step")
+    rows = {r["compile"]: r for r in section["rows"]}
+    assert set(rows) == {None, *scenarios.STEP_COMPILE_MODES[report["machine"]["device_type"]]}
+    assert rows[None]["speedup_vs_eager"] == 1.0
+    for mode, row in rows.items():
+        assert row["provider"].endswith(f"compiled {mode}" if mode else "banded blocks")
+        if mode:    # the first call compiles: far longer than a step (seconds against milliseconds here)
+            assert row["first_call_seconds"] > 10 * row["seconds"]
 
 
 @pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores

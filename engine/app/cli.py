@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..compiled import MODES as COMPILE_MODES
 from ..engine import ATTENTIONS, uses_default_path
 from ..errors import FastIGError, InputError, OutputError
 from ..models import OUTPUTS
@@ -54,6 +55,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the model's dtype during the steps; accumulation is always fp32 (default auto: the "
                         "default call takes bf16 where it is fast and its check passes, GPUs and AMX CPUs, else "
                         "fp32; with --n-steps or --method, bf16/fp16 on GPUs and fp32 on CPU)")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="run the model step's layers through torch.compile in this mode (reduce-overhead: CUDA "
+                        "graphs); for GPUs, its first calls compile (default: eager)")
     p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET,
                    help="peak memory allowed: bytes such as 6GB or 512MiB, or a share of free memory such as 80%% "
                         "(default: %(default)s)")
@@ -210,7 +214,8 @@ def _engine(args, state=None, share_steps: bool = False):
         device = torch.device(f"cuda:{state.local_process_index}")
     model, tokenizer = load_classifier(args.model, args.tokenizer, device)
     return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget,
-                  attention=args.attention, processes=AllProcesses(state) if share_steps else None)
+                  attention=args.attention, processes=AllProcesses(state) if share_steps else None,
+                  compile=args.compile)
 
 
 def _attribution_kwargs(args) -> dict:
@@ -244,7 +249,7 @@ def _source_facts(args) -> dict:
     facts = {"model": args.model, "tokenizer": args.tokenizer or args.model, "inputs": ", ".join(inputs),
              "layer": args.layer or "embeddings", "target": "predicted" if args.target is None else args.target}
     for name in ("n_steps", "method", "accuracy", "tolerance", "max_steps", "baseline", "output", "precision",
-                 "attention", "max_length", "memory_budget"):
+                 "attention", "compile", "max_length", "memory_budget"):
         facts[name] = getattr(args, name)
     return facts
 
