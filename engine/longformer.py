@@ -15,7 +15,9 @@ mode only (no dropout); outputs equal Hugging Face's to fp32 rounding.
 """
 
 import math
+import sys
 from contextlib import contextmanager
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -36,14 +38,25 @@ class GlobalTokens(NamedTuple):
     valid: torch.Tensor
 
 
-@torch.compiler.disable
 def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens:
-    """The global tokens of a batch, from is_index_global_attn [B, L] bool. Their number is read off the
-    data, so torch.compile leaves this eager: the graph breaks here once, rather than at every
-    use of the number (4 graphs per layer otherwise)."""
+    """The global tokens of a batch, from is_index_global_attn [B, L] bool."""
     count = int(is_index_global_attn.sum(1).max())
     order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
     return GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
+
+
+@cache
+def _global_tokens_eager():
+    return torch.compiler.disable(global_tokens_of)
+
+
+def _global_tokens(is_index_global_attn: torch.Tensor) -> GlobalTokens:
+    """global_tokens_of, left eager by torch.compile: their number is read off the data, so a compiled layer
+    breaks its graph here once rather than at every use of the number (4 graphs per layer otherwise).
+    Only once torch.compile is loaded: torch.compiler.disable loads it (2 s, and triton)."""
+    if "torch._dynamo" not in sys.modules:
+        return global_tokens_of(is_index_global_attn)
+    return _global_tokens_eager()(is_index_global_attn)
 
 
 def default_kernel(device: torch.device) -> str:
@@ -172,7 +185,7 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, att
     scale = 1 / math.sqrt(head_dim)
     query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
     key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
-    global_tokens = global_tokens_of(is_index_global_attn) if is_global_attn else None
+    global_tokens = _global_tokens(is_index_global_attn) if is_global_attn else None
 
     local = LOCAL_ATTENTIONS[kernel or default_kernel(hidden_states.device)]
     output = local(query, key, value, attention_mask, global_tokens, w)                     # [B, L, h, d]
