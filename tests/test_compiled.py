@@ -9,6 +9,7 @@ import torch
 
 import fastig
 from conftest import assert_close, make_text
+from fastig.app.text import run_line
 from fastig.errors import InputError
 
 N_STEPS = 12
@@ -67,6 +68,7 @@ def test_a_compiling_call_is_timed_apart_and_not_used_to_size_calls(models, toke
     seconds = result.stats.seconds
     assert result.stats.model_calls == 4 and len(timed) == 3
     assert seconds.compile > 0 and seconds.model > 0
+    assert f"{seconds.compile:.2f} s of them compiling" in run_line(result)
 
 
 def test_an_unknown_compile_mode_is_refused_by_name(models, tokenizer):

@@ -37,5 +37,7 @@ def run_line(result: Attribution) -> str:
     if result.n_steps == "auto":
         line = (f"n_steps auto: {[d.evaluations for d in result.documents]} model evaluations per document for "
                 f"|delta| <= {stats.tolerance:g} |F(x) - F(b)| (met: {[d.tolerance_met for d in result.documents]})\n")
+    compiling = f", {stats.seconds.compile:.2f} s of them compiling" if stats.seconds.compile else ""
     return line + (f"{stats.token_steps_per_s:.0f} token-steps/s on {stats.device} in {stats.precision} "
-                   f"({stats.seconds.total:.2f} s; {_memory_line(stats)}; {stats.fallbacks} chunks redone in fp32)")
+                   f"({stats.seconds.total:.2f} s{compiling}; {_memory_line(stats)}; {stats.fallbacks} chunks redone "
+                   "in fp32)")
