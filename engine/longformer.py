@@ -17,8 +17,7 @@ mode only (no dropout); outputs equal Hugging Face's to fp32 rounding.
 import math
 import sys
 from contextlib import contextmanager
-from functools import cache
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,20 +44,6 @@ def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens:
     return GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
 
 
-@cache
-def _global_tokens_eager():
-    return torch.compiler.disable(global_tokens_of)
-
-
-def _global_tokens(is_index_global_attn: torch.Tensor) -> GlobalTokens:
-    """global_tokens_of, left eager by torch.compile: their number is read off the data, so a compiled layer
-    breaks its graph here once rather than at every use of the number (4 graphs per layer otherwise).
-    Only once torch.compile is loaded: torch.compiler.disable loads it (2 s, and triton)."""
-    if "torch._dynamo" not in sys.modules:
-        return global_tokens_of(is_index_global_attn)
-    return _global_tokens_eager()(is_index_global_attn)
-
-
 def default_kernel(device: torch.device) -> str:
     """"blocks" on every device: on the H200 it ran the 12-layer step 1.8-2.1x faster than "flex" in fp32
     and 1.0-1.17x in bf16 (benchmarks/results/nvidia-h200-full-2026-11-26.md, model_step)."""
@@ -69,11 +54,35 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], heads, -1)                  # [B, L, E] -> [B, L, heads, d]
 
 
+def blocks_mask(attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask [B * blocks, 1, w, G + 3w] of `blocks_local_attention`: query row s of block b sees
+    the global keys first, then key slot t of its span (positions b*w - w + t) when |i - j| <= w."""
+    batch, length = attention_mask.shape
+    blocks, device = length // w, attention_mask.device
+    offsets = torch.arange(3 * w, device=device)
+    rows = torch.arange(w, device=device)
+    distance = offsets[None, :] - rows[:, None]                 # key slot t, query row s: j - i = t - s - w
+    in_band = (distance >= 0) & (distance <= 2 * w)             # |i - j| <= w
+    positions = torch.arange(blocks, device=device)[:, None] * w - w + offsets    # [blocks, 3w]
+    inside = (positions >= 0) & (positions < length)
+    lowest = torch.finfo(dtype).min
+    # Padding and global keys leave the window (global keys come back as global columns), as in Hugging Face.
+    removed = F.pad(attention_mask != 0, (w, w), value=True).unfold(1, 3 * w, w)        # [B, blocks, 3w]
+    key_mask = torch.where(inside, torch.where(removed, lowest, 0.0), -math.inf).to(dtype)
+    mask = torch.where(in_band, key_mask[:, :, None, :], -math.inf)                     # [B, blocks, w, 3w]
+    if global_tokens is not None:
+        global_mask = torch.where(global_tokens.valid, 0.0, -math.inf).to(dtype)        # [B, G]
+        mask = torch.cat([global_mask[:, None, None, :].expand(-1, blocks, w, -1), mask], dim=-1)
+    return mask.reshape(batch * blocks, 1, w, -1)
+
+
 def blocks_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int) -> torch.Tensor:
-    """Local attention [B, L, h, d] of query (already scaled), key, value [B, L, h, d], by blocks of w queries."""
+                           global_tokens: GlobalTokens | None, mask: torch.Tensor, w: int) -> torch.Tensor:
+    """Local attention [B, L, h, d] of query (already scaled), key, value [B, L, h, d], by blocks of w queries,
+    under `blocks_mask`."""
     batch, length, heads, head_dim = query.shape
-    blocks, device = length // w, query.device
+    blocks = length // w
 
     # Keys of block b: positions b*w - w ... b*w + 2w - 1, from keys padded by w at both ends, as the padded
     # blocks b, b+1, b+2 side by side: the values of unfold(1, 3w, w), with the bf16 step 4-4.5% faster on the
@@ -82,67 +91,94 @@ def blocks_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
         padded = F.pad(x, (0, 0, 0, 0, w, w)).view(batch, blocks + 2, w, heads, head_dim)
         return torch.cat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], dim=2).transpose(2, 3)
     key_spans, value_spans = spans(key), spans(value)
-    offsets = torch.arange(3 * w, device=device)
-    rows = torch.arange(w, device=device)
-    distance = offsets[None, :] - rows[:, None]                 # key slot t, query row s: j - i = t - s - w
-    in_band = (distance >= 0) & (distance <= 2 * w)             # |i - j| <= w
-    positions = torch.arange(blocks, device=device)[:, None] * w - w + offsets    # [blocks, 3w]
-    inside = (positions >= 0) & (positions < length)
-    lowest = torch.finfo(query.dtype).min
-    # Padding and global keys leave the window (global keys come back as global columns), as in Hugging Face.
-    removed = F.pad(attention_mask != 0, (w, w), value=True).unfold(1, 3 * w, w)        # [B, blocks, 3w]
-    key_mask = torch.where(inside, torch.where(removed, lowest, 0.0), -math.inf).to(query.dtype)
-    mask = torch.where(in_band, key_mask[:, :, None, :], -math.inf)                     # [B, blocks, w, 3w]
-
     if global_tokens is not None:
         gather = lambda x: x.gather(1, global_tokens.index[:, :, None, None].expand(-1, -1, heads, head_dim))  # noqa: E731
         expand = lambda x: x[:, None].transpose(-2, -3).expand(-1, blocks, -1, -1, -1)      # noqa: E731
         key_spans = torch.cat([expand(gather(key)), key_spans], dim=-2)
         value_spans = torch.cat([expand(gather(value)), value_spans], dim=-2)
-        global_mask = torch.where(global_tokens.valid, 0.0, -math.inf).to(query.dtype)      # [B, G]
-        mask = torch.cat([global_mask[:, None, None, :].expand(-1, blocks, w, -1), mask], dim=-1)
 
     query_blocks = query.view(batch, blocks, w, heads, head_dim).transpose(2, 3)       # [B, blocks, h, w, d]
     flat = lambda x: x.reshape(batch * blocks, heads, *x.shape[-2:])  # noqa: E731
     output = F.scaled_dot_product_attention(flat(query_blocks), flat(key_spans), flat(value_spans),
-                                            attn_mask=mask.reshape(batch * blocks, 1, w, -1), scale=1.0)
+                                            attn_mask=mask, scale=1.0)
     return output.view(batch, blocks, heads, w, head_dim).transpose(2, 3).reshape(batch, length, heads, head_dim)
 
 
-_flex = {}      # the compiled FlexAttention, and the block mask of the last attention mask seen
+_compiled_flex = {}      # torch.compile(flex_attention), made on first use on CUDA
 
 
-def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int) -> torch.Tensor:
-    """Local attention [B, L, h, d] as `blocks_local_attention`, by FlexAttention with a block mask.
-
-    Key j is seen by query i when |i - j| <= w and j is neither padding nor global, or when j is
-    global; padding queries also see themselves (their output is zeroed later, and a row with no
-    key at all would give nan gradients). Every layer of a forward gets the same attention mask,
-    so its block mask is built once (kept while the mask tensor is alive and unchanged).
-    """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def flex_mask(attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, w: int, dtype: torch.dtype):
+    """The BlockMask of `flex_local_attention`: key j is seen by query i when |i - j| <= w and j is neither
+    padding nor global, or when j is global; padding queries also see themselves (their output is zeroed
+    later, and a row with no key at all would give nan gradients)."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     batch, length = attention_mask.shape
     removed = attention_mask != 0
     is_global = global_tokens.is_global if global_tokens is not None else torch.zeros_like(removed)
-    cached = _flex.get("mask")
-    if cached is None or cached[0] is not attention_mask or cached[1] != (attention_mask._version, w):
 
-        def sees(b, h, q, k):
-            return (((q - k).abs() <= w) & ~removed[b, k]) | is_global[b, k] | (q == k)
-        block_mask = create_block_mask(sees, batch, None, length, length, device=attention_mask.device)
-        _flex["mask"] = cached = (attention_mask, (attention_mask._version, w), block_mask)
-    if query.is_cuda and "compiled" not in _flex:
-        _flex["compiled"] = torch.compile(flex_attention)
+    def sees(b, h, q, k):
+        return (((q - k).abs() <= w) & ~removed[b, k]) | is_global[b, k] | (q == k)
+    return create_block_mask(sees, batch, None, length, length, device=attention_mask.device)
+
+
+def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         global_tokens: GlobalTokens | None, mask, w: int) -> torch.Tensor:
+    """Local attention [B, L, h, d] as `blocks_local_attention`, by FlexAttention under `flex_mask`."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if query.is_cuda and not _compiled_flex:
+        _compiled_flex["flex_attention"] = torch.compile(flex_attention)
     # Uncompiled, FlexAttention is a slow reference (it forms all L x L scores): the CPU's case, forward only.
-    kernel = _flex["compiled"] if query.is_cuda else flex_attention
-    output = kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                             block_mask=cached[2], scale=1.0)
+    kernel = _compiled_flex["flex_attention"] if query.is_cuda else flex_attention
+    output = kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), block_mask=mask, scale=1.0)
     return output.transpose(1, 2)
 
 
-LOCAL_ATTENTIONS = {"blocks": blocks_local_attention, "flex": flex_local_attention}
+class LocalAttention(NamedTuple):
+    mask: Callable          # (attention_mask, global tokens, w, dtype) -> the kernel's mask
+    attend: Callable        # (query, key, value, global tokens, mask, w) -> output [B, L, h, d]
+
+
+LOCAL_ATTENTIONS = {"blocks": LocalAttention(blocks_mask, blocks_local_attention),
+                    "flex": LocalAttention(flex_mask, flex_local_attention)}
+
+
+class Band(NamedTuple):
+    """What every layer of one forward shares: its global tokens (None without) and the local attention's mask."""
+    global_tokens: GlobalTokens | None
+    mask: object
+
+
+class BandOfForward:
+    """The Band of the last forward seen. Every layer of a forward (and its recomputation in the backward
+    pass) gets the same attention_mask tensor, so the band is built once per forward, not per layer: one
+    device-to-host read of the number of global tokens instead of one a layer (each a sync on a GPU) and
+    45 fewer ops per layer (a 4-layer bf16 step: 1,623 -> 1,488 ops, 6 -> 3 syncs; at a size where the
+    step is all dispatch, 20.9 -> 19.7 ms on the 2-core EPYC). Kept while that attention_mask is the last
+    one seen and unchanged; one mask per forward also means one saved for the backward, not one a layer."""
+
+    def __init__(self):
+        self.seen, self.band, self.disabled = None, None, None
+
+    def __call__(self, kernel: str, attention_mask: torch.Tensor, is_index_global_attn: torch.Tensor,
+                 is_global_attn: bool, w: int, dtype: torch.dtype) -> Band:
+        key = (kernel, attention_mask._version, bool(is_global_attn), w, dtype)
+        if self.seen is None or self.seen[0] is not attention_mask or self.seen[1] != key:
+            global_tokens = global_tokens_of(is_index_global_attn) if is_global_attn else None
+            self.band = Band(global_tokens, LOCAL_ATTENTIONS[kernel].mask(attention_mask, global_tokens, w, dtype))
+            self.seen = (attention_mask, key)
+        return self.band
+
+    def eager(self):
+        """This, left eager by torch.compile: the number of global tokens is read off the data, so a compiled
+        layer breaks its graph here once rather than at every use of the number (4 graphs per layer
+        otherwise). Only once torch.compile is loaded: torch.compiler.disable loads it (2 s, and triton)."""
+        if "torch._dynamo" not in sys.modules:
+            return self
+        if self.disabled is None:
+            self.disabled = torch.compiler.disable(self)
+        return self.disabled
 
 
 def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index_masked: torch.Tensor,
@@ -176,22 +212,24 @@ def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index
 
 def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
                           is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
-                          is_global_attn: bool, kernel: str | None = None) -> torch.Tensor:
+                          is_global_attn: bool, kernel: str | None, band_of: BandOfForward) -> torch.Tensor:
     """LongformerSelfAttention.forward's output [B, L, E] for hidden_states [B, L, E].
 
     attention_mask: [B, L] float, 0 for local tokens, negative for padding, positive for
     global tokens (Hugging Face's encoding). L is a multiple of the window, as the model pads it.
     kernel: "blocks" or "flex" for the local attention; None picks by device (default_kernel).
+    band_of: where the layers of a forward find the band they share.
     """
     batch, length, _ = hidden_states.shape
     heads, head_dim, w = attention.num_heads, attention.head_dim, attention.one_sided_attn_window_size
     scale = 1 / math.sqrt(head_dim)
     query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
     key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
-    global_tokens = _global_tokens(is_index_global_attn) if is_global_attn else None
+    kernel = kernel or default_kernel(hidden_states.device)
+    global_tokens, mask = band_of.eager()(kernel, attention_mask, is_index_global_attn, is_global_attn, w,
+                                          query.dtype)
 
-    local = LOCAL_ATTENTIONS[kernel or default_kernel(hidden_states.device)]
-    output = local(query, key, value, attention_mask, global_tokens, w)                     # [B, L, h, d]
+    output = LOCAL_ATTENTIONS[kernel].attend(query, key, value, global_tokens, mask, w)    # [B, L, h, d]
     output = output.reshape(batch, length, -1).masked_fill(is_index_masked[:, :, None], 0.0)
 
     if global_tokens is not None:
@@ -248,8 +286,9 @@ def banded_attention(model: nn.Module, kernel: str | None = None):
                 return type(attention).forward(attention, hidden_states, attention_mask, is_index_masked,
                                                is_index_global_attn, is_global_attn, output_attentions)
             return (banded_self_attention(attention, hidden_states, attention_mask, is_index_masked,
-                                          is_index_global_attn, is_global_attn, kernel),)
+                                          is_index_global_attn, is_global_attn, kernel, band_of),)
         return forward
+    band_of = BandOfForward()
     attentions = [m for m in model.modules() if isinstance(m, LongformerSelfAttention)]
     with forwards_shadowed(attentions, banded), first_mask_row_only():
         yield
