@@ -88,7 +88,8 @@ def blocks_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     # ends, as the padded blocks b, b+1, b+2 side by side: unfold(1, 3w, w)'s values, with the bf16 step 4-4.5%
     # faster on the 2-core EPYC (2-layer LF-base, 4,096 x 1 and 512 x 8 tokens, 3 alternated runs each). The
     # global keys go in the same cat, not in a second copy of the spans: 22 -> 16 ms per K or V (fp32, 4,096
-    # tokens, forward and backward) alone, within noise (1%) of the whole step, one span copy less of memory.
+    # tokens, forward and backward, on a 2-core AMX Xeon of this kind) alone, within noise (1%) of the whole
+    # step, one span copy less of memory.
     def spans(x):                                                      # [B, L, h, d] -> [B, blocks, h, G + 3w, d]
         padded = F.pad(x, (0, 0, 0, 0, w, w)).view(batch, blocks + 2, w, heads, head_dim)
         pieces = [padded[:, :-2], padded[:, 1:-1], padded[:, 2:]]
@@ -156,7 +157,7 @@ class BandOfForward:
     pass) gets the same attention_mask tensor, so the band is built once per forward, not per layer: one
     device-to-host read of the number of global tokens instead of one a layer (each a sync on a GPU) and
     45 fewer ops per layer (a 4-layer bf16 step: 1,623 -> 1,488 ops, 6 -> 3 syncs; at a size where the
-    step is all dispatch, 20.9 -> 19.7 ms on the 2-core EPYC). Kept while that attention_mask is the last
+    step is all dispatch, 20.9 -> 19.7 ms on a 2-core AMX Xeon of this kind). Kept while that attention_mask is the last
     one seen and unchanged; one mask per forward also means one saved for the backward, not one a layer."""
 
     def __init__(self):
