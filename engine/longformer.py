@@ -157,8 +157,9 @@ class BandOfForward:
     pass) gets the same attention_mask tensor, so the band is built once per forward, not per layer: one
     device-to-host read of the number of global tokens instead of one a layer (each a sync on a GPU) and
     45 fewer ops per layer (a 4-layer bf16 step: 1,623 -> 1,488 ops, 6 -> 3 syncs; at a size where the
-    step is all dispatch, 20.9 -> 19.7 ms on a 2-core AMX Xeon of this kind). Kept while that attention_mask is the last
-    one seen and unchanged; one mask per forward also means one saved for the backward, not one a layer."""
+    step is all dispatch, 20.9 -> 19.7 ms on a 2-core AMX Xeon of this kind). Kept while that
+    attention_mask is the last one seen and unchanged; one mask per forward also means one saved for the
+    backward, not one a layer."""
 
     def __init__(self):
         self.seen, self.band, self.disabled = None, None, None
