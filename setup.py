@@ -7,11 +7,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # The folders keep the design card's names; the import names are fastig (the core), fastig.app
-    # (engine/app: the command line, data sets, reports, the demo), fastig.kernels and fastig.benchmarks
-    # (so `fastig bench` works from any install).
+    # The import names are fastig (engine/: the core), fastig.app (engine/app: the command line, data
+    # sets, reports, the demo), fastig.kernels (engine/kernels) and fastig.benchmarks (so `fastig bench`
+    # works from any install). The kernels live inside engine/ because a top-level kernels/ folder is
+    # imported as the `kernels` package transformers >= 5.25 requires, whenever Python runs from the
+    # repository root (python -m pytest, a notebook here): the CI failed on exactly that.
     packages=["fastig", "fastig.app", "fastig.kernels", "fastig.benchmarks"],
-    package_dir={"fastig": "engine", "fastig.kernels": "kernels", "fastig.benchmarks": "benchmarks"},
+    package_dir={"fastig": "engine", "fastig.benchmarks": "benchmarks"},
     # Everything the commands need: the core needs torch, transformers, captum (the reference and the
     # drop-in), numpy and tqdm; accelerate launches --processes; pandas, pyarrow and datasets read data
     # sets (CSV, JSONL, parquet, save_to_disk folders, the hub); matplotlib draws the report's charts.

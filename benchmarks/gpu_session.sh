@@ -8,9 +8,9 @@
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-# The layout setup.py maps (engine/ -> fastig, kernels/ and benchmarks/ inside it), without pip:
+# The layout setup.py maps (engine/ -> fastig, benchmarks/ inside it), without pip:
 # the image cannot fetch setuptools for an editable install.
-rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r engine /tmp/pkg/fastig && cp -r kernels benchmarks /tmp/pkg/fastig/
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r engine /tmp/pkg/fastig && cp -r benchmarks /tmp/pkg/fastig/
 export PYTHONPATH=/tmp/pkg:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 python3 -c "import torch, transformers, captum; print('torch', torch.__version__, 'cuda', torch.version.cuda, \

@@ -42,15 +42,15 @@ def _op(name: str, device: torch.device):
 
 
 def interpolate(start, difference, docs, alphas, dtype=torch.float32):
-    """z [c, L, H] = start[docs] + alphas * difference[docs]; see kernels/interpolation.py."""
+    """z [c, L, H] = start[docs] + alphas * difference[docs]; see engine/kernels/interpolation.py."""
     return _op("interpolate", start.device)(start, difference, docs, alphas, dtype)
 
 
 def accumulate(gradient_sum, integrand, grads, difference, docs, steps, weights) -> None:
-    """gradient_sum[docs] += w[steps] * grads and integrand[docs, steps] = <grads, difference[docs]>; see kernels/accumulation.py."""
+    """gradient_sum[docs] += w[steps] * grads and integrand[docs, steps] = <grads, difference[docs]>; see engine/kernels/accumulation.py."""
     _op("accumulate", grads.device)(gradient_sum, integrand, grads, difference, docs, steps, weights)
 
 
 def finalize(difference, gradient_sum):
-    """attributions = difference * gradient_sum and their token sums; see kernels/finalization.py."""
+    """attributions = difference * gradient_sum and their token sums; see engine/kernels/finalization.py."""
     return _op("finalize", difference.device)(difference, gradient_sum)

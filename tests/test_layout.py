@@ -1,0 +1,16 @@
+"""Python run from the repository root (python -m pytest, as CI does; a notebook opened here) puts the
+root first on sys.path, so a package folder there takes the import name of any installed package of
+that name: a top-level kernels/ hid the `kernels` package transformers >= 5.25 imports, and every test
+failed to start."""
+import importlib.metadata
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_no_folder_in_the_repository_root_shadows_an_installed_package():
+    installed = importlib.metadata.packages_distributions()   # top-level import name -> distributions
+    folders = sorted(path.name for path in ROOT.iterdir() if (path / "__init__.py").is_file())
+    assert folders, "the repository root has no package folders: this test checks nothing"
+    shadowing = {name: installed[name] for name in folders if name in installed}
+    assert not shadowing, f"folders in the repository root shadow installed packages: {shadowing}"
