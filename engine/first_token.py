@@ -16,6 +16,7 @@ values (4 of its 24 H^2 per token).
 """
 
 from contextlib import contextmanager, nullcontext
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,15 @@ def _first_query_attention(query: nn.Linear, key: nn.Linear, value: nn.Linear, h
     return out.transpose(1, 2).reshape(batch, 1, -1)
 
 
-def _bert_layer(layer: nn.Module):
+class FirstTokenLayer(NamedTuple):
+    """The forward that shadows a last layer, and a forward pre-hook that reads off the data what it branches
+    on (None: nothing). The hook runs outside the layer's forward, so that a compiled layer (fastig.compiled)
+    has no data-dependent branch to break its graph on."""
+    forward: Callable
+    read_before: Callable | None = None
+
+
+def _bert_layer(layer: nn.Module) -> FirstTokenLayer:
     """BertLayer and its copies (RoBERTa, XLM-R, CamemBERT, ELECTRA): the first token's layer output."""
     self_attention = layer.attention.self
 
@@ -59,10 +68,10 @@ def _bert_layer(layer: nn.Module):
         attention_output = layer.attention.output(context, hidden_states[:, :1])
         first = layer.output(layer.intermediate(attention_output), attention_output)
         return first.expand_as(hidden_states)
-    return forward
+    return FirstTokenLayer(forward)
 
 
-def _distilbert_layer(layer: nn.Module):
+def _distilbert_layer(layer: nn.Module) -> FirstTokenLayer:
     attention = layer.attention
 
     def forward(hidden_states, attention_mask=None, *args, **kwargs):
@@ -72,14 +81,22 @@ def _distilbert_layer(layer: nn.Module):
         attention_output = layer.sa_layer_norm(attention.out_lin(context) + hidden_states[:, :1])
         first = layer.output_layer_norm(layer.ffn(attention_output) + attention_output)
         return first.expand_as(hidden_states)
-    return forward
+    return FirstTokenLayer(forward)
 
 
-def _longformer_layer(layer: nn.Module):
-    """LongformerLayer whose first token is global in every row (fastig puts global attention on CLS)."""
+def _longformer_layer(layer: nn.Module) -> FirstTokenLayer:
+    """LongformerLayer whose first token is global in every row (fastig puts global attention on CLS); any
+    other call runs the whole layer."""
+    first_is_global = False      # in the call now running
+
+    def read_before(module, args, kwargs):
+        nonlocal first_is_global
+        is_index_global_attn = kwargs["is_index_global_attn"] if "is_index_global_attn" in kwargs else args[3]
+        first_is_global = bool(is_index_global_attn[:, 0].all())
+
     def forward(hidden_states, attention_mask=None, is_index_masked=None, is_index_global_attn=None,
                 is_global_attn=None, output_attentions=False):
-        if output_attentions or not bool(is_index_global_attn[:, 0].all()):
+        if output_attentions or not first_is_global:
             return type(layer).forward(layer, hidden_states, attention_mask, is_index_masked, is_index_global_attn,
                                        is_global_attn, output_attentions)
         first_index = torch.zeros(hidden_states.shape[0], 1, dtype=torch.long, device=hidden_states.device)
@@ -87,7 +104,7 @@ def _longformer_layer(layer: nn.Module):
         attention_output = layer.attention.output(context.to(hidden_states.dtype), hidden_states[:, :1])
         first = layer.ff_chunk(attention_output)
         return (first.expand_as(hidden_states),)
-    return forward
+    return FirstTokenLayer(forward, read_before)
 
 
 LAST_LAYERS = {"BertLayer": _bert_layer, "RobertaLayer": _bert_layer, "XLMRobertaLayer": _bert_layer,
@@ -116,5 +133,12 @@ def first_token_only(model: nn.Module, attributed_layer: nn.Module | None = None
         with nullcontext():
             yield
         return
-    with forwards_shadowed([layer], LAST_LAYERS[type(layer).__name__]):
-        yield
+    first_token = LAST_LAYERS[type(layer).__name__](layer)
+    hooks = [layer.register_forward_pre_hook(first_token.read_before, with_kwargs=True)] \
+        if first_token.read_before else []
+    try:
+        with forwards_shadowed([layer], lambda module: first_token.forward):
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()

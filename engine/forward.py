@@ -142,7 +142,7 @@ class ModelStep:
     """F [c] (or [c, T]) at layer outputs z [c, L', H] of rows `rows` [c] of the batch: the model run from the layer
     on, differentiable in z; each transformer layer recomputed in the backward pass while the
     scheduler says so (its first probe may switch it on or off during the run); with compile_mode, each
-    layer through torch.compile in that mode (fastig.compiled) in the calls that keep every layer."""
+    layer through torch.compile in that mode (fastig.compiled)."""
     model: nn.Module
     layer: nn.Module
     batch: Batch
@@ -153,12 +153,12 @@ class ModelStep:
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         recompute = self.scheduler.recompute_layers
-        # Calls that recompute run eager: a compiled Longformer layer breaks its graph at the global tokens,
-        # and the recomputation in the backward then picks another compiled graph than the forward ran (torch
-        # refuses it, pytorch#166926). The first probe recomputes; the calls after it keep every layer unless
-        # the memory budget is tight.
+        # The checkpoint inside the compiled layer, compile(checkpoint(layer)): the recomputation is part of the
+        # compiled graph. The other way round the recomputation ran another compiled graph than the forward had
+        # (a recompilation for dynamic shapes), which torch refuses (pytorch#166926). A layer with a graph break
+        # cannot be compiled over its checkpoint: Longformer's broke at its global tokens until they were read
+        # before the layers (fastig.longformer.BandsOfForward, fastig.first_token).
         with (layers_recomputed(self.model) if recompute else nullcontext(),
-              layers_compiled(self.model, self.compile_mode) if self.compile_mode and not recompute
-              else nullcontext()):
+              layers_compiled(self.model, self.compile_mode) if self.compile_mode else nullcontext()):
             logits = logits_from_layer(self.model, self.layer, self.batch, z, rows)
         return score(logits.float(), self.target[rows], self.output)

@@ -15,7 +15,6 @@ mode only (no dropout); outputs equal Hugging Face's to fp32 rounding.
 """
 
 import math
-import sys
 from contextlib import contextmanager
 from typing import Callable, NamedTuple
 
@@ -37,9 +36,11 @@ class GlobalTokens(NamedTuple):
     valid: torch.Tensor
 
 
-def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens:
-    """The global tokens of a batch, from is_index_global_attn [B, L] bool."""
+def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens | None:
+    """The global tokens of a batch, from is_index_global_attn [B, L] bool; None when it has none."""
     count = int(is_index_global_attn.sum(1).max())
+    if count == 0:
+        return None
     order = torch.sort(is_index_global_attn.int(), dim=1, descending=True, stable=True)
     return GlobalTokens(is_index_global_attn, order.indices[:, :count], order.values[:, :count].bool())
 
@@ -147,41 +148,40 @@ LOCAL_ATTENTIONS = {"blocks": LocalAttention(blocks_mask, blocks_local_attention
 
 
 class Band(NamedTuple):
-    """What every layer of one forward shares: its global tokens (None without) and the local attention's mask."""
+    """What the layers of one forward with one attention window share: the global tokens (None without),
+    and the local-attention kernel ("blocks", "flex") with its mask."""
     global_tokens: GlobalTokens | None
+    kernel: str
     mask: object
 
 
-class BandOfForward:
-    """The Band of the last forward seen. Every layer of a forward (and its recomputation in the backward
-    pass) gets the same attention_mask tensor, so the band is built once per forward, not per layer: one
-    device-to-host read of the number of global tokens instead of one a layer (each a sync on a GPU) and
-    45 fewer ops per layer (a 4-layer bf16 step: 1,623 -> 1,488 ops, 6 -> 3 syncs; at a size where the
-    step is all dispatch, 20.9 -> 19.7 ms on a 2-core AMX Xeon of this kind). Kept while that
-    attention_mask is the last one seen and unchanged; one mask per forward also means one saved for the
-    backward, not one a layer."""
+class BandsOfForward:
+    """The bands of the forward now running, one per attention window, built by `build` (a forward pre-hook
+    on the encoder) before its layers run, which only read them.
 
-    def __init__(self):
-        self.seen, self.band, self.disabled = None, None, None
+    Once per forward, not per layer: one device-to-host read of the number of global tokens instead of one a
+    layer (each a sync on a GPU) and 45 fewer ops per layer (a 4-layer bf16 step: 1,623 -> 1,488 ops, 6 -> 3
+    syncs; at a size where the step is all dispatch, 20.9 -> 19.7 ms on a 2-core AMX Xeon of this kind).
+    Outside the layers, so that a compiled layer (fastig.compiled) is one graph: built inside it, the number
+    of global tokens read off the data broke each layer's graph in two. A backward pass that recomputes the
+    layers (fastig.models.layers_recomputed) reads the bands of the last forward: its own, in fastig's steps.
+    """
 
-    def __call__(self, kernel: str, attention_mask: torch.Tensor, is_index_global_attn: torch.Tensor,
-                 is_global_attn: bool, w: int, dtype: torch.dtype) -> Band:
-        key = (kernel, attention_mask._version, bool(is_global_attn), w, dtype)
-        if self.seen is None or self.seen[0] is not attention_mask or self.seen[1] != key:
-            global_tokens = global_tokens_of(is_index_global_attn) if is_global_attn else None
-            self.band = Band(global_tokens, LOCAL_ATTENTIONS[kernel].mask(attention_mask, global_tokens, w, dtype))
-            self.seen = (attention_mask, key)
-        return self.band
+    def __init__(self, kernel: str | None, windows: set[int]):
+        self.kernel, self.windows, self.bands = kernel, windows, {}
 
-    def eager(self):
-        """This, left eager by torch.compile: the number of global tokens is read off the data, so a compiled
-        layer breaks its graph here once rather than at every use of the number (4 graphs per layer
-        otherwise). Only once torch.compile is loaded: torch.compiler.disable loads it (2 s, and triton)."""
-        if "torch._dynamo" not in sys.modules:
-            return self
-        if self.disabled is None:
-            self.disabled = torch.compiler.disable(self)
-        return self.disabled
+    def build(self, encoder: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        attention_mask = kwargs["attention_mask"] if "attention_mask" in kwargs else args[1]
+        device_type = hidden_states.device.type
+        # The dtype of the layers' queries: autocast's, else the model's.
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+            else hidden_states.dtype
+        global_tokens = global_tokens_of(attention_mask > 0)
+        kernel = self.kernel or default_kernel(hidden_states.device)
+        mask_of = LOCAL_ATTENTIONS[kernel].mask
+        self.bands = {w: Band(global_tokens, kernel, mask_of(attention_mask, global_tokens, w, dtype))
+                      for w in self.windows}
 
 
 def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index_masked: torch.Tensor,
@@ -213,26 +213,21 @@ def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index
     return global_output.transpose(1, 2).reshape(batch, count, -1)
 
 
-def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
-                          is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
-                          is_global_attn: bool, kernel: str | None, band_of: BandOfForward) -> torch.Tensor:
+def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index_masked: torch.Tensor,
+                          band: Band) -> torch.Tensor:
     """LongformerSelfAttention.forward's output [B, L, E] for hidden_states [B, L, E].
 
-    attention_mask: [B, L] float, 0 for local tokens, negative for padding, positive for
-    global tokens (Hugging Face's encoding). L is a multiple of the window, as the model pads it.
-    kernel: "blocks" or "flex" for the local attention; None picks by device (default_kernel).
-    band_of: where the layers of a forward find the band they share.
+    is_index_masked: [B, L] bool, True at padding; band: this layer's window's, of this forward. L is a
+    multiple of the window, as the model pads it.
     """
     batch, length, _ = hidden_states.shape
     heads, head_dim, w = attention.num_heads, attention.head_dim, attention.one_sided_attn_window_size
     scale = 1 / math.sqrt(head_dim)
     query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
     key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
-    kernel = kernel or default_kernel(hidden_states.device)
-    global_tokens, mask = band_of.eager()(kernel, attention_mask, is_index_global_attn, is_global_attn, w,
-                                          query.dtype)
+    global_tokens = band.global_tokens
 
-    output = LOCAL_ATTENTIONS[kernel].attend(query, key, value, global_tokens, mask, w)    # [B, L, h, d]
+    output = LOCAL_ATTENTIONS[band.kernel].attend(query, key, value, global_tokens, band.mask, w)    # [B, L, h, d]
     output = output.reshape(batch, length, -1).masked_fill(is_index_masked[:, :, None], 0.0)
 
     if global_tokens is not None:
@@ -277,7 +272,7 @@ def banded_attention(model: nn.Module, kernel: str | None = None):
 
     Also for plain inference: `with banded_attention(model): model(...)`. Attention maps
     (output_attentions) and training mode still go to Hugging Face's code."""
-    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+    from transformers.models.longformer.modeling_longformer import LongformerEncoder, LongformerSelfAttention
 
     if kernel is not None and kernel not in KERNELS:
         raise InputError(f"kernel={kernel!r} is unknown; allowed: {', '.join(KERNELS)}")
@@ -285,13 +280,19 @@ def banded_attention(model: nn.Module, kernel: str | None = None):
     def banded(attention):
         def forward(hidden_states, attention_mask=None, is_index_masked=None, is_index_global_attn=None,
                     is_global_attn=None, output_attentions=False):
-            if output_attentions or attention.training:
+            band = bands.bands.get(attention.one_sided_attn_window_size)
+            if band is None or output_attentions or attention.training:
                 return type(attention).forward(attention, hidden_states, attention_mask, is_index_masked,
                                                is_index_global_attn, is_global_attn, output_attentions)
-            return (banded_self_attention(attention, hidden_states, attention_mask, is_index_masked,
-                                          is_index_global_attn, is_global_attn, kernel, band_of),)
+            return (banded_self_attention(attention, hidden_states, is_index_masked, band),)
         return forward
-    band_of = BandOfForward()
     attentions = [m for m in model.modules() if isinstance(m, LongformerSelfAttention)]
-    with forwards_shadowed(attentions, banded), first_mask_row_only():
-        yield
+    encoders = [m for m in model.modules() if isinstance(m, LongformerEncoder)]
+    bands = BandsOfForward(kernel, {attention.one_sided_attn_window_size for attention in attentions})
+    hooks = [encoder.register_forward_pre_hook(bands.build, with_kwargs=True) for encoder in encoders]
+    try:
+        with forwards_shadowed(attentions, banded), first_mask_row_only():
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -37,19 +37,25 @@ def test_compiled_bert_step_gives_the_eager_results_and_leaves_the_model_as_it_w
 
 
 @pytest.mark.slow
-def test_compiled_longformer_step_with_global_tokens_padding_and_recomputation(models, tokenizer):
-    """Longformer's banded attention (global CLS, padding, the first-token last layer) compiled; a call that
-    recomputes its layers (a tight memory budget) runs eager, where compiled layers inside the checkpoint
-    would recompute through another graph than they ran."""
+def test_compiled_longformer_step_is_whole_graphs_also_when_it_recomputes(models, tokenizer):
+    """Longformer's banded attention (global CLS, padding, the first-token last layer) compiles without a graph
+    break (a break leaves eager code between the compiled pieces, CUDA graphs included, and torch prints a
+    warning for it): its global tokens are read before the layers run. A call that recomputes its layers (a
+    tight memory budget) compiles the checkpointed layers too, and gives the eager results."""
+    from torch._dynamo.utils import counters
+
     model = models("longformer")
     texts = _texts([40, 13])
     engine = fastig.Engine(model, tokenizer, compile="default")
     eager = fastig.Engine(model, tokenizer).attribute(texts, n_steps=N_STEPS, chunk_size=8)
+    breaks = sum(counters["graph_break"].values())
     _assert_same_results(engine.attribute(texts, n_steps=N_STEPS, chunk_size=8), eager)
     engine.scheduler.recompute_layers = True
     recomputed = engine.attribute(texts, n_steps=N_STEPS, chunk_size=8)
     assert recomputed.stats.memory.recompute_layers
+    assert recomputed.stats.seconds.compile > 0             # compiled, not run eager
     _assert_same_results(recomputed, eager)
+    assert sum(counters["graph_break"].values()) == breaks, dict(counters["graph_break"])
 
 
 def test_a_compiling_call_is_timed_apart_and_not_used_to_size_calls(models, tokenizer, monkeypatch):

@@ -76,9 +76,9 @@ def test_banded_attention_is_hugging_faces(device, kernel, window, length, batch
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_banded_attention_reads_the_device_once_per_forward(recompute):
-    """The layers of a forward share one band: the host reads of a banded step (a sync each on a GPU) do not
-    grow with the number of layers, also when the backward recomputes the layers; per-layer windows (each
-    layer its own band) still give Hugging Face's logits and gradient."""
+    """The layers of a forward share its bands, built before they run: the host reads of a banded step (a sync
+    each on a GPU) grow neither with the number of layers nor with per-layer windows (a band each), also when
+    the backward recomputes the layers; per-layer windows still give Hugging Face's logits and gradient."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from fastig.models import layers_recomputed
@@ -113,8 +113,7 @@ def test_banded_attention_reads_the_device_once_per_forward(recompute):
                      what="logits")
         assert_close(gradient, expected_gradient, rtol=1e-4, atol=1e-4 * float(expected_gradient.abs().max()),
                      what="gradient")
-    assert reads["8"] == reads[str([8] * 4)], reads
-    assert reads[str([8, 16, 16, 4])] > reads["8"], reads     # a new window, a new band
+    assert reads["8"] == reads[str([8] * 4)] == reads[str([8, 16, 16, 4])], reads
 
 
 @pytest.mark.parametrize("device, kernel", RUNS)
