@@ -442,10 +442,9 @@ class StepJob:
         return f"longformer {self.precision} {attention}{compiled}"
 
 
-def model_step(job: StepJob) -> dict:
-    """Runs in a child process: median seconds of one step, its first call (compilation
-    included), and the peak memory. On CPU with the allocator setting of the `fastig` command,
-    for every attention alike."""
+def _step_of(job: StepJob):
+    """The job's step as a function of nothing (model, ids and z made here, in this process); returns the
+    gradient."""
     from contextlib import nullcontext
 
     from fastig.compiled import layers_compiled
@@ -475,7 +474,14 @@ def model_step(job: StepJob) -> dict:
               layers_compiled(model, job.compile) if job.compile else nullcontext()):
             logits = model(input_ids=ids, **kwargs).logits
         return torch.autograd.grad(logits[:, 0].float().sum(), z)[0]
+    return step
 
+
+def model_step(job: StepJob) -> dict:
+    """Runs in a child process: median seconds of one step, its first call (compilation
+    included), and the peak memory. On CPU with the allocator setting of the `fastig` command,
+    for every attention alike."""
+    step = _step_of(job)
     first, _, _ = median_seconds(step, 1, _sync(job))
     step()
     if job.device == "cuda":
@@ -483,6 +489,34 @@ def model_step(job: StepJob) -> dict:
     seconds, times, _ = median_seconds(step, job.repeats, _sync(job))
     return {"seconds": seconds, "times": times, "first_call_seconds": first,
             "peak_memory_mb": _peak_memory_mb(job.device)}
+
+
+def step_profile(job: StepJob, top: int) -> dict:
+    """Runs in a child process: where one step's time goes, by torch.profiler over `job.repeats` steps after
+    two warm-up steps: the `top` operators by their own time on the device (CUDA kernels on a GPU, the
+    CPU's operators on a CPU), each with its calls and milliseconds per step and its share of the step's
+    operator time; and the step's median wall seconds over the same steps."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step = _step_of(job)
+    step(), step()
+    cuda = job.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        seconds, _, _ = median_seconds(step, job.repeats, _sync(job))
+    def own(event):
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    events = profiler.key_averages()
+    if cuda:        # the kernels themselves (the operators that launched them carry the same device time)
+        events = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    events = sorted(events, key=own, reverse=True)
+    total = sum(own(event) for event in events)
+    return {"seconds": seconds, "operator_ms_per_step": total / 1e3 / job.repeats,
+            "operators": [{"name": event.key, "calls_per_step": event.count / job.repeats,
+                           "ms_per_step": own(event) / 1e3 / job.repeats, "share": own(event) / total}
+                          for event in events[:top] if own(event) > 0]}
 
 
 def save_model(spec: ModelSpec, folder) -> str:

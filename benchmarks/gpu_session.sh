@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # One lent-GPU session of checks, as prepared on the CPU machine: install fastig (and a carried
 # captum wheel from .whl/) into the device image, smoke-test the engine on CUDA, then run the
-# benchmark suite there. Results land under $OUT (the device tool brings them back).
+# benchmark parts issue 24 measures. Results land under $OUT (the device tool brings them back).
 # Usage here: pip download captum==0.9.0 --no-deps -d .whl (an ignored folder), then with the device tool
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=570)
-# Each part's time limit can be set: TESTS_S, KERNELS_S, STEP_S, COMPILE_S, LONG_S, DEFAULT_S (seconds).
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=590)
+# The parts run in order of what issue 24's done-when needs, under one deadline (TOTAL_S, default 560 s
+# after the install): each gets its own box or the time left, whichever is less, and a part with under
+# 20 s left is skipped, so the parts that matter most are never starved by a slow one. A part killed by
+# its box writes nothing (a scenario writes its files at its end). Boxes from the H200 run of 2026-11-26:
+# long_document --full took 2.5 min, model_step --full 2.9 min at 10 repeats. PARTS="a b" runs only those.
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -17,7 +21,26 @@ python3 -c "import torch, transformers, captum; print('torch', torch.__version__
 'transformers', transformers.__version__, 'captum', captum.__version__)"
 python3 -c "import triton; print('triton', triton.__version__)" 2>/dev/null
 mkdir -p "$OUT/results"
-timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/smoke.log"
+deadline=$((SECONDS + ${TOTAL_S:-560}))
+parts=" ${PARTS:-smoke long_document model_step step_profile kernels tests compiled_step default_path} "
+
+# part NAME BOX COMMAND...: COMMAND within min(BOX, time left), the last lines of its output shown.
+part() {
+    local name=$1 box=$2 left=$((deadline - SECONDS))
+    shift 2
+    [[ $parts == *" $name "* ]] || return 0
+    if [ "$left" -lt 20 ]; then echo "== $name: skipped, ${left} s left"; return 0; fi
+    [ "$box" -gt "$left" ] && box=$left
+    echo "== $name: up to $box s"
+    local started=$SECONDS
+    timeout "$box" "$@" > "$OUT/$name.log" 2>&1
+    local status=$?
+    tail -n 25 "$OUT/$name.log"
+    echo "== $name: exit $status after $((SECONDS - started)) s$([ $status -eq 124 ] && echo ', timed out')"
+}
+bench() { python3 -m fastig bench "$@" --device cuda --out "$OUT/results"; }
+
+part smoke 45 python3 - <<'PY'
 import torch, fastig
 from fastig.benchmarks.common import ModelSpec, random_ids
 spec = ModelSpec("longformer", 2, 256, 4, 64, 1024, 0.3, 0)
@@ -31,18 +54,18 @@ for precision in ("fp32", "bf16"):
 default = fastig.Engine(model, device="cuda").attribute(random_ids(model, 3, 512))
 print("default call", [(d.evaluations, d.precision, d.estimated_error) for d in default.documents])
 PY
-# Everything issue 24 measures, in one run of about 9 minutes (each part time-boxed, so one slow part
-# cannot take the others' time; each bench run writes its own files with device and versions):
-(cd tests && timeout "${TESTS_S:-80}" python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
-    test_longformer_attention.py 2>&1 | tail -15)
-timeout "${KERNELS_S:-40}" python3 -m fastig.benchmarks.kernels --out "$OUT/results" 2>&1 | tail -20
-timeout "${STEP_S:-80}" python3 -m fastig bench model_step --full --repeats 5 --device cuda --out "$OUT/results" \
-    2>&1 | tail -25
+# 4,096 tokens, 250 steps: Captum's batch sweep and best, fastig fp32 / bf16 / fp16 (done-when: bf16 <= 1.5 s,
+# Pearson >= 0.999; fp32 >= 3x Captum's best).
+part long_document 170 bench long_document --full --repeats 1
+# One step by attention and BERT's (done-when: bf16 >= 40% of the measured bf16 peak).
+part model_step 150 bench model_step --full --repeats 3
+# Where the bf16 and fp32 step's time goes, kernel by kernel: what the next change on CPU should aim at.
+part step_profile 60 bench step_profile --full --repeats 3
+# The accumulate kernel's bandwidth with the runs found on the device (done-when: >= 70% of copy).
+part kernels 40 python3 -m fastig.benchmarks.kernels --out "$OUT/results"
+part tests 80 bash -c "cd tests && python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
+    test_longformer_attention.py"
 # 4,096 x 4 tokens, fp32 and bf16: eager, torch.compile default and reduce-overhead (CUDA graphs), first calls apart.
-timeout "${COMPILE_S:-100}" python3 -m fastig bench compiled_step --full --repeats 5 --device cuda --out "$OUT/results" \
-    2>&1 | tail -12
-timeout "${LONG_S:-100}" python3 -m fastig bench long_document --full --repeats 1 --device cuda --out "$OUT/results" \
-    2>&1 | tail -20
-timeout "${DEFAULT_S:-90}" python3 -m fastig bench default_path --full --repeats 1 --device cuda --out "$OUT/results" \
-    2>&1 | tail -20
+part compiled_step 120 bench compiled_step --full --repeats 5
+part default_path 120 bench default_path --full --repeats 1
 ls -R "$OUT"

@@ -16,7 +16,7 @@ from fastig.reference import CaptumResult, compare
 
 from .common import (CAPTUM_DEFAULT_STEPS, CAPTUM_SEED_BATCH, Job, ModelSpec, StepJob, auto_to_tolerance,
                      command_for, gauss_legendre_hindsight, in_child, log, measure, model_shape_peak, model_step,
-                     save_model, seconds_per_step, steps_to_tolerance, targets_timing, timed_command)
+                     save_model, seconds_per_step, step_profile, steps_to_tolerance, targets_timing, timed_command)
 from .tools import tools_timing
 
 TOLERANCES = (1e-2, 1e-3, 1e-4)
@@ -116,6 +116,9 @@ SIZES = {
 # time-boxed GPU session (benchmarks/gpu_session.sh) loses only this part if compilation runs long.
 SIZES["compiled_step"] = {mode: replace(sizes, configs=sizes.configs[-1:]) for mode, sizes in SIZES["model_step"].items()}
 STEP_COMPILE_MODES = {"cuda": ("default", "reduce-overhead"), "cpu": ("default",)}
+# The same step under torch.profiler: where its time goes, the operators (CUDA kernels on a GPU) that take most.
+SIZES["step_profile"] = SIZES["compiled_step"]
+STEP_PROFILE_TOP = 15
 
 TITLES = {
     "quick": "fastig vs Captum on a Longformer-base-shaped model",
@@ -127,6 +130,8 @@ TITLES = {
     "processes": "one process against N (accelerate launch), for one long document and for a data set",
     "compiled_step": "the model step with banded attention, eager and with its layers through torch.compile "
                      "(Engine(compile=...)); the first call is the compilation",
+    "step_profile": "where the banded model step's time goes: the operators (CUDA kernels on a GPU) with the most "
+                    "time of their own, by torch.profiler",
     "equal_accuracy": "steps and time to reach a relative convergence delta",
     "default_path": "fastig's default call against Captum's default use (gausslegendre, 50 steps, its best "
                     "internal_batch_size), both scored against a converged fp32 reference",
@@ -435,6 +440,25 @@ def compiled_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     return {"name": "compiled_step", "title": TITLES["compiled_step"], "model": sizes.model.describe(), "rows": rows}
 
 
+def step_profiles(mode: str, repeats: int, device: str) -> dict:
+    """The profile of model_step's longest shape with banded blocks attention, in each precision (a tiny run:
+    fp32 only): its STEP_PROFILE_TOP operators by their own time, a row each."""
+    sizes = SIZES["step_profile"][mode]
+    rows = []
+    for length, sequences, _ in sizes.configs:
+        for precision in ["fp32"] if mode == "tiny" else fastig_precisions("model_step", mode, device):
+            job = StepJob(sizes.model, length, sequences, precision, "blocks", repeats=repeats, device=device)
+            profile = in_child(step_profile, job, STEP_PROFILE_TOP)
+            top = profile["operators"][0]
+            log(f"step_profile: {job.label:<34} {length:>5} tokens x {sequences:>2}: {profile['seconds']:7.3f} s "
+                f"profiled, first operator {top['name']} {top['share']:.0%}")
+            for rank, operator in enumerate(profile["operators"], 1):
+                rows.append({"provider": job.label, "precision": precision, "length": length, "sequences": sequences,
+                             "profiled_seconds": profile["seconds"],
+                             "operator_ms_per_step": profile["operator_ms_per_step"], "rank": rank, **operator})
+    return {"name": "step_profile", "title": TITLES["step_profile"], "model": sizes.model.describe(), "rows": rows}
+
+
 def process_scaling(mode: str, device: str) -> dict:
     """Wall time of the same command in 1 and N processes (N: the cores of a CPU up to 2, the GPUs),
     with the speed-up and the scaling efficiency (speed-up / N). Timed once each: the commands are long."""
@@ -470,6 +494,8 @@ def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
         return model_steps(mode, repeats, device, peaks)
     if name == "compiled_step":
         return compiled_steps(mode, repeats, device, peaks)
+    if name == "step_profile":
+        return step_profiles(mode, repeats, device)
     if name == "processes":
         return process_scaling(mode, device)
     if name == "several_targets":

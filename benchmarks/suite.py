@@ -191,6 +191,23 @@ def _compiled_table(section: dict) -> list[str]:
                         "stats.seconds.compile); torch's on-disk compile cache can shorten it on a second run."]
 
 
+def _profile_table(section: dict) -> list[str]:
+    lines = ["| model, precision, attention | tokens | sequences | # | operator | calls per step | ms per step "
+             "| share |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in section["rows"]:
+        name = r["name"].replace("|", "\\|")
+        name = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| {r['provider']} | {r['length']} | {r['sequences']} | {r['rank']} | `{name}` "
+                     f"| {r['calls_per_step']:.3g} | {r['ms_per_step']:.3g} | {r['share']:.1%} |")
+    steps = {(r["provider"], r["length"]): r for r in section["rows"]}
+    return lines + ["", "Each operator's own time (on a GPU the CUDA kernels' time on the device, on a CPU the "
+                        "operators' CPU time), per step, over the timed steps of one process; share: of all "
+                        "operators' own time in the step. Profiled step wall time: "
+                        + "; ".join(f"{provider} {length} tokens {r['profiled_seconds']:.3g} s "
+                                    f"({r['operator_ms_per_step']:.4g} ms of operators)"
+                                    for (provider, length), r in steps.items()) + "."]
+
+
 def _processes_table(section: dict) -> list[str]:
     lines = ["| task | tokens | documents | steps | processes | time (s) | token-steps/s | speed-up | efficiency |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -214,7 +231,7 @@ def markdown(report: dict) -> str:
                  if "captum_best_batch" in section else "")
         lines += [f"**{section['name']}** — {section['title']}: {section['model']}{sweep}.", ""]
         table = {"equal_accuracy": _accuracy_table, "model_step": _step_table, "default_path": _default_path_table,
-                 "compiled_step": _compiled_table,
+                 "compiled_step": _compiled_table, "step_profile": _profile_table,
                  "processes": _processes_table, "several_targets": _targets_table,
                  "tools": _tools_table}.get(section["name"], _comparison_table)
         lines += table(section) + [""]

@@ -53,7 +53,8 @@ def test_every_scenario_is_reported_with_its_machine(bench):
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
         if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "compiled_step",
-                                                                                  "processes", "default_path"):
+                                                                                  "step_profile", "processes",
+                                                                                  "default_path"):
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
@@ -62,8 +63,8 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
     on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step", "compiled_step", "processes", "default_path",
-                               "several_targets", "tools"):
+        if section["name"] in ("equal_accuracy", "model_step", "compiled_step", "step_profile", "processes",
+                               "default_path", "several_targets", "tools"):
             continue        # sections of their own kind, tested below
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
@@ -134,6 +135,26 @@ def test_compiled_step_times_eager_and_each_compile_mode_with_the_compilation_ap
         assert row["provider"].endswith(f"compiled {mode}" if mode else "banded blocks")
         if mode:    # the first call compiles: far longer than a step (seconds against milliseconds here)
             assert row["first_call_seconds"] > 10 * row["seconds"]
+
+
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_step_profile_ranks_the_banded_steps_operators_by_their_own_time(bench):
+    """The profile names the step's own operators (its attention among them), ranked by their own time, with
+    shares of the step's operator time; the markdown shows them."""
+    report, files, _ = bench
+    section = next(s for s in report["scenarios"] if s["name"] == "step_profile")
+    rows = section["rows"]
+    assert {r["provider"] for r in rows} == {"longformer fp32 banded blocks"}
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    times = [r["ms_per_step"] for r in rows]
+    assert times == sorted(times, reverse=True) and times[-1] > 0
+    assert all(0 < r["share"] <= 1 and r["calls_per_step"] > 0 for r in rows)
+    assert sum(r["share"] for r in rows) <= 1 + 1e-9
+    assert sum(r["ms_per_step"] for r in rows) <= rows[0]["operator_ms_per_step"] * (1 + 1e-9)
+    names = {r["name"] for r in rows}
+    assert any("attention" in name for name in names), names      # the banded step's SDPA
+    text = next(f for f in files if f.suffix == ".md").read_text()
+    assert f"`{rows[0]['name']}`" in text
 
 
 @pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
