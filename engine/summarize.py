@@ -26,23 +26,37 @@ class RankedToken:
     score: float
 
 
+def ends(ranking: list, score, k: int, key=None) -> tuple[list, list]:
+    """The two ends of `ranking` (ordered highest score first): up to k items of positive score, highest first,
+    and up to k of negative score, lowest first; with `key`, each key once, at its highest (lowest) score.
+
+    An end holds only items of its sign: the two ends of a plain ranking of fewer than 2k items share its
+    middle, so that a short text showed its tokens in both lists and, where nearly all scores are positive,
+    tokens pushing toward the class among those "away from" it. An end may hold fewer than k items.
+    """
+    def end(items):
+        kept, seen = [], set()
+        for item in items:
+            if len(kept) == k:
+                break
+            if key is not None:
+                if key(item) in seen:
+                    continue
+                seen.add(key(item))
+            kept.append(item)
+        return kept
+    return end(x for x in ranking if score(x) > 0), end(x for x in reversed(ranking) if score(x) < 0)
+
+
 def top_bottom(tokens: list[str], scores: torch.Tensor, k: int = 20, leave_out=(),
                unique: bool = True) -> tuple[list[RankedToken], list[RankedToken]]:
-    """The k highest and the k lowest scoring tokens, each with its position, best first / worst first.
+    """The k highest positive and the k lowest negative scoring tokens (`ends`), each with its position,
+    best first / worst first.
 
     leave_out: positions not ranked (special tokens); tokens that show nothing ("") are not
     ranked either. unique: each token text once, at its highest (top) or lowest (bottom) score.
     """
-    order = [i for i in torch.argsort(scores, descending=True, stable=True).tolist()
-             if i not in set(leave_out) and tokens[i]]
-
-    def first_k(positions):
-        ranked, seen = [], set()
-        for i in positions:
-            if len(ranked) == k:
-                break
-            if not unique or tokens[i] not in seen:
-                seen.add(tokens[i])
-                ranked.append(RankedToken(i, tokens[i], float(scores[i])))
-        return ranked
-    return first_k(order), first_k(order[::-1])
+    values, left_out = scores.tolist(), set(leave_out)
+    order = [i for i in torch.argsort(scores, descending=True, stable=True).tolist() if i not in left_out and tokens[i]]
+    top, bottom = ends(order, values.__getitem__, k, tokens.__getitem__ if unique else None)
+    return ([RankedToken(i, tokens[i], values[i]) for i in top], [RankedToken(i, tokens[i], values[i]) for i in bottom])

@@ -37,6 +37,12 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
     assert len(saved["documents"]) == 2 and saved["n_steps"] == 8
     assert saved["documents"][1]["tokens"] == ["[CLS]", "good", "film", "[SEP]"]
     assert len(saved["documents"][0]["top"]) == 3
+    # A two-word text: each word in one list only, by its score's sign, printed once.
+    short = saved["documents"][1]
+    assert all(t["score"] > 0 for t in short["top"]) and all(t["score"] < 0 for t in short["bottom"])
+    assert sorted(t["token"] for t in short["top"] + short["bottom"]) == ["film", "good"]
+    table = printed.split("document 1:")[1]
+    assert table.count("good") == 1 and table.count("film") == 1
 
 
 def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, capsys):

@@ -64,13 +64,14 @@ def test_every_document_is_written_once_with_what_was_asked(csv_run):
         assert r["label"] == LABELS[r["id"]] and r["target"] == r["label"]
         assert len(r["tokens"]) == len(r["token_scores"]) and r["special_positions"] == [0, len(r["tokens"]) - 1]
         assert 0 < r["probability"] <= 1 and abs(r["delta"]) < 0.05
-        # top and bottom: each shown token once at its highest (lowest) score, special tokens left out
+        # top and bottom: each shown token once at its highest positive (lowest negative) score, special tokens
+        # left out
         best, worst = {}, {}
         for p, (token, score) in enumerate(zip(r["display_tokens"], r["token_scores"])):
             if p not in r["special_positions"]:
                 best[token], worst[token] = max(best.get(token, -9), score), min(worst.get(token, 9), score)
-        assert [t["score"] for t in r["top"]] == sorted(best.values(), reverse=True)[:4]
-        assert [t["score"] for t in r["bottom"]] == sorted(worst.values())[:4]
+        assert [t["score"] for t in r["top"]] == sorted((s for s in best.values() if s > 0), reverse=True)[:4]
+        assert [t["score"] for t in r["bottom"]] == sorted(s for s in worst.values() if s < 0)[:4]
         assert all(r["display_tokens"][t["position"]] == t["token"] for t in r["top"] + r["bottom"])
         assert len({t["token"] for t in r["top"]}) == len(r["top"])
     summary = list(csv.DictReader(open(csv_run / "documents.csv")))
@@ -234,7 +235,13 @@ def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, c
     assert float(top["sum"]) == pytest.approx(sum(s for _, s in occurrences))
     assert int(top["count"]) == len(occurrences) and int(top["documents"]) == len({i for i, _ in occurrences})
     assert float(top["document_mean"]) == pytest.approx(float(top["sum"]) / int(top["documents"]))
-    assert "target LABEL_0 (0):" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "target LABEL_0 (0):" in printed
+    # Each group's two columns: the highest sums, all positive, and the lowest, all negative (30 characters each).
+    rows = [line for line in printed.splitlines() if line.startswith("  ") and "highest" not in line]
+    highest = [float(line[20:29]) for line in rows if line[2:20].strip()]
+    lowest = [float(line[50:59]) for line in rows if len(line) > 32]
+    assert highest and lowest and all(v > 0 for v in highest) and all(v < 0 for v in lowest)
 
 
 def test_aggregate_of_an_unfinished_run_says_so(tmp_path, capsys):

@@ -98,12 +98,24 @@ def test_token_scores_are_unit_norm_and_ranked(models, tokenizer):
     for p, (token, score) in enumerate(zip(document.display_tokens, scores.tolist())):
         if p not in document.special_positions:
             best[token], worst[token] = max(best.get(token, -9.0), score), min(worst.get(token, 9.0), score)
-    assert [t.score for t in top] == sorted(best.values(), reverse=True)[:5]
-    assert [t.score for t in bottom] == sorted(worst.values())[:5]
+    assert [t.score for t in top] == sorted((s for s in best.values() if s > 0), reverse=True)[:5]
+    assert [t.score for t in bottom] == sorted(s for s in worst.values() if s < 0)[:5]
     assert all(document.display_tokens[t.position] == t.token for t in top + bottom)
     assert not {t.position for t in top + bottom} & set(document.special_positions)
-    every = result.documents[0].top_bottom(k=len(scores), unique=False)[0]
-    assert len(every) == len(scores) - 2
+    # Without uniqueness and with k past the length, the two ends are every ranked token with a score, once.
+    top, bottom = result.documents[0].top_bottom(k=len(scores), unique=False)
+    assert sorted(t.position for t in top + bottom) == [p for p in range(1, len(scores) - 1) if scores[p] != 0]
+
+
+def test_top_and_bottom_of_a_short_text_never_share_a_token(models, tokenizer):
+    """The two lists are the ends of the ranking by sign: a text shorter than 2k tokens does not show its
+    middle in both, and no token that pushes toward the class is listed as pushing away from it."""
+    result = fastig.Engine(models("bert"), tokenizer).attribute(make_text(6), n_steps=4)
+    top, bottom = result.top_bottom(0, k=20)
+    scores = result.token_scores[0]
+    assert top and bottom and len(top) + len(bottom) <= len(scores) - 2
+    assert not {t.position for t in top} & {t.position for t in bottom}
+    assert all(t.score > 0 for t in top) and all(t.score < 0 for t in bottom)
 
 
 def test_parameters_are_left_as_they_were(models, tokenizer):

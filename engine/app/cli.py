@@ -18,7 +18,8 @@ from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
 from ..scheduler import DEFAULT_MEMORY_BUDGET, retain_freed_cpu_memory
-from .text import print_result, run_line
+from ..summarize import ends
+from .text import print_columns, print_result, run_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -407,9 +408,9 @@ def cmd_aggregate(args) -> int:
         order = ranked(rows, args.rank, args.min_count)
         print(f"{name}: {documents} documents, {len(rows)} tokens ({len(order)} ranked by {args.rank})")
         print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
-        for high, low in zip(order[:args.top], order[::-1][:args.top]):
-            print(f"  {high.token[:18]:<18}{getattr(high, args.rank):+9.4f}   {low.token[:18]:<18}"
-                  f"{getattr(low, args.rank):+9.4f}")
+        highest, lowest = ends(order, lambda r: getattr(r, args.rank), args.top)
+        print_columns([(r.token, getattr(r, args.rank)) for r in highest],
+                      [(r.token, getattr(r, args.rank)) for r in lowest], width=18)
     with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("id", "target", "token", "sum", "count"),
                                  *per_document(records, args.merge_subwords)])

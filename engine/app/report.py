@@ -26,6 +26,7 @@ import html
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import numpy as np
 from ..display import color, label_name, token_words, words
 from ..errors import DataError
 from ..result import DocumentResult
+from ..summarize import ends
 from .aggregate import class_rankings, ranked, read_run
 
 STYLE = """
@@ -137,10 +139,14 @@ def _passages(record: DocumentResult, units, sentences: list[list[int]], target:
             + listed(negative, f"Passages pushing most away from {target}") + "</div>")
 
 
-def _ranked_table(title: str, ranked_units) -> str:
+def _ranked_table(what: str, ranked_units) -> str:
+    """"Top N <what>" and their table; "No <what>" where an end of the ranking is empty (no score of its sign)."""
+    if not ranked_units:
+        return f"<div><h3>No {html.escape(what)}</h3></div>"
     rows = "".join(f"<tr><td>{html.escape(u.text)}</td><td>{u.score:+.4f}</td><td>{u.count}</td></tr>"
                    for u in ranked_units)
-    return f"<div><h3>{html.escape(title)}</h3><table><tr><th>word</th><th>score</th><th>times</th></tr>{rows}</table></div>"
+    return (f"<div><h3>Top {len(ranked_units)} {html.escape(what)}</h3>"
+            f"<table><tr><th>word</th><th>score</th><th>times</th></tr>{rows}</table></div>")
 
 
 @dataclass
@@ -151,20 +157,12 @@ class _Ranked:
 
 
 def _top_bottom(units, k: int) -> tuple[list, list]:
-    """Each text once, with its highest (top) or lowest (bottom) score and how often it occurs."""
-    counts = {}
-    for u in units:
-        counts[u.text] = counts.get(u.text, 0) + 1
-
-    def first(ordered):
-        seen, out = set(), []
-        for u in ordered:
-            if u.text not in seen and len(out) < k:
-                seen.add(u.text)
-                out.append(_Ranked(u.text, u.score, counts[u.text]))
-        return out
-    ordered = sorted(units, key=lambda u: -u.score)
-    return first(ordered), first(ordered[::-1])
+    """The two ends of the units' ranking (fastig.summarize.ends), each text once at its highest (lowest)
+    score, with how often it occurs."""
+    counts = Counter(u.text for u in units)
+    top, bottom = ends(sorted(units, key=lambda u: -u.score), lambda u: u.score, k, lambda u: u.text)
+    return ([_Ranked(u.text, u.score, counts[u.text]) for u in top],
+            [_Ranked(u.text, u.score, counts[u.text]) for u in bottom])
 
 
 def integrand_svg(alphas: list[float], integrand: list[float], width: int = 640, height: int = 220) -> str:
@@ -231,8 +229,8 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
             + _legend(target, scale)
             + _passages(record, units, sentences, target)
             + f'<h2>Text, each {unit} coloured</h2><div class="text">{highlighted_text(record, units, scale, starts)}</div>'
-            + '<div class="tables">' + _ranked_table(f"Top {len(top)} {unit}s toward {target}", top)
-            + _ranked_table(f"Top {len(bottom)} {unit}s away from {target}", bottom) + "</div>"
+            + '<div class="tables">' + _ranked_table(f"{unit}s toward {target}", top)
+            + _ranked_table(f"{unit}s away from {target}", bottom) + "</div>"
             + f"<h2>How it was computed</h2><p>Convergence delta {record.delta:+.3e}{relative}. "
             f"F(x) = {record.output_at_input:.4g}, F(b) = {record.output_at_baseline:.4g}.</p>" + _facts(how)
             + "<h3>Path integrand</h3>" + integrand_svg(record.alphas.tolist(), record.integrand.tolist())
@@ -269,12 +267,14 @@ def generation_page(result, title: str = "Generated tokens and the prompt tokens
 
 
 def _chart(rows, title: str, key: str, top: int) -> str:
-    """Top and bottom `top` rows by `key`, as an embedded PNG sized to its labels."""
+    """The two ends (fastig.summarize.ends) of rows ranked by `key`, up to `top` each, as an embedded PNG sized to
+    its labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = rows[:top] + [r for r in rows[-top:] if r not in rows[:top]]
+    toward, away = ends(rows, lambda r: getattr(r, key), top)
+    shown = toward + away[::-1]
     if not shown:
         return f"<p>{html.escape(title)}: no token often enough.</p>"
     longest = max(len(r.token) for r in shown)

@@ -2,6 +2,7 @@
 and one line on how the run went."""
 
 import sys
+from itertools import zip_longest
 
 from ..result import Attribution, RunStats
 
@@ -16,8 +17,16 @@ def print_result(result: Attribution, labels: dict, k: int, documents=None, file
               f"delta {d.delta:+.2e}", file=file)
         top, bottom = d.top_bottom(k)
         print(f"  {'top tokens':<28}{'bottom tokens':<28}", file=file)
-        for t, b in zip(top, bottom):
-            print(f"  {t.token[:16]:<16}{t.score:+.4f}    {b.token[:16]:<16}{b.score:+.4f}", file=file)
+        print_columns([(t.token, t.score) for t in top], [(b.token, b.score) for b in bottom], 16, file)
+
+
+def print_columns(left: list, right: list, width: int, file=None) -> None:
+    """Two columns of (text, score) side by side, row by row; the shorter column ends blank (the two ends of a
+    ranking may differ in length: fastig.summarize.ends)."""
+    for row in zip_longest(left, right):
+        cells = [" " * (width + 12) if cell is None else f"{cell[0][:width]:<{width}}{cell[1]:+9.4f}   "
+                 for cell in row]
+        print(("  " + "".join(cells)).rstrip(), file=file)
 
 
 def _memory_line(stats: RunStats) -> str:
