@@ -78,32 +78,30 @@ def blocks_mask(attention_mask: torch.Tensor, global_tokens: GlobalTokens | None
     return mask.reshape(batch * blocks, 1, w, -1)
 
 
-def blocks_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           global_tokens: GlobalTokens | None, mask: torch.Tensor, w: int) -> torch.Tensor:
-    """Local attention [B, L, h, d] of query (already scaled), key, value [B, L, h, d], by blocks of w queries,
-    under `blocks_mask`."""
+def blocks_local_attention(query: torch.Tensor, key_value: torch.Tensor, global_tokens: GlobalTokens | None,
+                           mask: torch.Tensor, w: int, scale: float) -> torch.Tensor:
+    """Local attention [B, L, h, d] of query [B, L, h, d] and keys and values key_value [B, L, 2, h, d], by
+    blocks of w queries, under `blocks_mask`."""
     batch, length, heads, head_dim = query.shape
     blocks = length // w
 
-    # Keys of block b: the global keys, then positions b*w - w ... b*w + 2w - 1 from keys padded by w at both
-    # ends, as the padded blocks b, b+1, b+2 side by side: unfold(1, 3w, w)'s values, with the bf16 step 4-4.5%
-    # faster on the 2-core EPYC (2-layer LF-base, 4,096 x 1 and 512 x 8 tokens, 3 alternated runs each). The
-    # global keys go in the same cat, not in a second copy of the spans: 22 -> 16 ms per K or V (fp32, 4,096
-    # tokens, forward and backward, on a 2-core AMX Xeon of this kind) alone, within noise (1%) of the whole
-    # step, one span copy less of memory.
-    def spans(x):                                                      # [B, L, h, d] -> [B, blocks, h, G + 3w, d]
-        padded = F.pad(x, (0, 0, 0, 0, w, w)).view(batch, blocks + 2, w, heads, head_dim)
-        pieces = [padded[:, :-2], padded[:, 1:-1], padded[:, 2:]]
-        if global_tokens is not None:
-            index = global_tokens.index[:, :, None, None].expand(-1, -1, heads, head_dim)
-            pieces.insert(0, x.gather(1, index)[:, None].expand(-1, blocks, -1, -1, -1))
-        return torch.cat(pieces, dim=2).transpose(2, 3)
-    key_spans, value_spans = spans(key), spans(value)
-
-    query_blocks = query.view(batch, blocks, w, heads, head_dim).transpose(2, 3)       # [B, blocks, h, w, d]
-    flat = lambda x: x.reshape(batch * blocks, heads, *x.shape[-2:])  # noqa: E731
+    # Keys and values of block b: the global ones, then positions b*w - w ... b*w + 2w - 1 from key_value padded
+    # by w at both ends, as the padded blocks b, b+1, b+2 side by side: unfold(1, 3w, w)'s values, with the bf16
+    # step 4-4.5% faster on the 2-core EPYC (2-layer LF-base, 4,096 x 1 and 512 x 8 tokens, 3 alternated runs
+    # each). The global keys go in the same cat, not in a second copy of the spans: 22 -> 16 ms per K or V (fp32,
+    # 4,096 tokens, forward and backward, on a 2-core AMX Xeon of this kind) alone, within noise (1%) of the
+    # whole step, one span copy less of memory. Keys and values together: one pad, gather and cat for both.
+    padded = F.pad(key_value, (0, 0, 0, 0, 0, 0, w, w)).view(batch, blocks + 2, w, 2, heads, head_dim)
+    pieces = [padded[:, :-2], padded[:, 1:-1], padded[:, 2:]]
+    if global_tokens is not None:
+        index = global_tokens.index[:, :, None, None, None].expand(-1, -1, 2, heads, head_dim)
+        pieces.insert(0, key_value.gather(1, index)[:, None].expand(-1, blocks, -1, -1, -1, -1))
+    # unbind, not two selects: its backward is one stack, a select's writes zeros over all of the spans.
+    key_spans, value_spans = torch.cat(pieces, dim=2).unbind(3)             # [B, blocks, G + 3w, h, d] each
+    flat = lambda x: x.transpose(2, 3).flatten(0, 1)       # noqa: E731  [B, blocks, n, h, d] -> [B * blocks, h, n, d]
+    query_blocks = query.view(batch, blocks, w, heads, head_dim)
     output = F.scaled_dot_product_attention(flat(query_blocks), flat(key_spans), flat(value_spans),
-                                            attn_mask=mask, scale=1.0)
+                                            attn_mask=mask, scale=scale)
     return output.view(batch, blocks, heads, w, head_dim).transpose(2, 3).reshape(batch, length, heads, head_dim)
 
 
@@ -125,8 +123,8 @@ def flex_mask(attention_mask: torch.Tensor, global_tokens: GlobalTokens | None, 
     return create_block_mask(sees, batch, None, length, length, device=attention_mask.device)
 
 
-def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         global_tokens: GlobalTokens | None, mask, w: int) -> torch.Tensor:
+def flex_local_attention(query: torch.Tensor, key_value: torch.Tensor, global_tokens: GlobalTokens | None, mask,
+                         w: int, scale: float) -> torch.Tensor:
     """Local attention [B, L, h, d] as `blocks_local_attention`, by FlexAttention under `flex_mask`."""
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -134,13 +132,14 @@ def flex_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
         _compiled_flex["flex_attention"] = torch.compile(flex_attention)
     # Uncompiled, FlexAttention is a slow reference (it forms all L x L scores): the CPU's case, forward only.
     kernel = _compiled_flex["flex_attention"] if query.is_cuda else flex_attention
-    output = kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), block_mask=mask, scale=1.0)
+    key, value = key_value.unbind(2)
+    output = kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), block_mask=mask, scale=scale)
     return output.transpose(1, 2)
 
 
 class LocalAttention(NamedTuple):
     mask: Callable          # (attention_mask, global tokens, w, dtype) -> the kernel's mask
-    attend: Callable        # (query, key, value, global tokens, mask, w) -> output [B, L, h, d]
+    attend: Callable        # (query, key_value, global tokens, mask, w, scale) -> output [B, L, h, d]
 
 
 LOCAL_ATTENTIONS = {"blocks": LocalAttention(blocks_mask, blocks_local_attention),
@@ -195,15 +194,15 @@ def global_attention(attention: nn.Module, hidden_states: torch.Tensor, is_index
     global_query = _heads(attention.query_global(global_hidden) * scale, heads).transpose(1, 2)   # [B, h, G, d]
     # q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k and sum_j p_j (W_v h_j + b_v) = W_v (sum_j p_j h_j) + b_v:
     # the global projections of all L tokens (2 L E^2 per layer, 14% of a layer's matmuls) are never formed.
+    # q . b_k is the same for every key j, and a softmax does not change when all its scores move alike: it
+    # is left out.
     key_weight = attention.key_global.weight.view(heads, head_dim, -1)                       # [h, d, E]
     folded_query = torch.einsum("bhgd,hde->bhge", global_query, key_weight)                  # [B, h, G, E]
-    key_bias = torch.einsum("bhgd,hd->bhg", global_query, attention.key_global.bias.view(heads, head_dim))
     # Heads and global tokens as one dimension of h*G rows against the [B, L, E] hidden states: a matmul
     # broadcast over heads instead ([B, h, G, E] @ [B, 1, E, L]) has a backward that forms [B, h, E, L]
     # outer products and sums them over h: 20% of a 4-layer 2,048-token step, and 13% in their copies.
     rows = heads * count
-    scores = torch.bmm(folded_query.reshape(batch, rows, -1), hidden_states.transpose(1, 2)) \
-        + key_bias.reshape(batch, rows, 1)                                                    # [B, h*G, L]
+    scores = torch.bmm(folded_query.reshape(batch, rows, -1), hidden_states.transpose(1, 2))   # [B, h*G, L]
     scores = scores.masked_fill(is_index_masked[:, None, :], torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
     mixed = torch.bmm(probs, hidden_states).view(batch, heads, count, -1)                    # [B, h, G, E]
@@ -222,12 +221,21 @@ def banded_self_attention(attention: nn.Module, hidden_states: torch.Tensor, is_
     """
     batch, length, _ = hidden_states.shape
     heads, head_dim, w = attention.num_heads, attention.head_dim, attention.one_sided_attn_window_size
-    scale = 1 / math.sqrt(head_dim)
-    query = _heads(attention.query(hidden_states) * scale, heads)             # [B, L, h, d]
-    key, value = _heads(attention.key(hidden_states), heads), _heads(attention.value(hidden_states), heads)
+    # Queries, keys and values by one matmul: one cast of the hidden states to the autocast dtype instead of
+    # three, and one input gradient instead of three summed. With keys and values spanned together
+    # (blocks_local_attention) and the global keys' bias left out (global_attention), a layer's bf16 step
+    # (forward and input-gradient backward) dispatches 257 aten ops instead of 335 (counted on CPU; on a GPU
+    # each is a launch or host work, and the eager bf16 step there looked launch-bound), and the 2-layer
+    # Longformer-base bf16 step at 4,096 tokens ran 8% faster on the 2-core EPYC (1,438 -> 1,318 ms, medians
+    # of 3 alternated runs; fp32 within 1%).
+    projections = (attention.query, attention.key, attention.value)
+    query_key_value = F.linear(hidden_states, torch.cat([p.weight for p in projections]),
+                               torch.cat([p.bias for p in projections])).view(batch, length, 3, heads, head_dim)
+    query, key_value = query_key_value.split([1, 2], dim=2)
     global_tokens = band.global_tokens
 
-    output = LOCAL_ATTENTIONS[band.kernel].attend(query, key, value, global_tokens, band.mask, w)    # [B, L, h, d]
+    output = LOCAL_ATTENTIONS[band.kernel].attend(query.squeeze(2), key_value, global_tokens, band.mask, w,
+                                                  1 / math.sqrt(head_dim))                        # [B, L, h, d]
     output = output.reshape(batch, length, -1).masked_fill(is_index_masked[:, :, None], 0.0)
 
     if global_tokens is not None:
