@@ -484,22 +484,22 @@ def process_scaling(mode: str, device: str) -> dict:
             "processes": processes}
 
 
+# Scenarios of their own kind, each with its runner (mode, repeats, device, peaks); every other scenario compares
+# fastig with Captum per configuration (compare_providers).
+OWN_RUNNERS = {
+    "equal_accuracy": lambda mode, repeats, device, peaks: equal_accuracy(mode, repeats, device),
+    "default_path": lambda mode, repeats, device, peaks: default_path(mode, repeats, device),
+    "model_step": model_steps,
+    "compiled_step": compiled_steps,
+    "step_profile": lambda mode, repeats, device, peaks: step_profiles(mode, repeats, device),
+    "processes": lambda mode, repeats, device, peaks: process_scaling(mode, device),
+    "several_targets": lambda mode, repeats, device, peaks: several_targets(mode, repeats, device),
+    "tools": lambda mode, repeats, device, peaks: tools(mode, repeats, device),
+}
+
+
 def run(name: str, mode: str, repeats: int, device: str, peaks: dict) -> dict:
     """One scenario's section of the report; `peaks` holds the measured matmul FLOP/s by precision."""
-    if name == "equal_accuracy":
-        return equal_accuracy(mode, repeats, device)
-    if name == "default_path":
-        return default_path(mode, repeats, device)
-    if name == "model_step":
-        return model_steps(mode, repeats, device, peaks)
-    if name == "compiled_step":
-        return compiled_steps(mode, repeats, device, peaks)
-    if name == "step_profile":
-        return step_profiles(mode, repeats, device)
-    if name == "processes":
-        return process_scaling(mode, device)
-    if name == "several_targets":
-        return several_targets(mode, repeats, device)
-    if name == "tools":
-        return tools(mode, repeats, device)
+    if name in OWN_RUNNERS:
+        return OWN_RUNNERS[name](mode, repeats, device, peaks)
     return compare_providers(name, mode, repeats, device, peaks)

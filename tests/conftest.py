@@ -100,17 +100,24 @@ def tokenizer(vocab_file):
     return BertTokenizerFast(vocab=str(vocab_file))
 
 
-@pytest.fixture(scope="session")
-def byte_level_tokenizer():
+def byte_level_bpe(special_tokens: list[str]):
+    """A byte-level BPE (as RoBERTa's, Longformer's and GPT-2's) of 420 pieces trained on CORPUS, offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(CORPUS * 20, trainer)
+    return bpe
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
 
@@ -118,16 +125,10 @@ def byte_level_tokenizer():
 @pytest.fixture(scope="session")
 def causal_lm():
     """(model, tokenizer) of a tiny causal LM ("gpt2" or "llama") with a byte-level BPE tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                               PreTrainedTokenizerFast)
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(CORPUS * 20, trainer)
+    bpe = byte_level_bpe(["<|endoftext|>"])
     # GPT-2's own special tokens: one for bos, eos and unk (Inseq's baseline is the unk token), no pad
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                         unk_token="<|endoftext|>")

@@ -52,9 +52,7 @@ def test_every_scenario_is_reported_with_its_machine(bench):
             assert any(r["provider"].startswith("fastig.captum ibs=") for r in section["rows"]), section["name"]
     # Longformer scenarios also time fastig with Hugging Face's attention, next to the banded one
     for section in report["scenarios"]:
-        if section["model"].startswith("Longformer") and section["name"] not in ("model_step", "compiled_step",
-                                                                                  "step_profile", "processes",
-                                                                                  "default_path"):
+        if section["model"].startswith("Longformer") and section["name"] not in scenarios.OWN_RUNNERS:
             assert "fastig fp32 hf-attention" in {r["provider"] for r in section["rows"]}, section["name"]
 
 
@@ -63,8 +61,7 @@ def test_fastig_agrees_with_captum_and_no_ratio_credits_the_allocator(bench):
     report, _, _ = bench
     on_cpu = report["machine"]["device_type"] == "cpu"
     for section in report["scenarios"]:
-        if section["name"] in ("equal_accuracy", "model_step", "compiled_step", "step_profile", "processes",
-                               "default_path", "several_targets", "tools"):
+        if section["name"] in scenarios.OWN_RUNNERS:
             continue        # sections of their own kind, tested below
         configs = {(r["length"], r["documents"], r["n_steps"]) for r in section["rows"]}
         for config in configs:
