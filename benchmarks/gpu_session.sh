@@ -69,3 +69,5 @@ part tests 80 bash -c "cd tests && python3 -m pytest -q -p no:cacheprovider -p n
 part compiled_step 120 bench compiled_step --full --repeats 5
 part default_path 120 bench default_path --full --repeats 1
 ls -R "$OUT"
+# Last, so that the reply's tail carries it: each done-when target, met or not, from this run's results.
+python3 -m fastig.benchmarks.done_when "$OUT/results"

@@ -8,11 +8,12 @@ times, and the reported delta and FLOP estimates are right.
 import json
 import os
 import struct
+from dataclasses import replace
 
 import pytest
 import torch
 
-from fastig.benchmarks import scenarios
+from fastig.benchmarks import done_when, scenarios
 from fastig.benchmarks.common import ModelSpec
 from fastig.benchmarks.suite import README_END, README_START
 from fastig.app.cli import main
@@ -251,3 +252,44 @@ def test_default_path_rows_score_both_tools_against_one_reference(bench):
         assert ours["rel_l2_vs_reference"] <= 2e-2 and ours["pearson_vs_reference"] >= 0.999
         assert all(d["tolerance_met"] for d in ours["documents_detail"]) and sum(ours["evaluations"]) >= 9
         assert all(ours["speedup_vs_captum_best"] <= r["seconds"] / ours["seconds"] * (1 + 1e-9) for r in captum)
+
+
+def _report(folder, name: str, device_type: str, date: str, rows_by_scenario: dict) -> None:
+    machine = {"device_type": device_type, "device": f"{device_type} machine"}
+    sections = [{"name": section, "rows": rows} for section, rows in rows_by_scenario.items()]
+    (folder / f"{name}.json").write_text(json.dumps({"machine": machine, "date": date, "scenarios": sections}))
+
+
+def test_done_when_reads_each_target_off_the_newest_gpu_result_at_its_size(tmp_path, capsys):
+    """A GPU session's verdict: never from a CPU result or another size, and the newest result at the size wins."""
+    bf16, fp32, step = done_when.FASTIG["bf16"], done_when.FASTIG["fp32"], done_when.BANDED_STEP.label
+    full = dict(length=4096, n_steps=250)
+    _report(tmp_path, "gpu-old", "cuda", "2026-11-01", {
+        "long_document": [{"provider": bf16, **full, "seconds": 2.0, "pearson_vs_captum": 0.9995},
+                          {"provider": fp32, **full, "seconds": 9.0, "speedup_vs_captum_best": 3.5}],
+        "model_step": [{"provider": step, "length": 4096, "sequences": 4, "fraction_of_peak": 0.45}]})
+    _report(tmp_path, "gpu-newer", "cuda", "2026-11-20", {
+        "model_step": [{"provider": step, "length": 4096, "sequences": 4, "fraction_of_peak": 0.35}]})
+    _report(tmp_path, "gpu-newest-quick", "cuda", "2026-12-01", {
+        "long_document": [{"provider": bf16, "length": 1024, "n_steps": 6, "seconds": 0.1, "pearson_vs_captum": 0.9}]})
+    _report(tmp_path, "cpu-newest", "cpu", "2026-12-05", {
+        "long_document": [{"provider": bf16, **full, "seconds": 1.0, "pearson_vs_captum": 0.9999}]})
+    checks = done_when.checks(tmp_path)
+    assert [(c.measured.split(" on ")[0], c.met) for c in checks] == [
+        ("2.00 s", False), ("0.99950", True), ("3.50x", True), ("35.0% at 4096 x 4 tokens", False),
+        ("no result at its size", None), ("no result at its size", None)]
+    assert all(c.measured.endswith("on cuda machine, 2026-11-01") for c in checks[:3])
+    assert checks[3].measured.endswith("2026-11-20")
+    assert done_when.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[1:]] == ["NOT", "met", "met", "NOT", "not", "not"]
+
+
+@pytest.mark.slow      # the fixture is one tiny run of the whole suite: about a minute on 2 cores
+def test_done_when_reads_the_rows_the_suite_writes(bench):
+    report, _, _ = bench
+    providers = {s["name"]: {r.get("provider") for r in s["rows"]} for s in report["scenarios"]}
+    assert set(done_when.FASTIG.values()) <= providers["long_document"]
+    assert done_when.BANDED_STEP.label in providers["model_step"]
+    # the tiny run compiles in fp32 and, on a CPU, in the default mode only: the label's form is what is checked
+    assert replace(done_when.COMPILED_STEP, precision="fp32", compile="default").label in providers["compiled_step"]

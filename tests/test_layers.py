@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-FOLDERS = {"fastig": ROOT / "engine", "fastig.kernels": ROOT / "kernels", "fastig.benchmarks": ROOT / "benchmarks"}
+FOLDERS = {"fastig": ROOT / "engine", "fastig.benchmarks": ROOT / "benchmarks"}     # as setup.py maps them
 
 
 def _modules() -> dict[str, Path]:
     found = {}
     for package, folder in FOLDERS.items():
+        assert (folder / "__init__.py").exists(), f"{package}: no package at {folder} (moved? update FOLDERS)"
         for path in folder.rglob("*.py"):
             parts = path.relative_to(folder).with_suffix("").parts
             name = ".".join((package, *parts))
