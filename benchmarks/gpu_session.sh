@@ -61,7 +61,7 @@ part long_document 170 bench long_document --full --repeats 1
 part model_step 150 bench model_step --full --repeats 3
 # Where the bf16 and fp32 step's time goes, kernel by kernel: what the next change on CPU should aim at.
 part step_profile 60 bench step_profile --full --repeats 3
-# The accumulate kernel's bandwidth with the runs found on the device (done-when: >= 70% of copy).
+# The accumulate kernel's bandwidth finding its documents' rows itself (3 launches a call) (done-when: >= 70% of copy).
 part kernels 40 python3 -m fastig.benchmarks.kernels --out "$OUT/results"
 part tests 80 bash -c "cd tests && python3 -m pytest -q -p no:cacheprovider -p no:warnings kernels_cases.py \
     test_longformer_attention.py"

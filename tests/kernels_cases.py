@@ -90,10 +90,11 @@ def test_accumulate_when_a_document_comes_back():
     assert_close(got[1][:, :2], expected[1][:, :2], rtol=1e-5, atol=1e-4, what="integrand")
 
 
-@pytest.mark.parametrize("docs", [[2, 0, 2, 1, 0, 0, 3], [0, 2, 4, 1, 3, 5], [3, 3, 3]],
-                         ids=["interleaved", "target-major", "one-document"])
+@pytest.mark.parametrize("docs", [[2, 0, 2, 1, 0, 0, 3], [0, 2, 4, 1, 3, 5], [3, 3, 3], [i * 7 % 5 for i in range(150)]],
+                         ids=["interleaved", "target-major", "one-document", "150-rows-interleaved"])
 def test_accumulate_finds_the_documents_rows_in_any_order(docs):
-    """The runs are found on the device: rows of a document anywhere in the chunk, summed in their order."""
+    """The kernel finds each document's rows itself: anywhere in the chunk (also more than one read of SCAN rows
+    back), summed in their order."""
     docs = torch.tensor(docs, device=DEVICE)
     steps = torch.arange(len(docs), device=DEVICE) % 4
     grads, difference, weights = _random(len(docs), 700), _random(6, 700), torch.rand(4, device=DEVICE)

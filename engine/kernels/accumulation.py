@@ -41,49 +41,39 @@ if triton is not None:
     def _accumulate_kernel(
         gradient_sum_ptr, difference_ptr,   # [G, N] fp32
         grads_ptr,                          # [c, N] any float dtype
-        order_ptr,                          # [c]: the rows grouped by document (a stable sort of docs)
-        run_docs_ptr, run_starts_ptr,       # [c], [c + 1]: each run's document and first place in order; the
-                                            # slots past the last run start at c (empty runs)
-        row_weights_ptr,                    # [c] fp32, w of each row's step
+        docs_ptr, steps_ptr,                # [c] int: each row's document and step
+        weights_ptr,                        # [n] fp32: each step's weight
         partials_ptr,                       # [c, blocks] fp32 out: each block's share of each row's integrand
-        n_per_row, n_blocks,
+        n_rows, n_per_row, n_blocks,
         BLOCK: tl.constexpr,
+        SCAN: tl.constexpr,                 # rows read at once when looking for an earlier row of a document
     ):
         block = tl.program_id(0)
-        run = tl.program_id(1)
-        first = tl.load(run_starts_ptr + run)
-        end = tl.load(run_starts_ptr + run + 1)
-        if end > first:     # an empty run's program writes nothing (it would race the document's own)
+        first = tl.program_id(1)
+        doc = tl.load(docs_ptr + first)
+        # The program of a document's first row in the chunk sums all the document's rows, wherever they are, in
+        # their order: one program owns these columns of the document (no atomics), and no sort runs before the
+        # kernel. Every other row's program finds an earlier row of its document (the one before it, usually)
+        # and writes nothing.
+        earlier = (tl.load(docs_ptr + first - 1, mask=first > 0, other=-1) == doc).to(tl.int32)
+        if earlier == 0:
+            for start in range(0, first, SCAN):
+                places = start + tl.arange(0, SCAN)
+                found = tl.load(docs_ptr + places, mask=places < first, other=-1) == doc
+                earlier += tl.sum(found.to(tl.int32), axis=0)
+        if earlier == 0:
             columns = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             inside = columns < n_per_row
-            doc = tl.load(run_docs_ptr + run).to(tl.int64)
-            difference = tl.load(difference_ptr + doc * n_per_row + columns, mask=inside, other=0.0)
+            offset = doc.to(tl.int64) * n_per_row + columns
+            difference = tl.load(difference_ptr + offset, mask=inside, other=0.0)
             total = tl.zeros((BLOCK,), dtype=tl.float32)
-            for i in range(0, end - first):
-                row = tl.load(order_ptr + first + i).to(tl.int64)
-                g = tl.load(grads_ptr + row * n_per_row + columns, mask=inside, other=0.0).to(tl.float32)
-                total += tl.load(row_weights_ptr + row) * g
-                tl.store(partials_ptr + row * n_blocks + block, tl.sum(g * difference, axis=0))
-            # One program owns these columns of this document: no atomics, the rows in their order.
-            sums = gradient_sum_ptr + doc * n_per_row + columns
-            tl.store(sums, tl.load(sums, mask=inside) + total, mask=inside)
-
-
-def _runs_on_device(docs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, run_docs, run_starts) of docs [c], by device ops only (no host sync): order groups the rows
-    by document, stably; run r covers order[run_starts[r]:run_starts[r + 1]], all of document run_docs[r];
-    the slots past the last run start at c."""
-    n_rows = len(docs)
-    order = torch.argsort(docs, stable=True)
-    grouped = docs[order]
-    is_start = torch.ones(n_rows, dtype=torch.bool, device=docs.device)
-    is_start[1:] = grouped[1:] != grouped[:-1]
-    run_of_place = is_start.cumsum(0) - 1
-    places = torch.arange(n_rows, device=docs.device)
-    run_starts = torch.full((n_rows + 1,), n_rows, dtype=torch.int64, device=docs.device)
-    run_starts.scatter_reduce_(0, run_of_place, places, reduce="amin")
-    run_docs = torch.zeros(n_rows, dtype=torch.int64, device=docs.device).scatter_(0, run_of_place, grouped)
-    return order, run_docs, run_starts
+            for row in range(first, n_rows):
+                if tl.load(docs_ptr + row) == doc:
+                    g = tl.load(grads_ptr + tl.cast(row, tl.int64) * n_per_row + columns, mask=inside,
+                                other=0.0).to(tl.float32)
+                    total += tl.load(weights_ptr + tl.load(steps_ptr + row)) * g
+                    tl.store(partials_ptr + row * n_blocks + block, tl.sum(g * difference, axis=0))
+            tl.store(gradient_sum_ptr + offset, tl.load(gradient_sum_ptr + offset, mask=inside) + total, mask=inside)
 
 
 def accumulate(gradient_sum: torch.Tensor, integrand: torch.Tensor, grads: torch.Tensor, difference: torch.Tensor,
@@ -94,15 +84,15 @@ def accumulate(gradient_sum: torch.Tensor, integrand: torch.Tensor, grads: torch
     n_rows, n_per_row = grads.shape
     if n_rows == 0:
         return
-    # The runs are found on the device: finding them on the host cost a sync per call, 0.25-0.36 ms
-    # whatever the size on an H200, which held the kernel to 12-19% of copy bandwidth. The grid has
-    # a program per row's possible run; the empty ones return at once.
-    order, run_docs, run_starts = _runs_on_device(docs)
+    # Three launches: the kernel, which finds each document's rows itself, and the integrand's sum and write.
+    # Finding the runs on the host cost a sync per call (0.25-0.36 ms whatever the size on an H200: the kernel
+    # at 12-19% of copy bandwidth); finding them on the device by torch ops (a sort, a cumsum, scatters) cost
+    # about 13 more launches of a few microseconds each, as much as the kernel itself takes on 3 x 512 tokens.
     block = min(2048, triton.next_power_of_2(n_per_row))
     n_blocks = triton.cdiv(n_per_row, block)
     partials = torch.empty((n_rows, n_blocks), dtype=torch.float32, device=grads.device)
     _accumulate_kernel[(n_blocks, n_rows)](
-        gradient_sum, difference.float().contiguous(), grads.contiguous(), order, run_docs, run_starts,
-        weights.float()[steps].contiguous(), partials, n_per_row, n_blocks, BLOCK=block,
+        gradient_sum, difference.float().contiguous(), grads.contiguous(), docs.contiguous(), steps.contiguous(),
+        weights.float().contiguous(), partials, n_rows, n_per_row, n_blocks, BLOCK=block, SCAN=64,
         num_warps=8 if block >= 2048 else 4)
     integrand[docs, steps] = partials.sum(1)
