@@ -94,7 +94,7 @@ def test_accumulate_when_a_document_comes_back():
                          ids=["interleaved", "target-major", "one-document", "150-rows-interleaved"])
 def test_accumulate_finds_the_documents_rows_in_any_order(docs):
     """The kernel finds each document's rows itself: anywhere in the chunk (also more than one read of SCAN rows
-    back), summed in their order."""
+    away, and in another program's 16 rows), several runs of rows starting among one program's rows."""
     docs = torch.tensor(docs, device=DEVICE)
     steps = torch.arange(len(docs), device=DEVICE) % 4
     grads, difference, weights = _random(len(docs), 700), _random(6, 700), torch.rand(4, device=DEVICE)
