@@ -22,6 +22,9 @@ DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is
 TOLERANCES = {torch.float32: (1e-6, 1e-6), torch.bfloat16: (2**-7, 1e-6), torch.float16: (2**-10, 1e-6)}
 SHAPES = [  # documents G, length L, hidden H, rows c
     (1, 1, 32, 1), (3, 7, 768, 3), (3, 97, 1000, 16), (1, 4096, 768, 1), (2, 97, 32, 3)]
+# The interpreter runs each program as Python: accumulate on the 4,096-token document (6,144 programs) took 45 s
+# a dtype there, and 97 x 1000 already spans 190 programs of columns. On CUDA every shape runs.
+ACCUMULATE_SHAPES = SHAPES if DEVICE == "cuda" else [shape for shape in SHAPES if shape[1] < 4096]
 
 
 def _random(*shape, dtype=torch.float32):
@@ -64,7 +67,7 @@ def _accumulated(op, n_docs, n_per_row, grads, docs, steps, weights, difference)
 
 
 @pytest.mark.parametrize("dtype", TOLERANCES)
-@pytest.mark.parametrize("n_docs, length, hidden, rows", SHAPES)
+@pytest.mark.parametrize("n_docs, length, hidden, rows", ACCUMULATE_SHAPES)
 def test_accumulate(n_docs, length, hidden, rows, dtype):
     n_per_row = length * hidden
     grads = _random(rows, n_per_row, dtype=dtype)
