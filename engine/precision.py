@@ -53,11 +53,19 @@ def resolve(precision: str, device: torch.device) -> Precision:
     if precision not in PRECISIONS:
         raise InputError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.type != "cuda":
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = _gpu_low_precision(device) if device.type == "cuda" else "fp32"
     return Precision(precision, device.type)
+
+
+def _gpu_low_precision(device: torch.device) -> str:
+    """bf16 on GPUs with bf16 tensor cores (compute capability 8.0 on: A100, L4, H100; AMD's), else fp16.
+
+    torch.cuda.is_bf16_supported() says yes on a T4 (7.5, Colab's free GPU) too, because bf16 tensors
+    can be made there, but its matrix products are emulated without tensor cores; fp16 has them.
+    """
+    if torch.version.hip:
+        return "bf16"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
 def default_path_precision(device: torch.device) -> str | None:
@@ -68,7 +76,7 @@ def default_path_precision(device: torch.device) -> str | None:
     error there is too close to the default's 2e-2 accuracy to pass its check reliably.
     """
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return _gpu_low_precision(device)
     if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
         return "bf16"
     return None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastig
-from fastig.precision import resolve
+from fastig.precision import default_path_precision, resolve
 from fastig.reference import _pearson
 
 from conftest import FAMILIES, make_text
@@ -51,10 +51,14 @@ def test_overflowing_chunk_is_redone_in_fp32(models, tokenizer, monkeypatch):
     assert torch.equal(result.delta, reference.delta)
 
 
-def test_auto_is_fp32_on_cpu_and_low_precision_on_gpus(monkeypatch):
+@pytest.mark.parametrize("capability, low", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((6, 0), "fp16")],
+                         ids=["H100", "A100", "T4", "P100"])
+def test_auto_is_fp32_on_cpu_and_low_precision_on_gpus(monkeypatch, capability, low):
+    """bf16 where the GPU has bf16 tensor cores; a T4 makes bf16 tensors (torch.cuda.is_bf16_supported() is true
+    there) but would multiply them emulated, so fp16."""
     assert resolve("auto", torch.device("cpu")).name == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert resolve("auto", torch.device("cuda")).name == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert resolve("auto", torch.device("cuda")).name == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve("auto", torch.device("cuda")).name == low
+    assert default_path_precision(torch.device("cuda")) == low
     assert resolve("fp16", torch.device("cpu")).name == "fp16"
