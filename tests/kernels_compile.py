@@ -1,4 +1,5 @@
-"""The Triton kernels compiled for a Hopper GPU (sm_90) on a machine without one: no spills, 16-byte loads.
+"""The Triton kernels compiled for a Hopper GPU (sm_90) on a machine without one: no spills, 16-byte loads;
+and for a T4 (sm_75) and an A100 (sm_80): they lower there too.
 
 Each launcher runs on CPU tensors while Triton's driver is one that reports an sm_90 device and compiles
 instead of launching: the kernel goes through Triton's passes and ptxas (both ship with triton) with the
@@ -35,13 +36,15 @@ SHAPES = [(1, 4096, 768, 16), (3, 512, 768, 48), (2, 97, 1000, 5), (1, 7, 33, 3)
 
 
 class CompilingDriver:
-    """Triton's driver for a GPU of compute capability 9.0 that is not there."""
+    """Triton's driver for a GPU that is not there, of compute capability `capability` (90: Hopper)."""
+
+    capability = 90
 
     def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
+        return GPUTarget("cuda", self.capability, 32)
 
     def get_current_device(self):
-        return 0
+        return self.capability          # Triton keeps compiled kernels per device: one per capability
 
     def get_current_stream(self, device=None):
         return 0
@@ -50,11 +53,14 @@ class CompilingDriver:
         return torch.device("cpu")
 
 
-driver.set_active(CompilingDriver())
+COMPILING = CompilingDriver()
+driver.set_active(COMPILING)
 
 
-def _compiled(kernel, launch) -> bytes:
-    """The cubin `launch()` compiles `kernel` to: its launch becomes a warm-up, which compiles and returns."""
+def _compiled(kernel, launch, capability: int = 90) -> bytes:
+    """The cubin `launch()` compiles `kernel` to for a GPU of that compute capability: its launch becomes a
+    warm-up, which compiles and returns."""
+    COMPILING.capability = capability
     compiled = []
     run = kernel.run
     kernel.run = lambda *args, grid, warmup, **kwargs: compiled.append(run(*args, grid=grid, warmup=True, **kwargs))
@@ -107,3 +113,13 @@ def test_kernel_compiles_for_hopper_without_spills(op, shape, dtype, tmp_path):
         assert "LDG.E.128" in sass, f"{op}: no 16-byte load"
         assert "LDG.E.U16" not in sass, f"{op}: reads 16-bit values one at a time"
 
+
+
+@pytest.mark.parametrize("capability", [75, 80], ids=["T4", "A100"])
+@pytest.mark.parametrize("op, dtype", [(op, dtype) for op in ("interpolate", "accumulate") for dtype in DTYPES] +
+                         [("finalize", torch.float32)])
+def test_kernel_compiles_for_older_gpus(op, dtype, capability, tmp_path):
+    """Colab's GPUs among them (a T4 gets fp16, an A100 bf16): the kernels lower there too, with 16-byte loads."""
+    kernel, launch = _launches(1, 4096, 768, 16, dtype)[op]
+    _, sass = _inspect(_compiled(kernel, launch, capability), tmp_path)
+    assert "LDG.E.128" in sass and "LDG.E.U16" not in sass, f"{op}: not read 16 bytes at a time"
