@@ -85,6 +85,7 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
 def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     _add_rule_args(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain, in order (then --text, --file)")
     p.add_argument("--text", action="append", help="a document (repeat for several)")
     p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
     p.add_argument("--target", type=_target, default=None,
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _texts(args) -> list[str]:
-    texts = list(args.text or [])
+    texts = list(args.texts) + list(args.text or [])
     for path in args.file or []:
         try:
             raw = path.read_bytes()
@@ -180,7 +181,7 @@ def _texts(args) -> list[str]:
             raise InputError(f"--file {str(path)!r} is not UTF-8 text (byte {err.start}); convert it, e.g. "
                              f"iconv -t utf-8") from err
     if not texts:
-        raise InputError("give at least one --text or --file")
+        raise InputError("give at least one document: TEXT, --text or --file")
     return texts
 
 
@@ -246,7 +247,7 @@ def cmd_attribute(args) -> int:
 
 def _source_facts(args) -> dict:
     """Where the documents came from and how they were attributed, for result.json and the report's pages."""
-    inputs = [str(path) for path in args.file or []] + (["--text"] * len(args.text or []))
+    inputs = ["text"] * len(args.texts) + ["--text"] * len(args.text or []) + [str(path) for path in args.file or []]
     facts = {"model": args.model, "tokenizer": args.tokenizer or args.model, "inputs": ", ".join(inputs),
              "layer": args.layer or "embeddings", "target": "predicted" if args.target is None else args.target}
     for name in ("n_steps", "method", "accuracy", "tolerance", "max_steps", "baseline", "output", "precision",
