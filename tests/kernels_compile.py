@@ -107,7 +107,10 @@ def _inspect(cubin: bytes, tmp_path) -> tuple[dict, str]:
 def test_kernel_compiles_for_hopper_without_spills(op, shape, dtype, tmp_path):
     kernel, launch = _launches(*shape, dtype)[op]
     usage, sass = _inspect(_compiled(kernel, launch), tmp_path)
-    assert usage["LOCAL"] == 0 and usage["STACK"] == 0, f"{op}: registers spilled: {usage}"
+    # 8 bytes: with Triton 3.6 (the GPU image's) ptxas keeps accumulate's bit mask of run starts in one stack
+    # slot across its loop over candidate rows, one L1 read a candidate; a spill that costs shows as more
+    # (finalize's 4,096 values a program: 96 bytes).
+    assert usage["LOCAL"] == 0 and usage["STACK"] <= 8, f"{op}: registers spilled: {usage}"
     if shape[1] * shape[2] % 16 == 0:     # Triton specializes a launch to 16-aligned rows when L*H divides by 16
         assert usage["REG"] <= 128, f"{op}: {usage['REG']} registers a thread: under 4 programs of 4 warps an SM"
         assert "LDG.E.128" in sass, f"{op}: no 16-byte load"
