@@ -14,6 +14,7 @@ Global queries attend everything through the global projections, as in Hugging F
 mode only (no dropout); outputs equal Hugging Face's to fp32 rounding.
 """
 
+import logging
 import math
 from contextlib import contextmanager
 from typing import Callable, NamedTuple
@@ -272,14 +273,23 @@ def first_mask_row_only():
         modeling_longformer.create_bidirectional_mask = full_mask
 
 
+def _not_the_padding_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: Longformer's "Input ids are automatically padded to be a multiple of
+    `config.attention_window`" notice goes, the rest stays. Attributions cover the real tokens only, and
+    the notice cut through the progress bar of every `fastig attribute` on a Longformer."""
+    return not record.getMessage().startswith("Input ids are automatically padded")
+
+
 @contextmanager
 def banded_attention(model: nn.Module, kernel: str | None = None):
     """Every LongformerSelfAttention of `model` runs `banded_self_attention` inside the block,
     with the local-attention `kernel` ("blocks", "flex"; None: default_kernel of the device),
-    and the model builds only the row of its attention mask it reads (first_mask_row_only).
+    and the model builds only the row of its attention mask it reads (first_mask_row_only) and
+    does not log its padding to a multiple of the window.
 
     Also for plain inference: `with banded_attention(model): model(...)`. Attention maps
     (output_attentions) and training mode still go to Hugging Face's code."""
+    from transformers.models.longformer import modeling_longformer
     from transformers.models.longformer.modeling_longformer import LongformerEncoder, LongformerSelfAttention
 
     if kernel is not None and kernel not in KERNELS:
@@ -298,9 +308,12 @@ def banded_attention(model: nn.Module, kernel: str | None = None):
     encoders = [m for m in model.modules() if isinstance(m, LongformerEncoder)]
     bands = BandsOfForward(kernel, {attention.one_sided_attn_window_size for attention in attentions})
     hooks = [encoder.register_forward_pre_hook(bands.build, with_kwargs=True) for encoder in encoders]
+    logger = logging.getLogger(modeling_longformer.__name__)
+    logger.addFilter(_not_the_padding_notice)
     try:
         with forwards_shadowed(attentions, banded), first_mask_row_only():
             yield
     finally:
+        logger.removeFilter(_not_the_padding_notice)
         for hook in hooks:
             hook.remove()

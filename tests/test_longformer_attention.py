@@ -179,6 +179,32 @@ def test_banded_attention_builds_one_row_of_the_mask(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(maps.attentions, plain.attentions))
 
 
+def test_banded_attention_does_not_log_the_window_padding():
+    """Hugging Face's Longformer logs its padding to a multiple of the window (once a process); inside the block
+    that line goes (it cut through fastig's progress bars), and outside it comes back."""
+    import logging
+
+    from transformers.models.longformer import modeling_longformer
+
+    model, ids = _model(8), torch.randint(5, 200, (1, 13))            # 13 tokens: padded to 16
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger(modeling_longformer.__name__)
+    logger.addHandler(handler)
+    try:
+        for inside in (True, False):
+            logging.Logger.warning_once.cache_clear()                 # transformers logs each message once
+            logged.clear()
+            with torch.no_grad(), banded_attention(model) if inside else nullcontext():
+                model(input_ids=ids)
+            padded = any(message.startswith("Input ids are automatically padded") for message in logged)
+            assert padded is not inside, "inside" if inside else "outside"
+            assert any(message.startswith("Initializing global attention") for message in logged)  # others stay
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_engine_results_do_not_depend_on_the_attention(models, tokenizer, precision):
     texts = [make_text(40, seed=4), make_text(9, seed=5)]
