@@ -5,7 +5,10 @@ token rankings share these pieces; nothing here writes a file.
 """
 
 import html
+from collections import Counter
 from dataclasses import dataclass
+
+from .summarize import ends
 
 
 def color(score: float) -> str:
@@ -113,6 +116,28 @@ def token_words(document) -> list[Word]:
             found[-1].score += word.score
             found[-1].positions.append(position)
     return found
+
+
+def shown_units(document, tokens: bool = False) -> list[Word]:
+    """What a person reads of the document: its words, or with `tokens` each token (`token_words`)."""
+    return token_words(document) if tokens else words(document)
+
+
+@dataclass
+class RankedWord:
+    """A word (or token) at one end of a document's ranking: its text, score and how often it occurs."""
+    text: str
+    score: float
+    count: int
+
+
+def top_bottom_words(units: list[Word], k: int) -> tuple[list[RankedWord], list[RankedWord]]:
+    """The two ends of the units' ranking (fastig.summarize.ends): up to k texts scoring toward the class,
+    highest first, and up to k away from it, lowest first, each text once at its highest (lowest) score."""
+    counts = Counter(u.text for u in units)
+    top, bottom = ends(sorted(units, key=lambda u: -u.score), lambda u: u.score, k, lambda u: u.text)
+    return ([RankedWord(u.text, u.score, counts[u.text]) for u in top],
+            [RankedWord(u.text, u.score, counts[u.text]) for u in bottom])
 
 
 def _place(word: Word, text: str, start: int, end: int) -> None:

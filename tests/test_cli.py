@@ -32,7 +32,7 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
                  "--n-steps", "8", "--top-k", "3", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
-    assert printed.count("predicted") == 2 and "delta" in printed and "top tokens" in printed
+    assert printed.count("predicted") == 2 and "delta" in printed and "top words" in printed
     saved = json.loads(out.read_text())
     assert len(saved["documents"]) == 2 and saved["n_steps"] == 8
     assert saved["documents"][1]["tokens"] == ["[CLS]", "good", "film", "[SEP]"]
@@ -78,6 +78,28 @@ def test_attribute_takes_documents_as_arguments_in_order(model_dir, tmp_path, ca
     assert [d["tokens"][1:-1] for d in saved["documents"]] == [["good", "film"], ["awful"], ["bad", "plot"],
                                                                 ["plot", "actor", "movie"]]
     assert saved["source"]["inputs"] == f"text, text, --text, {doc}"
+
+
+def test_attribute_prints_words_or_with_tokens_the_pieces(tmp_path, byte_level_tokenizer, capsys):
+    """On a byte-level BPE the printed lists hold the text's words (the report's units), not "Ġ" pieces of them;
+    --tokens prints the pieces."""
+    from conftest import make_byte_level_model
+
+    folder = tmp_path / "roberta-bpe"
+    make_byte_level_model("roberta", byte_level_tokenizer).save_pretrained(folder)
+    byte_level_tokenizer.save_pretrained(folder)
+    text = "Neural networks relearn unworkably \u2014 a caf\u00e9, a r\u00e9sum\u00e9."   # two words it never saw
+    words = {"Neural", "networks", "relearn", "unworkably", "\u2014", "a", "caf\u00e9", ",", "r\u00e9sum\u00e9",
+             "."}
+
+    def listed(*options):
+        assert main(["attribute", "--model", str(folder), text, "--n-steps", "4", "--top-k", "30", *options]) == 0
+        table = capsys.readouterr().out.splitlines()[2:-1]           # below the header, above the run line
+        return {cell.strip().rsplit(" ", 1)[0].strip() for row in table for cell in (row[2:30], row[30:])
+                if cell.strip()}
+    assert listed() == words
+    pieces = listed("--tokens")
+    assert pieces - words and all(piece in text for piece in pieces)   # pieces of words, as the text has them
 
 
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):

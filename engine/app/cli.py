@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastig", description="Fast Integrated Gradients for Hugging Face classifiers, checked against Captum.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom tokens")
+    p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom words")
     _add_attribution_args(p)
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--tokens", action="store_true", help="print the top and bottom tokens, not words")
     p.add_argument("--out", type=Path, help="write the full result as JSON here")
 
     p = commands.add_parser("check", help="run fastig and Captum on the same input and compare")
@@ -238,7 +239,7 @@ def cmd_attribute(args) -> int:
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
     if not main_process:
         return 0
-    print_result(result, engine.model.config.id2label, args.top_k)
+    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens)
     print(run_line(result))
     if args.out:
         _write_result(args, result, {str(k): v for k, v in engine.model.config.id2label.items()})

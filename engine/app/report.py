@@ -26,13 +26,12 @@ import html
 import io
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..display import color, label_name, token_words, words
+from ..display import color, label_name, shown_units, top_bottom_words
 from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
@@ -79,10 +78,6 @@ SENTENCE_END = re.compile(r"[.!?]['\")\]]*$")
 class Source:
     """Where a report's documents came from and how they were computed: shown on every page."""
     facts: dict         # e.g. {"model": ..., "data": ..., "n_steps": ...}; values are shown as text
-
-
-def _units(record: DocumentResult, tokens: bool):
-    return token_words(record) if tokens else words(record)
 
 
 def _scale(units) -> float:
@@ -149,22 +144,6 @@ def _ranked_table(what: str, ranked_units) -> str:
             f"<table><tr><th>word</th><th>score</th><th>times</th></tr>{rows}</table></div>")
 
 
-@dataclass
-class _Ranked:
-    text: str
-    score: float
-    count: int
-
-
-def _top_bottom(units, k: int) -> tuple[list, list]:
-    """The two ends of the units' ranking (fastig.summarize.ends), each text once at its highest (lowest)
-    score, with how often it occurs."""
-    counts = Counter(u.text for u in units)
-    top, bottom = ends(sorted(units, key=lambda u: -u.score), lambda u: u.score, k, lambda u: u.text)
-    return ([_Ranked(u.text, u.score, counts[u.text]) for u in top],
-            [_Ranked(u.text, u.score, counts[u.text]) for u in bottom])
-
-
 def integrand_svg(alphas: list[float], integrand: list[float], width: int = 640, height: int = 220) -> str:
     """s(alpha) = <dF/dz(z(alpha)), e(x) - e(b)> at the rule's points, as an inline SVG line chart."""
     if not integrand:
@@ -209,13 +188,13 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
                   source: Source | None = None, index: str | None = "index.html") -> str:
     """The HTML page of one document (see the module's docstring). tokens: highlight tokens, not words."""
     target = label_name(record.target, labels)
-    units = _units(record, tokens)
+    units = shown_units(record, tokens)
     scale = _scale(units)
     sentences = _sentences(units)
     starts = {s[0]: f"s{n}" for n, s in enumerate(sentences)}
     gap = record.output_at_input - record.output_at_baseline
     relative = f" ({abs(record.delta) / abs(gap):.1e} of |F(x) − F(b)| = {abs(gap):.4g})" if gap else ""
-    top, bottom = _top_bottom(units, top_k)
+    top, bottom = top_bottom_words(units, top_k)
     how = {"evaluations": record.evaluations, "precision": record.precision or "as the run's settings",
            "estimated relative error": "–" if record.estimated_error is None else f"{record.estimated_error:.1e}",
            "accuracy met": "–" if record.tolerance_met is None else record.tolerance_met,

@@ -1,23 +1,26 @@
-"""What the commands print about a result: per document its prediction, delta and top/bottom tokens,
+"""What the commands print about a result: per document its prediction, delta and top/bottom words,
 and one line on how the run went."""
 
 import sys
 from itertools import zip_longest
 
+from ..display import shown_units, top_bottom_words
 from ..result import Attribution, RunStats
 
 
-def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None) -> None:
-    """Prediction, probability, delta and the top/bottom-k table of each document (default: all)."""
+def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None, tokens: bool = False) -> None:
+    """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each document
+    (default: all). Words as the text has them: a byte-level BPE's "bor" + "ing" is "boring"."""
     file = file or sys.stdout
+    unit = "tokens" if tokens else "words"
     for i in range(len(result)) if documents is None else documents:
         d = result.documents[i]
         print(f"document {i}: {len(d.tokens)} tokens | predicted {labels.get(d.prediction, d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {labels.get(d.target, d.target)} | "
               f"delta {d.delta:+.2e}", file=file)
-        top, bottom = d.top_bottom(k)
-        print(f"  {'top tokens':<28}{'bottom tokens':<28}", file=file)
-        print_columns([(t.token, t.score) for t in top], [(b.token, b.score) for b in bottom], 16, file)
+        top, bottom = top_bottom_words(shown_units(d, tokens), k)
+        print(f"  {'top ' + unit:<28}{'bottom ' + unit:<28}", file=file)
+        print_columns([(t.text, t.score) for t in top], [(b.text, b.score) for b in bottom], 16, file)
 
 
 def print_columns(left: list, right: list, width: int, file=None) -> None:
