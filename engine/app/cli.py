@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom words")
     _add_attribution_args(p)
-    p.add_argument("--top-k", type=int, default=20, help="words printed at each end per document, and tokens in --out's top and bottom (default 20)")
+    p.add_argument("--top-k", type=int, default=20,
+                   help="words printed at each end per document, and tokens in --out's top and bottom (default 20)")
     p.add_argument("--tokens", action="store_true", help="print the top and bottom tokens, not words")
     p.add_argument("--out", type=Path, help="write the full result as JSON here")
 
