@@ -14,6 +14,22 @@ from .errors import InputError, LayerNotFoundError, ModelLoadError, TargetError
 OUTPUTS = ("probs", "logits")
 
 
+@contextmanager
+def transformers_quiet():
+    """Inside: no loading bars and only transformers' errors logged; its settings as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None):
     """Load (model, tokenizer) from a local folder or a hub name; the model in eval mode.
 
@@ -23,21 +39,15 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     whose files cannot be read (corrupt weights, a pickle torch refuses to load).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()   # a weight-loading bar per call buries fastig's own output
-    hf_logging.set_verbosity_error()    # missing weights are fastig's error below, not a report on stdout
     where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
+    # A weight-loading bar per call buries fastig's own output; missing weights are fastig's error below.
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True)
+        with transformers_quiet():
+            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True)
     except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
         raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
                              f"{type(err).__name__}: {err}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise ModelLoadError(f"--model {name_or_path!r} has no weights for {', '.join(missing[:4])}"

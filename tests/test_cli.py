@@ -155,7 +155,11 @@ def test_demo_fine_tunes_once_then_reuses_the_cache(tmp_path, monkeypatch, capsy
     monkeypatch.setitem(demo.RECIPE, "held_out", 16)
     monkeypatch.setenv("FASTIG_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
+    from transformers.utils import logging as hf_logging
+
+    settings = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     assert main(["demo", "--out", str(out), "--n-steps", "4", "--documents", "2"]) == 0
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == settings   # as it found them
     printed = capsys.readouterr().out
     assert "held-out accuracy" in printed and "Captum LayerIntegratedGradients" in printed
     assert {p.name for p in out.iterdir()} == {"result.json", "documents.csv", "token_scores.csv", "report"}

@@ -185,6 +185,7 @@ def test_banded_attention_does_not_log_the_window_padding():
     import logging
 
     from transformers.models.longformer import modeling_longformer
+    from transformers.utils import logging as hf_logging
 
     model, ids = _model(8), torch.randint(5, 200, (1, 13))            # 13 tokens: padded to 16
     logged = []
@@ -192,6 +193,8 @@ def test_banded_attention_does_not_log_the_window_padding():
     handler.emit = lambda record: logged.append(record.getMessage())
     logger = logging.getLogger(modeling_longformer.__name__)
     logger.addHandler(handler)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()                                # transformers' default
     try:
         for inside in (True, False):
             logging.Logger.warning_once.cache_clear()                 # transformers logs each message once
@@ -203,6 +206,7 @@ def test_banded_attention_does_not_log_the_window_padding():
             assert any(message.startswith("Initializing global attention") for message in logged)  # others stay
     finally:
         logger.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

