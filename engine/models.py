@@ -15,17 +15,24 @@ OUTPUTS = ("probs", "logits")
 
 
 @contextmanager
-def transformers_quiet():
-    """Inside: no loading bars and only transformers' errors logged; its settings as they were after."""
+def hub_quiet(bars: bool = False):
+    """Inside: transformers and huggingface_hub log only errors (an unreachable hub's retries printed lines
+    before fastig's one-line error) and, unless `bars`, transformers shows no loading bars; their settings
+    as they were after."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
-    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
+    verbosities = hf_logging.get_verbosity(), hub_logging.get_verbosity()
+    bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    if not bars:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
+        hf_logging.set_verbosity(verbosities[0])
+        hub_logging.set_verbosity(verbosities[1])
         if bar_was_on:
             hf_logging.enable_progress_bar()
 
@@ -43,7 +50,7 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
     # A weight-loading bar per call buries fastig's own output; missing weights are fastig's error below.
     try:
-        with transformers_quiet():
+        with hub_quiet():
             model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True)
     except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
         raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
@@ -55,7 +62,8 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
                              "model gets a random classification head); give a fine-tuned classifier")
     tokenizer_name = tokenizer or name_or_path
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_name)
+        with hub_quiet():
+            tok = AutoTokenizer.from_pretrained(tokenizer_name)
     except Exception as err:
         raise ModelLoadError(f"tokenizer {tokenizer_name!r}: cannot load a tokenizer: {type(err).__name__}: {err}") from err
     if device is not None:

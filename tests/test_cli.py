@@ -135,6 +135,40 @@ def test_unknown_model_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "cannot load" in err
 
 
+@pytest.mark.parametrize("command, unreachable", [
+    (["attribute", "--model", "someone/no-such-model", "good"], "AutoModelForSequenceClassification"),
+    (["attribute", "--model", "{model}", "--tokenizer", "someone/no-such-tokenizer", "good"], "AutoTokenizer"),
+    (["dataset", "--model", "{model}", "--data", "someone/no-such-data", "--out", "{out}"], "load_dataset")],
+    ids=["model", "tokenizer", "data"])
+def test_an_unreachable_hub_is_one_line_and_exit_2(command, unreachable, model_dir, tmp_path, monkeypatch, capsys):
+    """The hub client logs each failed request ("... thrown while requesting HEAD ...") before the error that
+    follows: fastig's one line is all that shows. Offline, so the loader is replaced by one that fails as the
+    client does without a network."""
+    import logging
+
+    import datasets
+    import transformers
+
+    def fail(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning(
+            "'[Errno -2] Name or service not known' thrown while requesting HEAD https://huggingface.co/...")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    if unreachable == "load_dataset":
+        monkeypatch.setattr(datasets, "load_dataset", fail)
+    else:
+        monkeypatch.setattr(getattr(transformers, unreachable), "from_pretrained", fail)
+    logged = []          # what reaches the hub client's handlers (they hold the stderr of when they were made)
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("huggingface_hub").addHandler(handler)
+    try:
+        assert exit_code([part.format(model=model_dir, out=tmp_path / "run") for part in command]) == 2
+    finally:
+        logging.getLogger("huggingface_hub").removeHandler(handler)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err and not logged, (err, logged)
+
+
 def test_the_installed_command_runs_the_cli():
     import shutil
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, NonFiniteError
+from ..models import hub_quiet
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
 
@@ -76,7 +77,8 @@ def _columns_of(data: str, split: str, text_column: str):
             raise DataError(f"--data {data!r}: not a folder written by save_to_disk: {err}") from err
     else:
         try:
-            loaded = datasets.load_dataset(data)
+            with hub_quiet(bars=True):    # a download's bars stay; the hub client's retry warnings go
+                loaded = datasets.load_dataset(data)
         except Exception as err:      # the hub client raises many kinds; all mean "cannot get it"
             raise DataError(f"--data {data!r}: cannot load it from the Hugging Face hub (is it reachable?): "
                             f"{type(err).__name__}: {err}") from err

