@@ -161,10 +161,11 @@ def test_memory_is_flat_in_n_steps():
     # The same calls for both (the measured call size would grow further with more steps).
     few, many = _memory_run(50, chunk=8), _memory_run(400, chunk=8)
     assert few["chunk_size"] == many["chunk_size"]
-    # 400 steps keep one [L, H] accumulator and a [400] integrand more than 50: well under 16 MB, where
-    # keeping each step's gradient [384, 128] fp32 would take 69 MB more.
-    assert abs(many["ru_maxrss"] - few["ru_maxrss"]) < 16 * 2**20, (few, many)
-    assert abs(many["peak_memory_bytes"] - few["peak_memory_bytes"]) < 16 * 2**20, (few, many)
+    # 400 steps keep one [L, H] accumulator and a [400] integrand more than 50 (under 1 MB), where keeping each
+    # step's gradient [384, 128] fp32 would take 69 MB more. The resident peak also moves with the heap glibc
+    # keeps over 50 calls instead of 7: 6-17 MB more in 4 runs on the 2-core EPYC (2026-12-06), so 32 MB.
+    assert abs(many["ru_maxrss"] - few["ru_maxrss"]) < 32 * 2**20, (few, many)
+    assert abs(many["peak_memory_bytes"] - few["peak_memory_bytes"]) < 32 * 2**20, (few, many)
 
 
 @pytest.mark.slow
