@@ -47,11 +47,15 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
 
 def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert main(["attribute", "--model", model_dir, "--text", make_text(11), "--target", "all", "--n-steps", "6",
-                 "--out", str(out)]) == 0
+    assert main(["attribute", "--model", model_dir, make_text(11), make_text(5, seed=1), "--target", "all",
+                 "--n-steps", "6", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert [d["target"] for d in saved["documents"]] == [0, 1, 2]      # the saved model's three classes
-    assert len({tuple(d["tokens"]) for d in saved["documents"]}) == 1
+    assert [d["target"] for d in saved["documents"]] == [0, 1, 2] * 2      # the saved model's three classes
+    assert len({tuple(d["tokens"]) for d in saved["documents"][:3]}) == 1
+    # printed under the number of their text, each line naming its class
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("document ")]
+    assert [h.split(":")[0] for h in headers] == ["document 0"] * 3 + ["document 1"] * 3
+    assert [h.split("attributed class ")[1].split(" |")[0] for h in headers] == ["LABEL_0", "LABEL_1", "LABEL_2"] * 2
 
 
 def test_attribute_reports_its_memory(model_dir, capsys):

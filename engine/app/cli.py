@@ -240,7 +240,9 @@ def cmd_attribute(args) -> int:
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
     if not main_process:
         return 0
-    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens)
+    # --target all: each text's records, one per class, follow each other
+    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens,
+                 records_per_text=len(result) // len(texts))
     print(run_line(result))
     if args.out:
         _write_result(args, result, {str(k): v for k, v in engine.model.config.id2label.items()})

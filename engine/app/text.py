@@ -8,14 +8,17 @@ from ..display import shown_units, top_bottom_words
 from ..result import Attribution, RunStats
 
 
-def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None, tokens: bool = False) -> None:
-    """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each document
-    (default: all). Words as the text has them: a byte-level BPE's "bor" + "ing" is "boring"."""
+def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None, tokens: bool = False,
+                 records_per_text: int = 1) -> None:
+    """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each record
+    (default: all). Words as the text has them: a byte-level BPE's "bor" + "ing" is "boring".
+    records_per_text: several targets of each text (records in a row per text), numbered by their text."""
     file = file or sys.stdout
     unit = "tokens" if tokens else "words"
     for i in range(len(result)) if documents is None else documents:
         d = result.documents[i]
-        print(f"document {i}: {len(d.tokens)} tokens | predicted {labels.get(d.prediction, d.prediction)} "
+        print(f"document {i // records_per_text}: {len(d.tokens)} tokens | "
+              f"predicted {labels.get(d.prediction, d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {labels.get(d.target, d.target)} | "
               f"delta {d.delta:+.2e}", file=file)
         top, bottom = top_bottom_words(shown_units(d, tokens), k)
