@@ -153,6 +153,16 @@ def test_index_lists_every_document_sortably_with_class_charts(tmp_path):
     assert greens > 500 and reds > 500                          # the charts' bars
 
 
+def test_a_report_written_again_keeps_no_page_of_the_earlier_one(tmp_path):
+    """Nothing mixed with stale results: `attribute --out r.json` of 3 records, then of 1, into the same
+    r.report/ left pages 1 and 2 of the first run beside the second's index. A user's own file stays."""
+    out = tmp_path / "report"
+    write_report([_record(i, 12, seed=i) for i in range(3)], {}, out, "first")
+    (out / "notes.txt").write_text("mine")
+    write_report([_record(0, 9, seed=7)], {}, out, "second")
+    assert sorted(p.name for p in out.iterdir()) == ["document-0.html", "index.html", "notes.txt"]
+
+
 def test_integrand_svg_plots_every_point():
     svg = integrand_svg([0.1, 0.5, 0.9], [1.0, -2.0, 3.0])
     assert svg.count(",") >= 3 and "polyline" in svg

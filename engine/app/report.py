@@ -345,10 +345,15 @@ def load(path: Path) -> tuple[list[DocumentResult], dict, str, Source]:
 
 def write_report(records: list[DocumentResult], labels: dict, out: Path, title: str, tokens: bool = False,
                  by: str = "target", source: Source | None = None) -> Path:
-    """One page per document and the index, in `out`; returns the index's path."""
+    """One page per document and the index, in `out`; returns the index's path. Document pages an earlier
+    report left in `out` go (its other files stay): a page of another run never sits beside this one's."""
     out.mkdir(parents=True, exist_ok=True)
-    for record in records:
-        (out / page_name(record)).write_text(document_page(record, labels, tokens, source=source), encoding="utf-8")
+    pages = {page_name(record): record for record in records}
+    for name, record in pages.items():
+        (out / name).write_text(document_page(record, labels, tokens, source=source), encoding="utf-8")
     index = out / "index.html"
     index.write_text(index_page(records, labels, title, by, tokens, source=source), encoding="utf-8")
+    for stale in out.glob("document-*.html"):
+        if stale.name not in pages:
+            stale.unlink()
     return index
