@@ -1,14 +1,14 @@
-"""The Triton kernels compiled for a Hopper GPU (sm_90) on a machine without one: no spills, 16-byte loads;
-and for a T4 (sm_75) and an A100 (sm_80): they lower there too.
+"""The Triton kernels compiled for GPUs on a machine without one: for a Hopper (sm_90) no spills, at most 128
+registers and 16-byte loads; for a T4 (sm_75) and an A100 (sm_80) they lower there too, with 16-byte loads.
 
-Each launcher runs on CPU tensors while Triton's driver is one that reports an sm_90 device and compiles
+Each launcher runs on CPU tensors while Triton's driver is one that reports such a device and compiles
 instead of launching: the kernel goes through Triton's passes and ptxas (both ship with triton) with the
-arguments, sizes and alignment that launch would have on an H100/H200. This catches what the interpreter
-cannot: a construct Triton does not lower for the GPU, registers spilled to local memory, gradients read in
-pieces narrower than 16 bytes.
+arguments, sizes and alignment that launch would have on that GPU. This catches what the interpreter cannot:
+a construct Triton does not lower for the GPU, registers spilled, gradients read in pieces narrower than
+16 bytes.
 
-Not collected by the main test run (it replaces triton's driver for the whole process, for good): tests/test_kernels.py
-runs this file in its own pytest process.
+Not collected by the main test run (it replaces triton's driver for the rest of its process):
+tests/test_kernels.py runs this file in its own pytest process.
 """
 
 import os
@@ -33,6 +33,8 @@ if not (TOOLS / "cuobjdump").exists():
     pytest.skip(f"this triton has no CUDA tools in {TOOLS}", allow_module_level=True)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 4096, 768, 16), (3, 512, 768, 48), (2, 97, 1000, 5), (1, 7, 33, 3)]  # G, L, H, rows c; last two odd
+# finalize reads and writes fp32 only
+OPS = [(op, dtype) for op in ("interpolate", "accumulate") for dtype in DTYPES] + [("finalize", torch.float32)]
 
 
 class CompilingDriver:
@@ -97,13 +99,13 @@ def _inspect(cubin: bytes, tmp_path) -> tuple[dict, str]:
     def dump(option):
         return subprocess.run([str(TOOLS / "cuobjdump"), option, str(path)], capture_output=True, text=True,
                               check=True, timeout=60).stdout
-    usage = {name: int(value) for name, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", dump("--dump-resource-usage"))}
+    resources = dump("--dump-resource-usage")
+    usage = {name: int(value) for name, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", resources)}
     return usage, dump("-sass")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape)))
-@pytest.mark.parametrize("op, dtype", [(op, dtype) for op in ("interpolate", "accumulate") for dtype in DTYPES] +
-                         [("finalize", torch.float32)])      # finalize reads and writes fp32 only
+@pytest.mark.parametrize("op, dtype", OPS)
 def test_kernel_compiles_for_hopper_without_spills(op, shape, dtype, tmp_path):
     kernel, launch = _launches(*shape, dtype)[op]
     usage, sass = _inspect(_compiled(kernel, launch), tmp_path)
@@ -117,10 +119,8 @@ def test_kernel_compiles_for_hopper_without_spills(op, shape, dtype, tmp_path):
         assert "LDG.E.U16" not in sass, f"{op}: reads 16-bit values one at a time"
 
 
-
 @pytest.mark.parametrize("capability", [75, 80], ids=["T4", "A100"])
-@pytest.mark.parametrize("op, dtype", [(op, dtype) for op in ("interpolate", "accumulate") for dtype in DTYPES] +
-                         [("finalize", torch.float32)])
+@pytest.mark.parametrize("op, dtype", OPS)
 def test_kernel_compiles_for_older_gpus(op, dtype, capability, tmp_path):
     """Colab's GPUs among them (a T4 gets fp16, an A100 bf16): the kernels lower there too, with 16-byte loads."""
     kernel, launch = _launches(1, 4096, 768, 16, dtype)[op]
