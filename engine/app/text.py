@@ -28,9 +28,11 @@ def print_result(result: Attribution, labels: dict, k: int, documents=None, file
 
 def print_columns(left: list, right: list, width: int, file=None) -> None:
     """Two columns of (text, score) side by side, row by row; the shorter column ends blank (the two ends of a
-    ranking may differ in length: fastig.summarize.ends)."""
+    ranking may differ in length: fastig.summarize.ends). A text longer than `width` ends in "…"."""
+    def shown(text: str) -> str:
+        return text if len(text) <= width else text[:width - 1] + "…"
     for row in zip_longest(left, right):
-        cells = [" " * (width + 12) if cell is None else f"{cell[0][:width]:<{width}}{cell[1]:+9.4f}   "
+        cells = [" " * (width + 12) if cell is None else f"{shown(cell[0]):<{width}}{cell[1]:+9.4f}   "
                  for cell in row]
         print(("  " + "".join(cells)).rstrip(), file=file)
 
