@@ -116,6 +116,44 @@ def test_banded_attention_reads_the_device_once_per_forward(recompute):
     assert reads["8"] == reads[str([8] * 4)] == reads[str([8, 16, 16, 4])], reads
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("global_positions", [[0], [0, 3], []])
+def test_blocks_attention_reads_one_aligned_mask_per_forward(device, global_positions):
+    """Every layer's attention call reads its forward's one mask where it lies, its rows at multiples of 8
+    values: CUDA's memory-efficient attention pads a copy of any other mask at each call, a copy per layer
+    (there the layers would each see another tensor; the CPU kernel never copies)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class AttentionMasks(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.masks = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = str(func.overloadpacket)
+            if "scaled_dot_product" in name and "backward" not in name:
+                self.masks.append(kwargs["attn_mask"] if "attn_mask" in kwargs else args[3])
+            return func(*args, **kwargs)
+
+    model = _model(16, layers=3).to(device)
+    ids = torch.randint(5, 200, (2, 70), device=device)      # 80 after the model's padding to the window
+    global_mask = torch.zeros_like(ids)
+    global_mask[:, global_positions] = 1
+    captured = []
+    with torch.no_grad(), output_captured(model.longformer.embeddings, captured):
+        model(input_ids=ids, global_attention_mask=global_mask)
+    z = captured[0].requires_grad_(True)      # with gradients, as attribution runs: each layer keeps its mask
+    for dtype in (torch.float32, torch.bfloat16):
+        with (output_replaced(model.longformer.embeddings, z), banded_attention(model, "blocks"),
+              torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32), AttentionMasks() as seen):
+            model(input_ids=ids, global_attention_mask=global_mask)
+        masks = seen.masks
+        assert len(masks) == 3 and masks[0].shape[-1] == len(global_positions) + 3 * 8
+        assert len({mask.data_ptr() for mask in masks}) == 1, "each layer read another copy of the mask"
+        assert all(stride % 8 == 0 for stride in masks[0].stride()[:-1]), masks[0].stride()
+
+
 @pytest.mark.parametrize("device, kernel", RUNS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_banded_attention_in_low_precision(device, kernel, dtype):
