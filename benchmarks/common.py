@@ -7,12 +7,14 @@ state or warm caches.
 
 import multiprocessing
 import os
+import pickle
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import traceback
 from dataclasses import dataclass, replace
 
 import torch
@@ -572,12 +574,53 @@ _PRELOAD = ["torch", "transformers", "transformers.models.bert.modeling_bert",
             "fastig.benchmarks.common"]
 
 
+class ChildTraceback(Exception):
+    """The traceback of an exception raised in a child process, shown as that exception's cause."""
+
+
+def _send_outcome(sending, fn, args) -> None:
+    """In the child: fn(*args)'s value, or the exception it raised and its traceback, sent to the parent.
+
+    By plain pickle, tensors by value: multiprocessing's pickler would send them as shared memory that
+    the parent fetches from this process, which has ended by then."""
+    try:
+        outcome = (True, fn(*args), None)
+    except BaseException as error:      # Ctrl-C included: the parent decides what it means
+        outcome = (False, error, traceback.format_exc())
+    try:
+        sending.send_bytes(pickle.dumps(outcome))
+    except Exception:                   # an exception that does not pickle goes back as its text
+        sending.send_bytes(pickle.dumps((False, RuntimeError(repr(outcome[1])), outcome[2])))
+
+
 def in_child(fn, *args):
-    """fn(*args) in a fresh process forked from a server that has only imported the libraries."""
+    """fn(*args) in a fresh process forked from a server that has only imported the libraries.
+
+    The child does not outlive the wait for it: when the parent stops waiting (Ctrl-C, a SIGTERM, which
+    the suite turns into Ctrl-C, or an error) the child is ended, so a stopped run writes what it measured
+    at once instead of waiting for a measurement nobody will read."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_send_outcome, args=(sending, fn, args))
+    child.start()
+    sending.close()
+    try:
+        ok, value, child_traceback = pickle.loads(receiving.recv_bytes())
+    except EOFError:
+        child.join()
+        if child.exitcode in (-signal.SIGINT, -signal.SIGTERM):
+            raise KeyboardInterrupt(f"{fn.__name__}'s process was stopped (signal {-child.exitcode})") from None
+        raise RuntimeError(f"{fn.__name__}'s process ended without a result (exit code {child.exitcode})") from None
+    except BaseException:           # the parent stopped waiting
+        child.kill()
+        raise
+    finally:
+        child.join()
+        receiving.close()
+    if not ok:
+        raise value from ChildTraceback(child_traceback)
+    return value
 
 
 def log(message: str) -> None:

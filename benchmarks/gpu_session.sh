@@ -6,9 +6,10 @@
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=590)
 # The parts run in order of what issue 24's done-when needs, under one deadline (TOTAL_S, default 560 s
 # after the install): each gets its own box or the time left, whichever is less, and a part with under
-# 20 s left is skipped, so the parts that matter most are never starved by a slow one. A part killed by
-# its box writes nothing (a scenario writes its files at its end). Boxes from the H200 run of 2026-11-26:
-# long_document --full took 2.5 min, model_step --full 2.9 min at 10 repeats. PARTS="a b" runs only those.
+# 20 s left is skipped, so the parts that matter most are never starved by a slow one. A bench part stopped
+# by its box (SIGTERM, then SIGKILL 15 s later) writes the rows it measured (files named ...-stopped). Boxes
+# from the H200 run of 2026-11-26: long_document --full took 2.5 min (an H100, with less memory bandwidth,
+# gets 200 s), model_step --full 2.9 min at 10 repeats. PARTS="a b" runs only those.
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -33,7 +34,7 @@ part() {
     [ "$box" -gt "$left" ] && box=$left
     echo "== $name: up to $box s"
     local started=$SECONDS
-    timeout "$box" "$@" > "$OUT/$name.log" 2>&1
+    timeout -k 15 "$box" "$@" > "$OUT/$name.log" 2>&1
     local status=$?
     tail -n 25 "$OUT/$name.log"
     echo "== $name: exit $status after $((SECONDS - started)) s$([ $status -eq 124 ] && echo ', timed out')"
@@ -56,7 +57,7 @@ print("default call", [(d.evaluations, d.precision, d.estimated_error) for d in 
 PY
 # 4,096 tokens, 250 steps: Captum's batch sweep and best, fastig fp32 / bf16 / fp16 (done-when: bf16 <= 1.5 s,
 # Pearson >= 0.999; fp32 >= 3x Captum's best).
-part long_document 170 bench long_document --full --repeats 1
+part long_document 200 bench long_document --full --repeats 1
 # One step by attention and BERT's (done-when: bf16 >= 40% of the measured bf16 peak).
 part model_step 150 bench model_step --full --repeats 3
 # Where the bf16 and fp32 step's time goes, kernel by kernel: what the next change on CPU should aim at.

@@ -5,6 +5,7 @@ full: the sizes a GPU answers (and a patient CPU). quick: the same questions siz
 """
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -145,6 +146,31 @@ TITLES = {
 }
 
 
+def new_section(name: str, model: str, **fields) -> dict:
+    """A scenario's section of the report, its rows to come."""
+    return {"name": name, "title": TITLES[name], "model": model, **fields, "rows": []}
+
+
+class Stopped(Exception):
+    """A scenario stopped early (Ctrl-C, a SIGTERM, a failed measurement; the cause is __cause__) with the
+    rows it measured before in `section`."""
+
+    def __init__(self, section: dict):
+        super().__init__(f"{section['name']} stopped early")
+        self.section = section
+
+
+@contextmanager
+def rows_kept(section: dict):
+    """Inside, a scenario adds rows to section["rows"] as it measures them; when it stops early, the section
+    goes up as Stopped with the rows measured so far, for the suite to write (an hour of a run is not lost
+    to a Ctrl-C or a time limit)."""
+    try:
+        yield
+    except BaseException as cause:
+        raise Stopped(section) from cause
+
+
 # Where the suite also times fastig.captum's drop-in class, run by the Captum provider's own code
 # under fastig.patch_captum(), with the largest internal_batch_size Captum ran at.
 DROP_IN_SCENARIOS = ("quick", "short_documents")
@@ -200,41 +226,52 @@ def compare_providers(name: str, mode: str, repeats: int, device: str, peaks: di
     """fastig (each precision) against Captum (the seed's batch and the sweep's best) per configuration."""
     sizes = SIZES[name][mode]
     first_length, documents, first_steps = sizes.configs[0]
-    probe = Job("captum", sizes.model, first_length, first_steps, documents, repeats=repeats, device=device)
-    best, per_step = best_captum_batch(probe, sizes.captum_batches)
-    log(f"{name}: Captum seconds per step by internal_batch_size {per_step}; best {best}")
+    section = new_section(name, sizes.model.describe(), flops_per_token_step={
+        length: sizes.model.flops_per_token_step(length) for length, _, _ in sizes.configs})
+    with rows_kept(section):
+        probe = Job("captum", sizes.model, first_length, first_steps, documents, repeats=repeats, device=device)
+        best, per_step = best_captum_batch(probe, sizes.captum_batches)
+        log(f"{name}: Captum seconds per step by internal_batch_size {per_step}; best {best}")
+        section.update(captum_seconds_per_step=per_step, captum_best_batch=best)
+        for length, documents, n_steps in sizes.configs:
+            base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device,
+                       retain_cpu_memory=device == "cpu")
+            scaled = _scaled_batch(best, first_length, length, n_steps)
+            captum_jobs = [replace(base, provider="captum", batch=b, retain_cpu_memory=False)
+                           for b in sorted({CAPTUM_SEED_BATCH, scaled})]
+            if device == "cpu":     # Captum with fastig's allocator setting too, at its best batch
+                captum_jobs.append(replace(base, provider="captum", batch=scaled))
+            fastig_runs = fastig_jobs(name, mode, base)
+            if name in DROP_IN_SCENARIOS:
+                fastig_runs.append(replace(captum_jobs[-1], provider="dropin"))
+            results = {}
+            try:
+                for job in captum_jobs + fastig_runs:
+                    results[job] = in_child(measure, job)
+                    log(f"{name}: {job.label:<18} {length:>5} tokens x {documents} docs, {n_steps:>4} steps: "
+                        f"{results[job]['seconds']:8.2f} s, peak {results[job]['peak_memory_mb']:7.0f} MB")
+            finally:    # also when stopped early: the rows of the runs measured
+                section["rows"] += _provider_rows(captum_jobs + fastig_runs, results, peaks)
+    return section
+
+
+def _provider_rows(jobs: list[Job], results: dict, peaks: dict) -> list[dict]:
+    """A row for each job measured; fastig's compared with Captum's run at the seed's batch and timed against
+    every Captum run, where those were measured."""
+    captum = [results[job] for job in jobs if job.provider == "captum" and job in results]
+    seed = next((results[job] for job in jobs if job in results and job.provider == "captum"
+                 and job.batch == CAPTUM_SEED_BATCH and not job.retain_cpu_memory), None)
     rows = []
-    for length, documents, n_steps in sizes.configs:
-        base = Job("fastig", sizes.model, length, n_steps, documents, repeats=repeats, device=device,
-                   retain_cpu_memory=device == "cpu")
-        scaled = _scaled_batch(best, first_length, length, n_steps)
-        captum_jobs = [replace(base, provider="captum", batch=b, retain_cpu_memory=False)
-                       for b in sorted({CAPTUM_SEED_BATCH, scaled})]
-        if device == "cpu":     # Captum with fastig's allocator setting too, at its best batch
-            captum_jobs.append(replace(base, provider="captum", batch=scaled))
-        fastig_runs = fastig_jobs(name, mode, base)
-        if name in DROP_IN_SCENARIOS:
-            fastig_runs.append(replace(captum_jobs[-1], provider="dropin"))
-        results = {}
-        for job in captum_jobs + fastig_runs:
-            results[job] = in_child(measure, job)
-            log(f"{name}: {job.label:<18} {length:>5} tokens x {documents} docs, {n_steps:>4} steps: "
-                f"{results[job]['seconds']:8.2f} s, peak {results[job]['peak_memory_mb']:7.0f} MB")
-        seed = next(results[job] for job in captum_jobs if job.batch == CAPTUM_SEED_BATCH and not job.retain_cpu_memory)
-        captum_seconds = {job.label: results[job]["seconds"] for job in captum_jobs}
-        seed_seconds = captum_seconds[replace(captum_jobs[0], batch=CAPTUM_SEED_BATCH).label]
-        for job in captum_jobs + fastig_runs:
-            row = _row(job, results[job], peaks)
-            if job.provider != "captum":
-                agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),
-                                    CaptumResult(seed["attributions"], seed["delta"], 0.0))
-                row.update(rel_l2_vs_captum=agreement.rel_l2, pearson_vs_captum=agreement.pearson,
-                           speedup_vs_captum_seed=seed_seconds / row["seconds"],
-                           speedup_vs_captum_best=min(captum_seconds.values()) / row["seconds"])
-            rows.append(row)
-    return {"name": name, "title": TITLES[name], "model": sizes.model.describe(),
-            "flops_per_token_step": {length: sizes.model.flops_per_token_step(length) for length, _, _ in sizes.configs},
-            "captum_seconds_per_step": per_step, "captum_best_batch": best, "rows": rows}
+    for job in (job for job in jobs if job in results):
+        row = _row(job, results[job], peaks)
+        if job.provider != "captum" and seed is not None:
+            agreement = compare(CaptumResult(results[job]["attributions"], results[job]["delta"], 0.0),
+                                CaptumResult(seed["attributions"], seed["delta"], 0.0))
+            row.update(rel_l2_vs_captum=agreement.rel_l2, pearson_vs_captum=agreement.pearson,
+                       speedup_vs_captum_seed=seed["seconds"] / row["seconds"],
+                       speedup_vs_captum_best=min(r["seconds"] for r in captum) / row["seconds"])
+        rows.append(row)
+    return rows
 
 
 def equal_accuracy(mode: str, repeats: int, device: str) -> dict:
@@ -274,32 +311,34 @@ def default_path(mode: str, repeats: int, device: str) -> dict:
     also with fastig's allocator setting; "vs best Captum" is against the faster of the two."""
     sizes = SIZES["default_path"][mode]
     models = (sizes.model, *sizes.more_models)
-    rows = []
-    for model, (length, documents, reference_steps) in zip(models, sizes.configs):
-        base = Job("fastig-default", model, length, CAPTUM_DEFAULT_STEPS, documents, repeats=repeats, device=device)
-        best, _ = best_captum_batch(replace(base, provider="captum"), sizes.captum_batches)
-        reference = in_child(measure, replace(base, provider="fastig", precision="fp32", n_steps=reference_steps,
-                                              repeats=1, retain_cpu_memory=device == "cpu"))
-        captum_jobs = [replace(base, provider="captum", batch=best)]
-        if device == "cpu":
-            captum_jobs.append(replace(captum_jobs[0], retain_cpu_memory=True))
-        results = {job: in_child(measure, job) for job in captum_jobs + [base]}
-        captum_best = min(results[job]["seconds"] for job in captum_jobs)
-        for job, result in results.items():
-            scores = compare(CaptumResult(result["attributions"], result["delta"], 0.0),
-                             CaptumResult(reference["attributions"], reference["delta"], 0.0))
-            evaluations = ([d["evaluations"] for d in result["documents"]] if "documents" in result
-                           else [CAPTUM_DEFAULT_STEPS] * documents)
-            rows.append({"provider": job.label, "model": model.describe(), "length": length, "documents": documents,
-                         "evaluations": evaluations, "seconds": result["seconds"], "times": result["times"],
-                         "peak_memory_mb": result["peak_memory_mb"], "relative_delta": result["relative_delta"],
-                         "rel_l2_vs_reference": scores.rel_l2, "pearson_vs_reference": scores.pearson,
-                         "reference_steps": reference_steps, "speedup_vs_captum_best": captum_best / result["seconds"],
-                         **({"documents_detail": result["documents"]} if "documents" in result else {})})
-            log(f"default_path: {job.label:<28} {length:>5} tokens: {result['seconds']:8.2f} s, "
-                f"{sum(evaluations)} evaluations, rel L2 {scores.rel_l2:.1e}, Pearson {scores.pearson:.6f}")
-    return {"name": "default_path", "title": TITLES["default_path"],
-            "model": "; ".join(dict.fromkeys(m.describe() for m in models)), "rows": rows}
+    section = new_section("default_path", "; ".join(dict.fromkeys(m.describe() for m in models)))
+    rows = section["rows"]
+    with rows_kept(section):
+        for model, (length, documents, reference_steps) in zip(models, sizes.configs):
+            base = Job("fastig-default", model, length, CAPTUM_DEFAULT_STEPS, documents, repeats=repeats, device=device)
+            best, _ = best_captum_batch(replace(base, provider="captum"), sizes.captum_batches)
+            reference = in_child(measure, replace(base, provider="fastig", precision="fp32", n_steps=reference_steps,
+                                                  repeats=1, retain_cpu_memory=device == "cpu"))
+            captum_jobs = [replace(base, provider="captum", batch=best)]
+            if device == "cpu":
+                captum_jobs.append(replace(captum_jobs[0], retain_cpu_memory=True))
+            results = {job: in_child(measure, job) for job in captum_jobs + [base]}
+            captum_best = min(results[job]["seconds"] for job in captum_jobs)
+            for job, result in results.items():
+                scores = compare(CaptumResult(result["attributions"], result["delta"], 0.0),
+                                 CaptumResult(reference["attributions"], reference["delta"], 0.0))
+                evaluations = ([d["evaluations"] for d in result["documents"]] if "documents" in result
+                               else [CAPTUM_DEFAULT_STEPS] * documents)
+                rows.append({"provider": job.label, "model": model.describe(), "length": length, "documents": documents,
+                             "evaluations": evaluations, "seconds": result["seconds"], "times": result["times"],
+                             "peak_memory_mb": result["peak_memory_mb"], "relative_delta": result["relative_delta"],
+                             "rel_l2_vs_reference": scores.rel_l2, "pearson_vs_reference": scores.pearson,
+                             "reference_steps": reference_steps,
+                             "speedup_vs_captum_best": captum_best / result["seconds"],
+                             **({"documents_detail": result["documents"]} if "documents" in result else {})})
+                log(f"default_path: {job.label:<28} {length:>5} tokens: {result['seconds']:8.2f} s, "
+                    f"{sum(evaluations)} evaluations, rel L2 {scores.rel_l2:.1e}, Pearson {scores.pearson:.6f}")
+    return section
 
 
 def several_targets(mode: str, repeats: int, device: str) -> dict:
@@ -389,43 +428,47 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     longformer = sizes.model
     bert = ModelSpec("bert", longformer.layers, longformer.hidden, longformer.heads, max_tokens=512,
                      initializer_range=longformer.initializer_range)
-    rows = []
-    for length, sequences, _ in sizes.configs:
-        for precision in fastig_precisions("model_step", mode, device):
-            shape_peak = model_shape_peak(device, DTYPES[precision], longformer.hidden, length * sequences)
-            base = StepJob(longformer, length, sequences, precision, repeats=repeats, device=device)
-            jobs = [replace(base, attention=a) for a in step_attentions(device)]
-            if length <= bert.max_tokens:
-                jobs.append(replace(base, model=bert))
-            results = {}
-            for job in jobs:
-                results[job] = in_child(model_step, job)
-                log(f"model_step: {job.label:<34} {length:>5} tokens x {sequences:>2}: "
-                    f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s), "
-                    f"peak {results[job]['peak_memory_mb']:7.0f} MB")
-            seconds = {job.attention if job.model is longformer else "bert": results[job]["seconds"] for job in jobs}
-            for job in jobs:
-                result, tokens = results[job], length * sequences
-                achieved = tokens * job.model.flops_per_token_step(length) / result["seconds"]
-                rows.append({"provider": job.label, "precision": precision, "attention": job.attention,
-                             "family": job.model.family, "length": length, "sequences": sequences, **result,
-                             "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
-                             "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
-                             "model_shape_peak_gflops": shape_peak / 1e9,
-                             "fraction_of_model_shape_peak": achieved / shape_peak,
-                             "speedup_vs_hf_attention": seconds["model"] / result["seconds"],
-                             "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
-    return {"name": "model_step", "title": TITLES["model_step"], "model": longformer.describe(), "rows": rows}
+    section = new_section("model_step", longformer.describe())
+    rows = section["rows"]
+    with rows_kept(section):
+        for length, sequences, _ in sizes.configs:
+            for precision in fastig_precisions("model_step", mode, device):
+                shape_peak = model_shape_peak(device, DTYPES[precision], longformer.hidden, length * sequences)
+                base = StepJob(longformer, length, sequences, precision, repeats=repeats, device=device)
+                jobs = [replace(base, attention=a) for a in step_attentions(device)]
+                if length <= bert.max_tokens:
+                    jobs.append(replace(base, model=bert))
+                results = {}
+                for job in jobs:
+                    results[job] = in_child(model_step, job)
+                    log(f"model_step: {job.label:<34} {length:>5} tokens x {sequences:>2}: "
+                        f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s), "
+                        f"peak {results[job]['peak_memory_mb']:7.0f} MB")
+                seconds = {job.attention if job.model is longformer else "bert": results[job]["seconds"]
+                           for job in jobs}
+                for job in jobs:
+                    result, tokens = results[job], length * sequences
+                    achieved = tokens * job.model.flops_per_token_step(length) / result["seconds"]
+                    rows.append({"provider": job.label, "precision": precision, "attention": job.attention,
+                                 "family": job.model.family, "length": length, "sequences": sequences, **result,
+                                 "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
+                                 "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
+                                 "model_shape_peak_gflops": shape_peak / 1e9,
+                                 "fraction_of_model_shape_peak": achieved / shape_peak,
+                                 "speedup_vs_hf_attention": seconds["model"] / result["seconds"],
+                                 "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
+    return section
 
 
 def compiled_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
     """The step of model_step's longest shape with banded blocks attention, eager and compiled in each
     mode of STEP_COMPILE_MODES (a tiny run: fp32 only, one compilation)."""
     sizes = SIZES["compiled_step"][mode]
-    rows = []
-    for length, sequences, _ in sizes.configs:
-        for precision in ["fp32"] if mode == "tiny" else fastig_precisions("model_step", mode, device):
-            eager = StepJob(sizes.model, length, sequences, precision, "blocks", repeats=repeats, device=device)
+    section = new_section("compiled_step", sizes.model.describe())
+    rows = section["rows"]
+    with rows_kept(section):
+        for eager in _banded_steps(sizes, mode, repeats, device):
+            length, sequences, precision = eager.length, eager.sequences, eager.precision
             results = {}
             for job in [eager] + [replace(eager, compile=m) for m in STEP_COMPILE_MODES[device]]:
                 results[job] = in_child(model_step, job)
@@ -433,30 +476,37 @@ def compiled_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
                     f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s)")
             for job, result in results.items():
                 achieved = length * sequences * sizes.model.flops_per_token_step(length) / result["seconds"]
-                rows.append({"provider": job.label, "precision": precision, "compile": job.compile, "length": length,
-                             "sequences": sequences, **result, "achieved_gflops": achieved / 1e9,
+                rows.append({"provider": job.label, "precision": precision, "compile": job.compile,
+                             "length": length, "sequences": sequences, **result, "achieved_gflops": achieved / 1e9,
                              "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
                              "speedup_vs_eager": results[eager]["seconds"] / result["seconds"]})
-    return {"name": "compiled_step", "title": TITLES["compiled_step"], "model": sizes.model.describe(), "rows": rows}
+    return section
 
 
 def step_profiles(mode: str, repeats: int, device: str) -> dict:
     """The profile of model_step's longest shape with banded blocks attention, in each precision (a tiny run:
     fp32 only): its STEP_PROFILE_TOP operators by their own time, a row each."""
     sizes = SIZES["step_profile"][mode]
-    rows = []
-    for length, sequences, _ in sizes.configs:
-        for precision in ["fp32"] if mode == "tiny" else fastig_precisions("model_step", mode, device):
-            job = StepJob(sizes.model, length, sequences, precision, "blocks", repeats=repeats, device=device)
+    section = new_section("step_profile", sizes.model.describe())
+    rows = section["rows"]
+    with rows_kept(section):
+        for job in _banded_steps(sizes, mode, repeats, device):
             profile = in_child(step_profile, job, STEP_PROFILE_TOP)
             top = profile["operators"][0]
-            log(f"step_profile: {job.label:<34} {length:>5} tokens x {sequences:>2}: {profile['seconds']:7.3f} s "
-                f"profiled, first operator {top['name']} {top['share']:.0%}")
+            log(f"step_profile: {job.label:<34} {job.length:>5} tokens x {job.sequences:>2}: "
+                f"{profile['seconds']:7.3f} s profiled, first operator {top['name']} {top['share']:.0%}")
             for rank, operator in enumerate(profile["operators"], 1):
-                rows.append({"provider": job.label, "precision": precision, "length": length, "sequences": sequences,
-                             "profiled_seconds": profile["seconds"],
+                rows.append({"provider": job.label, "precision": job.precision, "length": job.length,
+                             "sequences": job.sequences, "profiled_seconds": profile["seconds"],
                              "operator_ms_per_step": profile["operator_ms_per_step"], "rank": rank, **operator})
-    return {"name": "step_profile", "title": TITLES["step_profile"], "model": sizes.model.describe(), "rows": rows}
+    return section
+
+
+def _banded_steps(sizes: Sizes, mode: str, repeats: int, device: str):
+    """The banded blocks step at each of the sizes' shapes, in each precision of model_step (a tiny run: fp32)."""
+    for length, sequences, _ in sizes.configs:
+        for precision in ["fp32"] if mode == "tiny" else fastig_precisions("model_step", mode, device):
+            yield StepJob(sizes.model, length, sequences, precision, "blocks", repeats=repeats, device=device)
 
 
 def process_scaling(mode: str, device: str) -> dict:

@@ -8,7 +8,10 @@ import argparse
 import datetime
 import json
 import re
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,14 +33,34 @@ def matmul_peaks(device: str, mode: str, precisions: set[str]) -> dict:
                              if name in precisions | {"fp32", "bf16"}}}
 
 
+class SuiteStopped(Exception):
+    """A run stopped early (Ctrl-C, a SIGTERM, a failed measurement; the cause is __cause__): `report` holds
+    the scenarios measured before, the last one with the rows it had (report["stopped"] says where and why)."""
+
+    def __init__(self, report: dict):
+        super().__init__(report["stopped"])
+        self.report = report
+
+
 def run_suite(names: list[str], mode: str, repeats: int, device: str) -> dict:
     started = time.perf_counter()
     precisions = {p for name in names for p in scenarios.fastig_precisions(name, mode, device)}
     peaks = matmul_peaks(device, mode, precisions)
     log(f"matmul peak on {device}: " + ", ".join(f"{n} {peaks[n] / 1e9:.0f} GFLOP/s" for n in DTYPES if n in peaks))
-    sections = [scenarios.run(name, mode, repeats, device, peaks) for name in names]
-    return {"date": datetime.date.today().isoformat(), "mode": mode, "repeats": repeats, "machine": machine(device),
-            "matmul_peak_flops": peaks, "scenarios": sections, "seconds": time.perf_counter() - started}
+    report = {"date": datetime.date.today().isoformat(), "mode": mode, "repeats": repeats, "machine": machine(device),
+              "matmul_peak_flops": peaks, "scenarios": []}
+    for name in names:
+        try:
+            report["scenarios"].append(scenarios.run(name, mode, repeats, device, peaks))
+        except BaseException as stop:
+            cause = stop.__cause__ if isinstance(stop, scenarios.Stopped) else stop
+            if isinstance(stop, scenarios.Stopped):
+                report["scenarios"].append(stop.section)
+            why = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
+            report.update(stopped=f"in {name}: {why}", seconds=time.perf_counter() - started)
+            raise SuiteStopped(report) from cause
+    report["seconds"] = time.perf_counter() - started
+    return report
 
 
 def _number(value, digits: int = 3) -> str:
@@ -226,6 +249,9 @@ def markdown(report: dict) -> str:
              f"warm-up, each in its own process. Measured matmul peak ({peaks['size']}²): "
              + ", ".join(f"{name} {peaks[name] / 1e9:.0f} GFLOP/s" for name in DTYPES if name in peaks)
              + f". Suite wall time {report['seconds'] / 60:.1f} min.", ""]
+    if "stopped" in report:
+        lines += [f"**Stopped early** {report['stopped']}: its section holds the rows measured before the stop; "
+                  "the scenarios after it did not run.", ""]
     for section in report["scenarios"]:
         sweep = (f"; Captum's best internal_batch_size by sweep: {section['captum_best_batch']}"
                  if "captum_best_batch" in section else "")
@@ -285,15 +311,16 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def slug(report: dict) -> str:
-    """<device>-<mode>[-<scenario>...]-<date>: the file name of a run's results (CPU names carry the core
-    count; a run of some scenarios names them, so that it does not overwrite the day's run of the suite)."""
+    """<device>-<mode>[-<scenario>...]-<date>[-stopped]: the file name of a run's results (CPU names carry the
+    core count; a run of some scenarios names them, so that it does not overwrite the day's run of the suite;
+    a run stopped early says so, so that it does not overwrite a whole one)."""
     m = report["machine"]
     name = m["device"] if m["device_type"] == "cuda" else f"{m['device']} {m['cores']}cores"
     name = re.sub(r"\b(\d+-core processor|processor|cpu|@.*)", "", name, flags=re.IGNORECASE)
     names = [s["name"] for s in report.get("scenarios", ())]
     some = names if names and set(names) != set(scenarios.SIZES) else []
     return "-".join(filter(None, [re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), report["mode"], *some,
-                                  report["date"]]))
+                                  report["date"], "stopped" if "stopped" in report else None]))
 
 
 def write(report: dict, out: Path) -> list[Path]:
@@ -324,6 +351,24 @@ def update_readme(readme: Path, report: dict, paths: list[Path]) -> None:
     readme.write_text(f"{text[:start]}\n{markdown(report)}\nFiles of this run: {links}.\n{text[end:]}", encoding="utf-8")
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """Inside, a SIGTERM (a time limit's, `timeout`'s, a job scheduler's) stops the run as Ctrl-C does, so that
+    it writes what it measured; one SIGTERM: a second one, while that is written, is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m fastig.benchmarks.suite", description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(scenarios.SIZES)} (default: all)")
@@ -351,7 +396,16 @@ def main(args: argparse.Namespace) -> list[Path]:
         _readme_section(args.readme)
     device = args.device or default_device()
     mode = args.mode or ("full" if device == "cuda" else "quick")
-    report = run_suite(args.scenarios or list(scenarios.SIZES), mode, args.repeats, device)
+    with sigterm_as_interrupt():
+        try:
+            report = run_suite(args.scenarios or list(scenarios.SIZES), mode, args.repeats, device)
+        except SuiteStopped as stop:    # what was measured is written (not into the README), then the stop goes on
+            if any(section["rows"] for section in stop.report["scenarios"]):
+                log(f"stopped {stop.report['stopped']}; what was measured: "
+                    + ", ".join(map(str, write(stop.report, args.out))))
+            cause = stop.__cause__
+            cause.__suppress_context__ = True       # shown as it was raised, with its own cause
+            raise cause
     paths = write(report, args.out)
     if args.readme:
         update_readme(args.readme, report, paths)

@@ -7,15 +7,21 @@ times, and the reported delta and FLOP estimates are right.
 
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from fastig.benchmarks import done_when, scenarios
-from fastig.benchmarks.common import ModelSpec
-from fastig.benchmarks.suite import README_END, README_START
+from fastig.benchmarks.common import ModelSpec, in_child
+from fastig.benchmarks.suite import README_END, README_START, sigterm_as_interrupt
 from fastig.app.cli import main
 from fastig.precision import PRECISIONS
 from fastig.reference import MAX_REL_L2
@@ -293,3 +299,69 @@ def test_done_when_reads_the_rows_the_suite_writes(bench):
     assert done_when.BANDED_STEP.label in providers["model_step"]
     # the tiny run compiles in fp32 and, on a CPU, in the default mode only: the label's form is what is checked
     assert replace(done_when.COMPILED_STEP, precision="fp32", compile="default").label in providers["compiled_step"]
+
+
+def _sleep_after_writing_pid(pid_file: str, seconds: float) -> float:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def report_date(path: Path) -> str:
+    return json.loads(path.read_text())["date"]
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def test_a_stopped_run_ends_its_measurements_process_at_once(tmp_path):
+    """A SIGTERM (a time limit's) stops the run as Ctrl-C does and ends the measurement's process instead of
+    waiting for it; a measurement's error comes back with the child's traceback."""
+    assert in_child(_sleep_after_writing_pid, str(tmp_path / "quick"), 0.0) == 0.0
+    pid_file = tmp_path / "pid"
+
+    def terminate_when_measuring():
+        while not pid_file.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=terminate_when_measuring, daemon=True).start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        in_child(_sleep_after_writing_pid, str(pid_file), 300.0)
+    assert time.perf_counter() - started < 60
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # given back after the run
+    with pytest.raises(ValueError, match="bad input") as raised:
+        in_child(_fail, "bad input")
+    assert "_fail" in str(raised.value.__cause__)
+
+
+@pytest.mark.slow      # a tiny run until its fourth measurement, then the files: about 20 s on 2 cores
+def test_a_run_stopped_by_sigterm_writes_what_it_measured(tmp_path):
+    out = tmp_path / "results"
+    run = subprocess.Popen([sys.executable, "-m", "fastig", "bench", "--tiny", "--repeats", "1", "--device", "cpu",
+                            "long_document", "model_step", "--out", str(out)],
+                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in run.stderr:             # Captum's three runs, then fastig's first
+        lines.append(line)
+        if line.startswith("long_document: fastig fp32"):
+            run.send_signal(signal.SIGTERM)
+            break
+    _, rest = run.communicate(timeout=120)
+    lines += rest.splitlines()
+    assert run.returncode == 130, lines
+    assert lines[-1].strip() == "fastig bench: interrupted"
+    written, = out.glob("*.json")
+    assert written.stem.endswith("-long_document-" + report_date(written) + "-stopped")  # not a whole run's name
+    report = json.loads(written.read_text())
+    assert report["stopped"] == "in long_document: interrupted"
+    section, = report["scenarios"]                      # model_step never ran
+    providers = [row["provider"] for row in section["rows"]]    # Captum's runs, then fastig's first (or more)
+    captum = [p for p in providers if p.startswith("captum")]
+    assert "captum ibs=2" in captum and providers.index("fastig fp32") == len(captum), providers
+    fastig = section["rows"][len(captum)]
+    assert fastig["pearson_vs_captum"] > 0.999 and fastig["speedup_vs_captum_best"] > 0
+    assert "Stopped early" in written.with_suffix(".md").read_text()
