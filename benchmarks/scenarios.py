@@ -439,25 +439,34 @@ def model_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:
                 if length <= bert.max_tokens:
                     jobs.append(replace(base, model=bert))
                 results = {}
-                for job in jobs:
-                    results[job] = in_child(model_step, job)
-                    log(f"model_step: {job.label:<34} {length:>5} tokens x {sequences:>2}: "
-                        f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s), "
-                        f"peak {results[job]['peak_memory_mb']:7.0f} MB")
-                seconds = {job.attention if job.model is longformer else "bert": results[job]["seconds"]
-                           for job in jobs}
-                for job in jobs:
-                    result, tokens = results[job], length * sequences
-                    achieved = tokens * job.model.flops_per_token_step(length) / result["seconds"]
-                    rows.append({"provider": job.label, "precision": precision, "attention": job.attention,
-                                 "family": job.model.family, "length": length, "sequences": sequences, **result,
-                                 "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
-                                 "fraction_of_peak": achieved / peaks[precision] if precision in peaks else None,
-                                 "model_shape_peak_gflops": shape_peak / 1e9,
-                                 "fraction_of_model_shape_peak": achieved / shape_peak,
-                                 "speedup_vs_hf_attention": seconds["model"] / result["seconds"],
-                                 "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
+                try:
+                    for job in jobs:
+                        results[job] = in_child(model_step, job)
+                        log(f"model_step: {job.label:<34} {length:>5} tokens x {sequences:>2}: "
+                            f"{results[job]['seconds']:7.3f} s (first call {results[job]['first_call_seconds']:.1f} s)"
+                            f", peak {results[job]['peak_memory_mb']:7.0f} MB")
+                finally:    # also when stopped early: the rows of the steps measured
+                    rows += _step_rows(results, peaks, shape_peak)
     return section
+
+
+def _step_rows(results: dict, peaks: dict, shape_peak: float) -> list[dict]:
+    """A row for each step measured (results: StepJob -> model_step's), timed against the step with Hugging
+    Face's attention and BERT's step of the same shape where those were measured."""
+    seconds = {"bert" if job.model.family == "bert" else job.attention: result["seconds"]
+               for job, result in results.items()}
+    rows = []
+    for job, result in results.items():
+        tokens = job.length * job.sequences
+        achieved = tokens * job.model.flops_per_token_step(job.length) / result["seconds"]
+        rows.append({"provider": job.label, "precision": job.precision, "attention": job.attention,
+                     "family": job.model.family, "length": job.length, "sequences": job.sequences, **result,
+                     "token_steps_per_s": tokens / result["seconds"], "achieved_gflops": achieved / 1e9,
+                     "fraction_of_peak": achieved / peaks[job.precision] if job.precision in peaks else None,
+                     "model_shape_peak_gflops": shape_peak / 1e9, "fraction_of_model_shape_peak": achieved / shape_peak,
+                     "speedup_vs_hf_attention": seconds["model"] / result["seconds"] if "model" in seconds else None,
+                     "time_vs_bert": result["seconds"] / seconds["bert"] if "bert" in seconds else None})
+    return rows
 
 
 def compiled_steps(mode: str, repeats: int, device: str, peaks: dict) -> dict:

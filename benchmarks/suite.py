@@ -71,6 +71,10 @@ def _number(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def _comparison_table(section: dict) -> list[str]:
     lines = ["| provider | tokens | docs | steps | time (s) | token-steps/s | docs/s | peak MB | max \\|δ\\|/\\|ΔF\\| "
              "| rel L2 to Captum | Pearson | GFLOP/s (of matmul peak) | vs Captum ibs=2 | vs best Captum |",
@@ -191,7 +195,7 @@ def _step_table(section: dict) -> list[str]:
         lines.append(f"| {r['provider']} | {r['length']} | {r['sequences']} | {r['seconds']:.3g} "
                      f"| {r['first_call_seconds']:.3g} | {r['token_steps_per_s']:.0f} | {r['peak_memory_mb']:.0f} "
                      f"| {r['achieved_gflops']:.1f}{share} | {r['fraction_of_model_shape_peak']:.1%} of "
-                     f"{r['model_shape_peak_gflops']:.0f} | {r['speedup_vs_hf_attention']:.2f}x "
+                     f"{r['model_shape_peak_gflops']:.0f} | {_ratio(r['speedup_vs_hf_attention'])} "
                      f"| {_number(r['time_vs_bert'], 3)} |")
     lines += ["", "GFLOP/s counts useful work (a Longformer token sees its window and itself) of the full model's "
               "step. The peak at the model's shapes is the best of its own matmuls ([tokens, H] by [H, 3H], [H, 4H], "
