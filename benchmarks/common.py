@@ -5,6 +5,7 @@ the libraries), so its peak memory is its own and no provider inherits another's
 state or warm caches.
 """
 
+import hashlib
 import multiprocessing
 import os
 import pickle
@@ -13,15 +14,36 @@ import resource
 import signal
 import statistics
 import sys
+import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from fastig.quadrature import CAPTUM_DEFAULT_STEPS
 
 CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
+MODELS_FOLDER = "FASTIG_BENCH_MODELS"   # environment: where the processes of a suite run share their models
+
+
+@contextmanager
+def models_shared():
+    """Inside, ModelSpec.build saves the models it builds to a temporary folder and later builds load them;
+    the folder goes at the end. Set before the first measurement's process starts: the processes forked
+    for measurements see the environment of the first one's start."""
+    previous = os.environ.get(MODELS_FOLDER)
+    with tempfile.TemporaryDirectory(prefix="fastig-bench-models-") as folder:
+        os.environ[MODELS_FOLDER] = folder
+        try:
+            yield folder
+        finally:
+            if previous is None:
+                os.environ.pop(MODELS_FOLDER)
+            else:
+                os.environ[MODELS_FOLDER] = previous
 
 
 @dataclass(frozen=True)
@@ -41,8 +63,32 @@ class ModelSpec:
     labels: int = 2
 
     def build(self) -> torch.nn.Module:
-        from transformers import (BertConfig, BertForSequenceClassification, LongformerConfig,
-                                  LongformerForSequenceClassification)
+        """The model in eval mode, the same weights in every process: seeded, and within a suite run built once
+        (models_shared): the first process saves it, the next ones load it (Longformer-base: 4.7 s to build,
+        0.1 s to load on the 2-core EPYC, and a GPU session starts about 45 processes)."""
+        from fastig.models import hub_quiet
+
+        folder = os.environ.get(MODELS_FOLDER)       # gone once its run ended (a forkserver keeps the variable)
+        shared = folder is not None and Path(folder).is_dir()
+        saved = Path(folder) / hashlib.sha256(repr(self).encode()).hexdigest()[:16] if shared else None
+        if saved is not None and saved.is_dir():
+            with hub_quiet():
+                return self._classifier().from_pretrained(saved).eval()
+        model = self._built()
+        if saved is not None:       # whole or absent: written aside, then renamed
+            partial = saved.with_name(f"{saved.name}.{os.getpid()}.partial")
+            with hub_quiet():
+                model.save_pretrained(partial)
+            partial.rename(saved)
+        return model
+
+    def _classifier(self) -> type:
+        from transformers import BertForSequenceClassification, LongformerForSequenceClassification
+
+        return LongformerForSequenceClassification if self.family == "longformer" else BertForSequenceClassification
+
+    def _built(self) -> torch.nn.Module:
+        from transformers import BertConfig, LongformerConfig
 
         shape = dict(num_hidden_layers=self.layers, hidden_size=self.hidden, num_attention_heads=self.heads,
                      intermediate_size=4 * self.hidden, num_labels=self.labels, initializer_range=self.initializer_range,
@@ -50,9 +96,9 @@ class ModelSpec:
         torch.manual_seed(self.seed)
         if self.family == "longformer":
             config = LongformerConfig(attention_window=self.window, max_position_embeddings=self.max_tokens + 2, **shape)
-            return LongformerForSequenceClassification(config).eval()
+            return self._classifier()(config).eval()
         config = BertConfig(max_position_embeddings=self.max_tokens, **shape)
-        model = BertForSequenceClassification(config).eval()
+        model = self._classifier()(config).eval()
         if self.trained_steps:
             from .trained import trained
             model = trained(model, self.trained_steps, repr(self), self.seed)

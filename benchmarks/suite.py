@@ -20,7 +20,7 @@ from fastig.errors import InputError
 from fastig.precision import DTYPES
 
 from . import scenarios
-from .common import CAPTUM_SEED_BATCH, default_device, log, machine, matmul_peak
+from .common import CAPTUM_SEED_BATCH, default_device, log, machine, matmul_peak, models_shared
 
 MODES = ("tiny", "quick", "full")
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -49,16 +49,17 @@ def run_suite(names: list[str], mode: str, repeats: int, device: str) -> dict:
     log(f"matmul peak on {device}: " + ", ".join(f"{n} {peaks[n] / 1e9:.0f} GFLOP/s" for n in DTYPES if n in peaks))
     report = {"date": datetime.date.today().isoformat(), "mode": mode, "repeats": repeats, "machine": machine(device),
               "matmul_peak_flops": peaks, "scenarios": []}
-    for name in names:
-        try:
-            report["scenarios"].append(scenarios.run(name, mode, repeats, device, peaks))
-        except BaseException as stop:
-            cause = stop.__cause__ if isinstance(stop, scenarios.Stopped) else stop
-            if isinstance(stop, scenarios.Stopped):
-                report["scenarios"].append(stop.section)
-            why = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
-            report.update(stopped=f"in {name}: {why}", seconds=time.perf_counter() - started)
-            raise SuiteStopped(report) from cause
+    with models_shared():
+        for name in names:
+            try:
+                report["scenarios"].append(scenarios.run(name, mode, repeats, device, peaks))
+            except BaseException as stop:
+                cause = stop.__cause__ if isinstance(stop, scenarios.Stopped) else stop
+                if isinstance(stop, scenarios.Stopped):
+                    report["scenarios"].append(stop.section)
+                why = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
+                report.update(stopped=f"in {name}: {why}", seconds=time.perf_counter() - started)
+                raise SuiteStopped(report) from cause
     report["seconds"] = time.perf_counter() - started
     return report
 

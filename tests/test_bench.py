@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fastig.benchmarks import done_when, scenarios
-from fastig.benchmarks.common import ModelSpec, in_child
+from fastig.benchmarks.common import ModelSpec, in_child, models_shared
 from fastig.benchmarks.suite import README_END, README_START, sigterm_as_interrupt
 from fastig.app.cli import main
 from fastig.precision import PRECISIONS
@@ -365,3 +365,22 @@ def test_a_run_stopped_by_sigterm_writes_what_it_measured(tmp_path):
     fastig = section["rows"][len(captum)]
     assert fastig["pearson_vs_captum"] > 0.999 and fastig["speedup_vs_captum_best"] > 0
     assert "Stopped early" in written.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("longformer", 2, 32, 2, window=8, max_tokens=128, initializer_range=0.3),
+                                  ModelSpec("bert", 2, 32, 2, max_tokens=128, labels=3)])
+def test_a_runs_processes_measure_one_model_built_once(spec, monkeypatch):
+    """Within a run, the first build saves the model and the next ones load it: the fresh build's weights, its
+    class, in eval mode; the folder goes with the run."""
+    fresh = spec.build()
+    builds = []
+    built = ModelSpec._built
+    monkeypatch.setattr(ModelSpec, "_built", lambda self: builds.append(self) or built(self))
+    with models_shared() as folder:
+        models = [spec.build(), spec.build()]
+        assert len(builds) == 1 and len(list(Path(folder).iterdir())) == 1
+    assert not Path(folder).exists()
+    for model in models:
+        assert type(model) is type(fresh) and not model.training
+        assert model.state_dict().keys() == fresh.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
