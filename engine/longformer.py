@@ -48,7 +48,7 @@ def global_tokens_of(is_index_global_attn: torch.Tensor) -> GlobalTokens | None:
 
 def default_kernel(device: torch.device) -> str:
     """"blocks" on every device: on the H200 it ran the 12-layer step 1.8-2.1x faster than "flex" in fp32
-    and 1.0-1.17x in bf16 (benchmarks/results/nvidia-h200-full-2026-11-26.md, model_step)."""
+    and 1.0-1.17x in bf16 (benchmarks/results/nvidia-h200-full-model_step-2026-11-26.md)."""
     return "blocks"
 
 
