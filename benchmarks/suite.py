@@ -255,8 +255,8 @@ def markdown(report: dict) -> str:
              + ", ".join(f"{name} {peaks[name] / 1e9:.0f} GFLOP/s" for name in DTYPES if name in peaks)
              + f". Suite wall time {report['seconds'] / 60:.1f} min.", ""]
     if "stopped" in report:
-        lines += [f"**Stopped early** {report['stopped']}: its section holds the rows measured before the stop; "
-                  "the scenarios after it did not run.", ""]
+        lines += [f"**Stopped early** {report['stopped']}. The scenarios before it ran whole; its section, where "
+                  "there is one, holds the rows it measured before the stop; the scenarios after it did not run.", ""]
     for section in report["scenarios"]:
         sweep = (f"; Captum's best internal_batch_size by sweep: {section['captum_best_batch']}"
                  if "captum_best_batch" in section else "")
