@@ -8,10 +8,8 @@ import argparse
 import datetime
 import json
 import re
-import signal
-import threading
+import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -356,24 +354,6 @@ def update_readme(readme: Path, report: dict, paths: list[Path]) -> None:
     readme.write_text(f"{text[:start]}\n{markdown(report)}\nFiles of this run: {links}.\n{text[end:]}", encoding="utf-8")
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """Inside, a SIGTERM (a time limit's, `timeout`'s, a job scheduler's) stops the run as Ctrl-C does, so that
-    it writes what it measured; one SIGTERM: a second one, while that is written, is ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt("SIGTERM")
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m fastig.benchmarks.suite", description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(scenarios.SIZES)} (default: all)")
@@ -401,16 +381,15 @@ def main(args: argparse.Namespace) -> list[Path]:
         _readme_section(args.readme)
     device = args.device or default_device()
     mode = args.mode or ("full" if device == "cuda" else "quick")
-    with sigterm_as_interrupt():
-        try:
-            report = run_suite(args.scenarios or list(scenarios.SIZES), mode, args.repeats, device)
-        except SuiteStopped as stop:    # what was measured is written (not into the README), then the stop goes on
-            if any(section["rows"] for section in stop.report["scenarios"]):
-                log(f"stopped {stop.report['stopped']}; what was measured: "
-                    + ", ".join(map(str, write(stop.report, args.out))))
-            cause = stop.__cause__
-            cause.__suppress_context__ = True       # shown as it was raised, with its own cause
-            raise cause
+    try:
+        report = run_suite(args.scenarios or list(scenarios.SIZES), mode, args.repeats, device)
+    except SuiteStopped as stop:    # what was measured is written (not into the README), then the stop goes on
+        if any(section["rows"] for section in stop.report["scenarios"]):
+            log(f"stopped {stop.report['stopped']}; what was measured: "
+                + ", ".join(map(str, write(stop.report, args.out))))
+        cause = stop.__cause__
+        cause.__suppress_context__ = True       # shown as it was raised, with its own cause
+        raise cause
     paths = write(report, args.out)
     if args.readme:
         update_readme(args.readme, report, paths)
@@ -420,5 +399,7 @@ def main(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":
-    main(build_parser().parse_args())
+if __name__ == "__main__":     # as `fastig bench`: its one-line errors, a SIGTERM as Ctrl-C
+    from fastig.app.cli import main as fastig_main
+
+    sys.exit(fastig_main(["bench", *sys.argv[1:]]))

@@ -337,29 +337,42 @@ def test_the_default_target_is_each_documents_prediction(model_dir, data_files, 
 
 
 @pytest.mark.slow
-def test_a_killed_default_run_of_30_documents_resumes_with_its_work_kept(model_dir, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_stopped_default_run_of_30_documents_resumes_with_its_work_kept(model_dir, tmp_path, stop):
     """Default settings (no --n-steps, no --shard-size): the first shard is written after its first
-    document, so a kill however early keeps what was done; the resume does only the rest."""
+    document, so a stop however early keeps what was done; the resume does only the rest. A SIGTERM (a
+    job scheduler's, a time limit's) stops it as Ctrl-C does: one line saying how to resume, exit 130 and
+    the folder's lock released; after a kill -9 the next run takes the lock over and says so."""
     data = tmp_path / "docs.csv"
     with open(data, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("text",), *((make_text(10 + i, seed=100 + i),) for i in range(30))])
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fastig", "dataset", "--model", model_dir, "--data", str(data), "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env=hanging_after_shards(1, tmp_path / "hang"))
     try:
         deadline = time.monotonic() + 300
         while not list((out / "shards").glob("*.jsonl")) and process.poll() is None:
             assert time.monotonic() < deadline, "no shard written in 5 minutes"
             time.sleep(0.1)
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(process.pid, stop)
+        _, stderr = process.communicate(timeout=60)
     finally:
+        process.kill()
         process.wait()
+    if stop == signal.SIGTERM:
+        assert process.returncode == 130, stderr[-2000:]
+        assert stderr.splitlines()[-1] == ("fastig dataset: interrupted; run the same command again to continue "
+                                           "where it stopped")
+        assert (out / ".lock").read_text() == ""
+    else:
+        assert process.returncode == -signal.SIGKILL
     kept = {path.name: path.read_bytes() for path in (out / "shards").glob("*.jsonl")}
     done = sum(len(content.splitlines()) for content in kept.values())
     assert len(kept) == 1 and 1 <= done < 30
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
+    assert ("taking over" in finished.stderr) == (stop == signal.SIGKILL), finished.stderr[-2000:]
     assert f"{30 - done} attributed now" in finished.stdout and f"{done} from before" in finished.stdout
     assert all((out / "shards" / name).read_bytes() == content for name, content in kept.items())
     assert [r["id"] for r in _records(out)] == list(range(30))

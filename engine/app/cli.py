@@ -7,8 +7,11 @@ whole process (fastig.retain_freed_cpu_memory), where a library call does it onl
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
@@ -468,19 +471,20 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.command)
         try:
-            processes = getattr(args, "processes", 1)
-            if processes < 1:
-                raise InputError(f"--processes {processes}: give 1 or more")
-            if processes > 1:
-                from ..processes import launched
-                from .launcher import relaunch
+            with sigterm_as_interrupt():
+                processes = getattr(args, "processes", 1)
+                if processes < 1:
+                    raise InputError(f"--processes {processes}: give 1 or more")
+                if processes > 1:
+                    from ..processes import launched
+                    from .launcher import relaunch
 
-                if launched():
-                    raise InputError("--processes inside accelerate launch: give one or the other")
-                return relaunch(_without_processes(argv), processes)
-            if args.command != "bench":     # the benchmarks give every provider the same allocator setting
-                retain_freed_cpu_memory()
-            return COMMANDS[args.command](args)
+                    if launched():
+                        raise InputError("--processes inside accelerate launch: give one or the other")
+                    return relaunch(_without_processes(argv), processes)
+                if args.command != "bench":     # the benchmarks give every provider the same allocator setting
+                    retain_freed_cpu_memory()
+                return COMMANDS[args.command](args)
         except FastIGError as err:
             return _error(args.command, str(err))
         except OSError as err:      # a file or folder of the user's: unreadable, unwritable, a full disk
@@ -489,6 +493,25 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
             return 130
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Inside, a SIGTERM (a time limit's, `timeout`'s, a job scheduler's) stops the command as Ctrl-C does: a
+    data-set run releases its lock and says how to resume, a benchmark run writes what it measured. One
+    SIGTERM: a second one, while that is done, is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _error(command: str, message: str) -> int:
