@@ -491,7 +491,8 @@ def main(argv=None) -> int:
             where = f"{err.filename}: " if err.filename else ""
             return _error(args.command, f"{where}{err.strerror or err}{resume}")
         except KeyboardInterrupt:
-            print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":     # one line for the processes of --processes N, not one each
+                print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
             return 130
 
 
