@@ -1,14 +1,13 @@
 """Run the scenarios, then write one JSON, one markdown table and one plot per run.
 
 fastig bench [SCENARIO ...] [--quick | --full | --tiny] [--repeats 3] [--out benchmarks/results]
-(or python -m fastig.benchmarks.suite ...). Ratios are computed within the run, never across runs.
+(the command gives it its one-line errors and takes a SIGTERM as Ctrl-C). Ratios are computed within the run, never across runs.
 """
 
 import argparse
 import datetime
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -354,8 +353,7 @@ def update_readme(readme: Path, report: dict, paths: list[Path]) -> None:
     readme.write_text(f"{text[:start]}\n{markdown(report)}\nFiles of this run: {links}.\n{text[end:]}", encoding="utf-8")
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m fastig.benchmarks.suite", description=__doc__.splitlines()[0])
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(scenarios.SIZES)} (default: all)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", dest="mode", action="store_const", const="quick",
@@ -397,9 +395,3 @@ def main(args: argparse.Namespace) -> list[Path]:
     for path in paths:
         print(f"wrote {path}")
     return paths
-
-
-if __name__ == "__main__":     # as `fastig bench`: its one-line errors, a SIGTERM as Ctrl-C
-    from fastig.app.cli import main as fastig_main
-
-    sys.exit(fastig_main(["bench", *sys.argv[1:]]))
