@@ -156,20 +156,24 @@ def test_processes_inside_a_launched_run_is_refused(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_a_kill_9_of_the_command_stops_every_rank_and_the_resume_loses_nothing(model_dir, data_file, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_stopped_command_stops_every_rank_and_the_resume_loses_nothing(model_dir, data_file, tmp_path, stop):
+    """kill -9 or SIGTERM of the command alone (a container's stop signals its first process only): no rank
+    writes on. A SIGTERM stops the ranks as it stops one process: rank 0 says how to resume, exit 130, the
+    run's lock released; after a kill -9 the next run takes the lock over."""
     out = tmp_path / "run"
     args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "1",
             "--out", str(out)]
-    # Each rank stops still after its first shard, so the kill lands while both ranks are alive.
+    # Each rank stops still after its first shard, so the stop lands while both ranks are alive.
     process = subprocess.Popen([sys.executable, "-m", "fastig", *args, "--processes", "2"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=hanging_after_shards(1, tmp_path / "hang"))
+                               stderr=subprocess.PIPE, text=True, env=hanging_after_shards(1, tmp_path / "hang"))
     try:
         deadline = time.monotonic() + 300
         while len(_workers(str(out))) < 2 or len(list((out / "shards").glob("*.jsonl"))) < 2:
             assert process.poll() is None and time.monotonic() < deadline, "the ranks did not start"
             time.sleep(0.1)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        os.kill(process.pid, stop)
+        _, stderr = process.communicate(timeout=120)
         deadline = time.monotonic() + 60
         while _processes(str(out)) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -177,8 +181,14 @@ def test_a_kill_9_of_the_command_stops_every_rank_and_the_resume_loses_nothing(m
     finally:
         for pid in _processes(str(out)):
             os.kill(pid, signal.SIGKILL)
+    if stop == signal.SIGTERM:
+        assert process.returncode == 130, stderr[-2000:]
+        lines = [line for line in stderr.splitlines() if line.startswith("fastig dataset: interrupted")]
+        assert lines == ["fastig dataset: interrupted; run the same command again to continue where it stopped"]
+        assert (out / ".lock").read_text() == ""
     finished = _fastig(*args)
     assert finished.returncode == 0, finished.stderr[-2000:]
+    assert ("taking over" in finished.stderr) == (stop == signal.SIGKILL), finished.stderr[-2000:]
     assert [r["id"] for r in _records(out)] == list(range(len(TEXTS)))
 
 

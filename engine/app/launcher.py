@@ -7,7 +7,8 @@ process merges them into the files one process would write.
 
 Nothing outlives the command: a rank that dies makes the launcher stop the others, and the
 launcher and every rank get SIGKILL when their parent dies (Linux's parent-death signal), so a
-kill -9 of `fastig ... --processes N` stops them all instead of leaving ranks writing on. The
+kill -9 of `fastig ... --processes N` stops them all instead of leaving ranks writing on; Ctrl-C or
+a SIGTERM stops them as it stops one process (relaunch). The
 ranks run with PYTHONSAFEPATH=1: `python -m fastig` then does not put the current folder first
 on the import path, where a file named fastig.py would run in every rank.
 """
@@ -77,8 +78,22 @@ def die_with_parent() -> None:
 
 
 def relaunch(argv: list[str], processes: int) -> int:
-    """Run `fastig <argv>` under accelerate launch in `processes` processes; its exit code."""
-    return subprocess.run(launch_command(argv, processes), env={**os.environ, "PYTHONSAFEPATH": "1"}).returncode
+    """Run `fastig <argv>` under accelerate launch in `processes` processes; its exit code, or 130 when
+    stopped by Ctrl-C or a SIGTERM (the command's handler turns it into one).
+
+    The launcher runs in a session of its own, so such a stop reaches this process only (a terminal's Ctrl-C,
+    `timeout`, or a container's SIGTERM to its first process alike), which passes one SIGTERM on: torchrun
+    stops its ranks with it and waits for them, and they stop as one process would (the run's lock released,
+    rank 0 saying how to resume). A second signal to torchrun would end its wait and kill the ranks midway;
+    one here (a second Ctrl-C) ends this process, and the ranks with it (die_with_parent)."""
+    launcher = subprocess.Popen(launch_command(argv, processes), env={**os.environ, "PYTHONSAFEPATH": "1"},
+                                start_new_session=True)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:
+        launcher.terminate()
+        launcher.wait()
+        return 130
 
 
 if __name__ == "__main__":     # python -m fastig.app.launcher ACCELERATE-LAUNCH-ARGUMENTS: accelerate launch, tied to us
