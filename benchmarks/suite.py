@@ -1,7 +1,8 @@
 """Run the scenarios, then write one JSON, one markdown table and one plot per run.
 
 fastig bench [SCENARIO ...] [--quick | --full | --tiny] [--repeats 3] [--out benchmarks/results]
-(the command gives it its one-line errors and takes a SIGTERM as Ctrl-C). Ratios are computed within the run, never across runs.
+(the command gives it its one-line errors and takes a SIGTERM as Ctrl-C). Ratios are computed within the
+run, never across runs.
 """
 
 import argparse
