@@ -21,9 +21,8 @@ import torch
 
 from fastig.benchmarks import done_when, scenarios
 from fastig.benchmarks.common import ModelSpec, in_child, models_shared
-from fastig.app.cli import sigterm_as_interrupt
+from fastig.app.cli import main, sigterm_as_interrupt
 from fastig.benchmarks.suite import README_END, README_START
-from fastig.app.cli import main
 from fastig.precision import PRECISIONS
 from fastig.reference import MAX_REL_L2
 
