@@ -197,11 +197,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
                              f"worst at {worst}: {actual[worst].item()} vs {expected[worst].item()}")
 
 
-def hanging_after_shards(shards: int, folder) -> dict:
+def hanging_after_shards(shards: int, folder, computing: bool = False) -> dict:
     """The environment of a `python -m fastig` child whose data-set run stops still (sleeps) once each of its
-    processes has written `shards` shards: a kill then lands midway, however loaded the machine is.
-    A sitecustomize module on PYTHONPATH wraps the shard writer; the code under test is unchanged."""
+    processes has written `shards` shards: a kill then lands midway, however loaded the machine is. With
+    `computing`, it computes instead, in C calls of about 0.4 s during which Python defers a signal's handler,
+    as it does during a model call. A sitecustomize module on PYTHONPATH wraps the shard writer; the code
+    under test is unchanged."""
     folder.mkdir(parents=True, exist_ok=True)
+    wait = "sum(range(3 * 10**7))" if computing else "time.sleep(1)"
     (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
         import time
         import fastig.app.dataset as dataset
@@ -213,7 +216,7 @@ def hanging_after_shards(shards: int, folder) -> dict:
             if path.parent.name == "shards":
                 written.append(path)
                 while len(written) >= {shards}:
-                    time.sleep(1)
+                    {wait}
 
         dataset.write_atomically = write_then_hang
     """))

@@ -156,23 +156,28 @@ def test_processes_inside_a_launched_run_is_refused(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_a_stopped_command_stops_every_rank_and_the_resume_loses_nothing(model_dir, data_file, tmp_path, stop):
-    """kill -9 or SIGTERM of the command alone (a container's stop signals its first process only): no rank
-    writes on. A SIGTERM stops the ranks as it stops one process: rank 0 says how to resume, exit 130, the
-    run's lock released; after a kill -9 the next run takes the lock over."""
+@pytest.mark.parametrize("stop, everyone", [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["kill-9", "sigterm", "sigterm-to-every-process"])
+def test_a_stopped_command_stops_every_rank_and_the_resume_loses_nothing(model_dir, data_file, tmp_path, stop,
+                                                                         everyone):
+    """kill -9 or SIGTERM of the command alone (a container's stop signals its first process only), or a
+    SIGTERM to every process at once (Slurm's way at a time limit or scancel): no rank writes on. A SIGTERM
+    stops the ranks as it stops one process: rank 0 says how to resume, exit 130, the run's lock released;
+    after a kill -9 the next run takes the lock over."""
     out = tmp_path / "run"
     args = ["dataset", "--model", model_dir, "--data", str(data_file), "--n-steps", "8", "--shard-size", "1",
             "--out", str(out)]
-    # Each rank stops still after its first shard, so the stop lands while both ranks are alive.
+    # Each rank computes on after its first shard, so the stop lands while both ranks are alive and busy.
     process = subprocess.Popen([sys.executable, "-m", "fastig", *args, "--processes", "2"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=hanging_after_shards(1, tmp_path / "hang"))
+                               stderr=subprocess.PIPE, text=True,
+                               env=hanging_after_shards(1, tmp_path / "hang", computing=True))
     try:
         deadline = time.monotonic() + 300
         while len(_workers(str(out))) < 2 or len(list((out / "shards").glob("*.jsonl"))) < 2:
             assert process.poll() is None and time.monotonic() < deadline, "the ranks did not start"
             time.sleep(0.1)
-        os.kill(process.pid, stop)
+        for pid in dict.fromkeys([process.pid, *(_processes(str(out)) if everyone else [])]):
+            os.kill(pid, stop)
         _, stderr = process.communicate(timeout=120)
         deadline = time.monotonic() + 60
         while _processes(str(out)) and time.monotonic() < deadline:

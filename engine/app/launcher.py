@@ -84,8 +84,11 @@ def relaunch(argv: list[str], processes: int) -> int:
     The launcher runs in a session of its own, so such a stop reaches this process only (a terminal's Ctrl-C,
     `timeout`, or a container's SIGTERM to its first process alike), which passes one SIGTERM on: torchrun
     stops its ranks with it and waits for them, and they stop as one process would (the run's lock released,
-    rank 0 saying how to resume). A second signal to torchrun would end its wait and kill the ranks midway;
-    one here (a second Ctrl-C) ends this process, and the ranks with it (die_with_parent)."""
+    rank 0 saying how to resume). Where the stop signals every process (Slurm), torchrun gets that SIGTERM
+    too: its wait, cut by the second one, starts over (torch 2.13's agent shuts down again in a `finally`);
+    a third would end it and the ranks midway, so the command sends one only, and the own session keeps a
+    terminal's or `timeout`'s signal to the group from adding another. A second Ctrl-C here ends this
+    process, and the ranks with it (die_with_parent)."""
     launcher = subprocess.Popen(launch_command(argv, processes), env={**os.environ, "PYTHONSAFEPATH": "1"},
                                 start_new_session=True)
     try:
