@@ -156,9 +156,9 @@ def integrate_to_accuracy(evaluate, start: torch.Tensor, end: torch.Tensor, f_x:
         return path
 
     every = list(range(n_docs))
-    run(every, [MIDDLE] * n_docs, fp32)                 # alpha = 1/2, in every level, in fp32
     precision_error, in_low = [None] * n_docs, [False] * n_docs
-    if low is not None:                                 # compared with it, not kept: the fp32 value is used
+    if low is not None:     # alpha = 1/2 (in every level) in fp32, then in low precision, compared, not kept
+        run(every, [MIDDLE] * n_docs, fp32)
         check = run(every, [MIDDLE] * n_docs, low, keep=False)
         for d in every:
             precision_error[d] = _relative(difference[d] * check.gradient_sum[d], difference[d] * held[d][MIDDLE][0])
