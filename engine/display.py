@@ -94,28 +94,53 @@ def words(document) -> list[Word]:
                        document.offsets[word.positions[-1]][1])
             else:
                 word.text = "".join(document.shown_tokens[p] for p in word.positions)
-        return [w for w in found if w.text]
+        return _shown(found, lambda word: False)     # a trailing space's piece is a word of no text
     return _marked_words(document.tokens, scores, special)
 
 
 def token_words(document) -> list[Word]:
-    """Each token but the special ones as a Word of its own, placed in the text where offsets say
-    (pieces sharing one character give it to the first: see inputs.display_tokens)."""
+    """Each token but the special ones as a Word of its own, placed in the text where offsets say. A piece
+    that shows nothing adds its score to a neighbour (_shown): a bare word-start piece ("▁" alone) to the
+    piece after it, whose word it starts, any other to the piece before it, whose character it shares (see
+    inputs.display_tokens)."""
     special, scores, found, end = set(document.special_positions), document.token_scores.tolist(), [], 0
     for position, shown in enumerate(document.shown_tokens):
         if position in special:
             continue
         word = Word(shown, scores[position], [position])
-        if document.offsets is not None and document.offsets[position] is not None:
+        if document.tokens[position] in WORD_START_MARKERS:
+            word.text = ""
+        elif document.offsets is not None and document.offsets[position] is not None:
             start, stop = document.offsets[position]
             _place(word, document.text, max(start, end), stop)
             end = max(end, stop)
-        if word.text:
-            found.append(word)
-        elif found:     # a piece that shows nothing of its own adds to the one whose character it shares
-            found[-1].score += word.score
-            found[-1].positions.append(position)
-    return found
+        found.append(word)
+    return _shown(found, lambda word: document.tokens[word.positions[0]] in WORD_START_MARKERS)
+
+
+def _shown(units: list[Word], to_next) -> list[Word]:
+    """The units that show some text. Each that shows none adds its score to a neighbour, so that the shown
+    units' scores sum to all of them: to the next shown unit where to_next(unit), else to the one before
+    (to the next at the start, to the one before at the end)."""
+    shown, waiting = [], []
+    for unit in units:
+        if unit.text:
+            for piece in waiting:
+                _absorb(unit, piece)
+            waiting = []
+            shown.append(unit)
+        elif shown and not to_next(unit):
+            _absorb(shown[-1], unit)
+        else:
+            waiting.append(unit)
+    for piece in waiting if shown else []:
+        _absorb(shown[-1], piece)
+    return shown
+
+
+def _absorb(unit: Word, piece: Word) -> None:
+    unit.score += piece.score
+    unit.positions = sorted(unit.positions + piece.positions)
 
 
 def shown_units(document, tokens: bool = False) -> list[Word]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .display import WORD_START_MARKERS
 from .errors import BaselineError, EmptyTextError, InputError
 
 
@@ -122,12 +123,14 @@ def encode_texts(texts, tokenizer, max_length: int, why: str = "max_length") -> 
 def display_tokens(tokens: list[str], encoded: Encoded, tokenizer, special: list[int]) -> list[str]:
     """What each token shows: its own characters of the text (offsets), else the tokenizer's decoding of
     it alone; special tokens as they are. Byte-level pieces that share one character (an em dash is two)
-    give it to the first, so nothing shows twice and nothing shows as bytes ("âĢĶ")."""
+    give it to the first, so nothing shows twice and nothing shows as bytes ("âĢĶ"). A bare word-start
+    piece ("▁" alone, SentencePiece's) shows nothing: at the text's start its offsets point at the first
+    character, which the piece after it shows."""
     if encoded.offsets is not None:
         shown, end = [], 0
         for token, place in zip(tokens, encoded.offsets):
-            if place is None:
-                shown.append(token)
+            if place is None or token in WORD_START_MARKERS:
+                shown.append(token if place is None else "")
                 continue
             start = max(place[0], end)
             shown.append(encoded.text[start:place[1]].strip() if place[1] > start else "")

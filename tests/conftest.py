@@ -123,6 +123,26 @@ def byte_level_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A SentencePiece-style Unigram tokenizer (XLM-RoBERTa's, DeBERTa-v3's, ALBERT's kind: "\u2581" marks a word's
+    start) of 150 pieces trained on CORPUS, offline: small, so that words of rare characters start with a bare
+    "\u2581" piece."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    unigram.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(
+        vocab_size=150, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
+        show_progress=False))
+    unigram.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=unigram, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+
+
+@pytest.fixture(scope="session")
 def causal_lm():
     """(model, tokenizer) of a tiny causal LM ("gpt2" or "llama") with a byte-level BPE tokenizer."""
     from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,

@@ -309,6 +309,41 @@ def test_words_follow_the_tokenizers_word_boundaries(byte_level_tokenizer):
         sum(s for p, s in enumerate(document.token_scores.tolist()) if p not in document.special_positions), abs=1e-6)
 
 
+def test_sentencepiece_pieces_show_their_own_characters_and_start_their_own_words(sentencepiece_tokenizer):
+    """An XLM-RoBERTa with a SentencePiece-style tokenizer: its bare "\u2581" pieces (at the text's start their
+    offsets point at the first character) show nothing, every other piece shows itself, and the token view
+    gives a bare piece's score to the word it starts, never to the word before it."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    import fastig
+    from fastig.display import token_words, words
+
+    from conftest import COMMON
+
+    tokenizer = sentencepiece_tokenizer
+    torch.manual_seed(0)
+    model = XLMRobertaForSequenceClassification(XLMRobertaConfig(
+        **{**COMMON, "vocab_size": len(tokenizer)}, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    text = "Our caf\u00e9 \u2014 Reagan's approach works, 3.5% gains! "     # the last space: a bare piece too
+    document = fastig.Engine(model, tokenizer).attribute(text, n_steps=4).documents[0]
+    bare = [p for p, t in enumerate(document.tokens) if t == "\u2581"]
+    last = len(document.tokens) - 2
+    assert bare[0] == 1 and bare[-1] == last and len(bare) >= 4, document.tokens   # at the start, inside, at the end
+    inner = range(1, len(document.tokens) - 1)
+    assert [document.display_tokens[p] for p in inner] == [document.tokens[p].lstrip("\u2581") for p in inner]
+    scores = document.token_scores.tolist()
+    units = token_words(document)
+    # the last bare piece starts no word: its score goes to the piece before it
+    assert all(len({document.word_ids[p] for p in unit.positions if p != last}) == 1 for unit in units)
+    assert all(unit.text == text[unit.start:unit.end] for unit in units)
+    assert sum(unit.score for unit in units) == pytest.approx(sum(scores[p] for p in inner), abs=1e-6)
+    assert [w.text for w in words(document)] == ["Our", "caf\u00e9", "\u2014", "Reagan's", "approach", "works,",
+                                                 "3.5%", "gains!"]
+    assert sum(w.score for w in words(document)) == pytest.approx(sum(scores[p] for p in inner), abs=1e-6)
+
+
 def test_per_document_sums_by_token():
     assert sorted(per_document(HAND[1:2])) == [(1, 0, "good", 0.25, 2), (1, 0, "plot", 0.25, 1)]
 
