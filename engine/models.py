@@ -47,6 +47,9 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    for what, name in (("--model", name_or_path), ("--tokenizer", tokenizer)):
+        if name is not None and _missing_folder(name):
+            raise ModelLoadError(f"{what} {name!r}: no such folder (a hub name is NAME or OWNER/NAME)")
     where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
     # A weight-loading bar per call buries fastig's own output; missing weights are fastig's error below.
     try:
@@ -69,6 +72,13 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     if device is not None:
         model.to(device)
     return model.eval(), tok
+
+
+def _missing_folder(name: str) -> bool:
+    """Whether `name` can only mean a local folder (absolute, ./ ../ ~, or with more than one /) and there is
+    none: the hub's own error for it speaks of repo ids, not of the folder the user mistyped."""
+    return not Path(name).exists() and (Path(name).is_absolute() or name.startswith((".", "~"))
+                                         or name.count("/") > 1)
 
 
 def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:

@@ -134,10 +134,12 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, fragment):
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
-def test_unknown_model_is_one_line_and_exit_2(tmp_path, capsys):
+def test_a_missing_model_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    """A path that cannot be a hub name is said to be a missing folder, not a malformed repo id."""
     assert exit_code(["attribute", "--model", str(tmp_path / "missing"), "--text", "good"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "cannot load" in err
+    assert err.splitlines() == [f"fastig attribute: error: --model '{tmp_path / 'missing'}': no such folder (a hub "
+                                "name is NAME or OWNER/NAME)"]
 
 
 @pytest.mark.parametrize("command, unreachable", [
