@@ -14,3 +14,13 @@ def test_no_folder_in_the_repository_root_shadows_an_installed_package():
     assert folders, "the repository root has no package folders: this test checks nothing"
     shadowing = {name: installed[name] for name in folders if name in installed}
     assert not shadowing, f"folders in the repository root shadow installed packages: {shadowing}"
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout is where a newcomer learns what each module owns: a module missing there is unexplained."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("\n## Layout"):]
+    modules = [path.name for folder in ("engine", "engine/app") for path in sorted((ROOT / folder).glob("*.py"))
+               if path.name != "__init__.py"]
+    assert len(modules) > 20, modules
+    assert [name for name in modules if f"`{name}`" not in layout] == []
