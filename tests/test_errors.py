@@ -41,8 +41,8 @@ def test_texts_without_tokenizer(models):
         fastig.Engine(models("bert")).attribute("good film")
 
 
-def test_unknown_model_path(tmp_path):
-    with pytest.raises(ModelLoadError, match="cannot load"):
+def test_a_missing_model_folder_is_a_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no-such-model': no such folder"):
         fastig.load_classifier(str(tmp_path / "no-such-model"))
 
 
