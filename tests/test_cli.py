@@ -107,6 +107,21 @@ def test_attribute_prints_words_or_with_tokens_the_pieces(tmp_path, byte_level_t
     assert pieces - words and all(piece.rstrip("\u2026") in text for piece in pieces)   # pieces, as the text has them
 
 
+def test_a_stopped_attribute_says_its_documents_are_not_kept(model_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C or a SIGTERM amid the work: one line naming the resumable way, exit 130, no partial --out."""
+    import fastig
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fastig.Engine, "attribute", stopped)
+    out = tmp_path / "r.json"
+    assert main(["attribute", "--model", model_dir, "--text", "good film", "--out", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "fastig attribute: interrupted; its documents are not kept (`fastig dataset` keeps each finished one and "
+        "resumes)"]
+    assert not out.exists()
+
+
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
     code = main(["check", "--model", model_dir, "--text", make_text(40), "--n-steps", "10",
                  "--method", "riemann_middle", "--internal-batch-size", "3"])

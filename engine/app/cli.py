@@ -468,6 +468,8 @@ def main(argv=None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     resume = "; run the same command again to continue where it stopped" if args.command == "dataset" else ""
+    after_stop = {"dataset": resume, "attribute": "; its documents are not kept (`fastig dataset` keeps each "
+                                                  "finished one and resumes)"}.get(args.command, "")
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.command)
         try:
@@ -492,7 +494,7 @@ def main(argv=None) -> int:
             return _error(args.command, f"{where}{err.strerror or err}{resume}")
         except KeyboardInterrupt:
             if os.environ.get("RANK", "0") == "0":     # one line for the processes of --processes N, not one each
-                print(f"fastig {args.command}: interrupted{resume}", file=sys.stderr)
+                print(f"fastig {args.command}: interrupted{after_stop}", file=sys.stderr)
             return 130
 
 
