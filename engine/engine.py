@@ -17,6 +17,7 @@ from torch import nn
 
 from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
+from .big_bird import attention_kind, block_sparse_kept, full_attention_limit
 from .compiled import check_mode
 from .errors import InputError, NonFiniteError
 from .first_token import first_token_only
@@ -109,11 +110,12 @@ def _finite(document: DocumentResult, attributions: torch.Tensor) -> bool:
         and bool(torch.isfinite(attributions).all())
 
 
-def _packing_key(doc: Document):
-    """Documents share model calls only with the same kind of baseline: ids, or a constant layer output."""
+def _packing_key(doc: Document, attention: str | None):
+    """Documents share model calls only with the same kind of baseline (ids, or a constant layer output) and
+    the attention they get alone (fastig.big_bird); None: the document goes alone."""
     if doc.baseline_ids is not None:
-        return "ids"
-    return None if isinstance(doc.baseline_embedding, torch.Tensor) else doc.baseline_embedding
+        return "ids", attention
+    return None if isinstance(doc.baseline_embedding, torch.Tensor) else (doc.baseline_embedding, attention)
 
 
 class Engine:
@@ -209,7 +211,7 @@ class Engine:
             # the last layer computes only the first token, which the classifier reads (fastig.first_token).
             with (retained_cpu_memory() if self.device.type == "cpu" else nullcontext(),
                   banded_attention(self.model) if self.attention == "banded" else nullcontext(),
-                  first_token_only(self.model, self.layer)):
+                  block_sparse_kept(self.model), first_token_only(self.model, self.layer)):
                 retains_memory = self.device.type == "cpu" and cpu_memory_retained()
                 for group in self._groups(docs, rule, chunk_size):
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
@@ -262,7 +264,9 @@ class Engine:
         """
         model_lengths = [model_length(self.model.config, len(doc.input_ids)) for doc in docs]
         order = sorted(range(len(docs)), key=lambda i: -model_lengths[i])
-        lengths, keys = [model_lengths[i] for i in order], [_packing_key(docs[i]) for i in order]
+        limit = full_attention_limit(self.model)
+        lengths = [model_lengths[i] for i in order]
+        keys = [_packing_key(docs[i], attention_kind(limit, len(docs[i].input_ids))) for i in order]
         first = 0
         while first < len(order):
             sequences = self.scheduler.sequences_per_call(lengths[first], chunk_size)

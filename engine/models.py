@@ -215,24 +215,25 @@ def output_captured(layer: nn.Module, store: list):
 
 
 @contextmanager
-def forwards_shadowed(modules: list[nn.Module], forward_of: Callable[[nn.Module], Callable]):
-    """Each module's `forward` is `forward_of(module)` inside the block, and its own again after.
+def forwards_shadowed(modules: list[nn.Module], forward_of: Callable[[nn.Module], Callable],
+                      method: str = "forward"):
+    """Each module's `forward` (or other `method`) is `forward_of(module)` inside the block, and its own again after.
 
-    An instance attribute shadows the class's forward, so nn.Module.__call__ (and the hooks
-    others put on the module) still run; an instance forward already there is restored.
+    An instance attribute shadows the class's method, so nn.Module.__call__ (and the hooks
+    others put on the module) still run; an instance attribute already there is restored.
     """
-    shadowed = [module.__dict__.get("forward") for module in modules]
+    shadowed = [module.__dict__.get(method) for module in modules]
     replacements = [forward_of(module) for module in modules]
     for module, forward in zip(modules, replacements):
-        module.forward = forward
+        setattr(module, method, forward)
     try:
         yield
     finally:
         for module, forward in zip(modules, shadowed):
             if forward is None:
-                del module.forward
+                delattr(module, method)
             else:
-                module.forward = forward
+                setattr(module, method, forward)
 
 
 def output_replaced(layer: nn.Module, output: torch.Tensor):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .big_bird import block_sparse_kept
 from .errors import BaselineError
 from .models import check_target
 from .summarize import token_scores
@@ -48,15 +49,16 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
 
         ids = doc.input_ids.to(engine.device).unsqueeze(0)
         extra = tuple(doc.model_kwargs[n].to(engine.device).unsqueeze(0) for n in names)
-        if tgt is None:
-            with torch.no_grad():
-                tgt = int(forward(ids, *extra).argmax())
-        start = time.perf_counter()
-        attr, delta = LayerIntegratedGradients(forward, engine.layer).attribute(
-            ids, baselines=doc.baseline_ids.to(engine.device).unsqueeze(0), target=tgt,
-            additional_forward_args=extra, n_steps=n_steps, method=method,
-            internal_batch_size=internal_batch_size, return_convergence_delta=True)
-        seconds += time.perf_counter() - start
+        with block_sparse_kept(engine.model):     # each document on the model as given (fastig.big_bird)
+            if tgt is None:
+                with torch.no_grad():
+                    tgt = int(forward(ids, *extra).argmax())
+            start = time.perf_counter()
+            attr, delta = LayerIntegratedGradients(forward, engine.layer).attribute(
+                ids, baselines=doc.baseline_ids.to(engine.device).unsqueeze(0), target=tgt,
+                additional_forward_args=extra, n_steps=n_steps, method=method,
+                internal_batch_size=internal_batch_size, return_convergence_delta=True)
+            seconds += time.perf_counter() - start
         attributions.append(attr[0, : len(doc.input_ids)].detach().float().cpu())
         deltas.append(delta.detach().float().cpu().reshape(()))
     return CaptumResult(attributions, torch.stack(deltas), seconds)

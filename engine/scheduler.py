@@ -296,7 +296,7 @@ def pack(lengths: list[int], keys: list, sequences_per_call: int | None, n_steps
     """How many of the documents (their model lengths sorted longest first) share the next calls.
 
     The first one and those within `slack` of its length with the same key (the kind of
-    baseline): as many as fill one call with all their steps, or, where one document's steps
+    baseline and of attention): as many as fill one call with all their steps, or, where one document's steps
     take several calls, as many as PACKED_TOKENS allows, so that calls run full across documents.
     A document whose key is None (its own baseline embedding), or of a length still to be
     measured (sequences_per_call None), goes alone.

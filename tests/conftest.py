@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, DebertaV2Config,
+from transformers import (AlbertConfig, AlbertForSequenceClassification, BertConfig, BertForSequenceClassification,
+                          BertTokenizerFast, BigBirdConfig, BigBirdForSequenceClassification, DebertaV2Config,
                           DebertaV2ForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
                           ElectraConfig, ElectraForSequenceClassification, LongformerConfig,
                           LongformerForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
@@ -37,12 +38,20 @@ def _config(family: str):
         return ElectraConfig(**{**COMMON, "hidden_size": 48}, embedding_size=32, max_position_embeddings=512)
     if family == "deberta-v2":
         return DebertaV2Config(**COMMON, max_position_embeddings=512)
+    if family == "albert":      # one layer's weights shared by both layers, embeddings narrower than hidden
+        return AlbertConfig(**COMMON, embedding_size=16, max_position_embeddings=512, pad_token_id=0)
+    if family == "big-bird":
+        # Block-sparse attention from 37 tokens on ((2 + 3 + 2 * 2) blocks of 4); at and under 36 the model switches
+        # itself to full attention for good (transformers' BigBirdModel.set_attention_type).
+        return BigBirdConfig(**COMMON, attention_type="block_sparse", block_size=4, num_random_blocks=2,
+                             max_position_embeddings=512, pad_token_id=0)
     raise KeyError(family)
 
 
 MODEL_CLASSES = {"bert": BertForSequenceClassification, "longformer": LongformerForSequenceClassification,
                  "roberta": RobertaForSequenceClassification, "distilbert": DistilBertForSequenceClassification,
-                 "electra": ElectraForSequenceClassification, "deberta-v2": DebertaV2ForSequenceClassification}
+                 "electra": ElectraForSequenceClassification, "deberta-v2": DebertaV2ForSequenceClassification,
+                 "albert": AlbertForSequenceClassification, "big-bird": BigBirdForSequenceClassification}
 FAMILIES = ("bert", "longformer", "roberta", "distilbert")
 
 

@@ -7,7 +7,7 @@ import fastig
 from fastig.quadrature import METHODS
 from fastig.reference import MAX_DELTA_DIFF, MAX_REL_L2, captum_attribute, compare
 
-from conftest import FAMILIES, N_LABELS, make_text
+from conftest import FAMILIES, N_LABELS, make_model, make_text
 
 N_STEPS = 12
 
@@ -46,11 +46,19 @@ def test_other_id_baselines(models, tokenizer, baseline):
     assert_agrees_with_captum(engine, make_text(30, seed=2), n_steps=N_STEPS, baseline=baseline)
 
 
-@pytest.mark.parametrize("family", ["electra", "deberta-v2"])
-def test_embedding_layer_found_for_more_families(models, tokenizer, family):
-    engine = fastig.Engine(models(family), tokenizer)
+@pytest.mark.parametrize("family", ["electra", "deberta-v2", "albert", "big-bird"])
+def test_embedding_layer_found_for_more_families(tokenizer, family):
+    """Documents of 20, 45 and 120 words, each alone and all in one call; on BigBird the first one runs full
+    attention (22 tokens) and the others block-sparse, as each does alone on the model as given."""
+    model = make_model(family)
+    engine = fastig.Engine(model, tokenizer)
     assert type(engine.layer).__name__.endswith("Embeddings")
-    assert_agrees_with_captum(engine, make_text(20, seed=3), n_steps=N_STEPS)
+    texts = [make_text(20, seed=5), make_text(45, seed=3), make_text(120, seed=4)]
+    for text in texts:
+        assert_agrees_with_captum(engine, text, n_steps=N_STEPS)
+    assert_agrees_with_captum(engine, texts, n_steps=N_STEPS)
+    if family == "big-bird":
+        assert model.bert.attention_type == "block_sparse"
 
 
 def test_ids_without_tokenizer_equal_texts(models, tokenizer):

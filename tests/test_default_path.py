@@ -36,7 +36,7 @@ def fp32_only(monkeypatch):
     monkeypatch.setattr(fastig.engine, "default_path_precision", lambda device: None)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "longformer", "distilbert", "electra"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "longformer", "distilbert", "electra", "albert", "big-bird"])
 def test_the_default_meets_its_accuracy_where_it_says_so(models, tokenizer, converged, family, fp32_only):
     result = fastig.Engine(models(family), tokenizer).attribute(TEXTS)
     reference = converged(family)

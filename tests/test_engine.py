@@ -7,7 +7,7 @@ import fastig
 from fastig.models import output_captured, output_replaced
 from fastig.summarize import token_scores
 
-from conftest import FAMILIES, assert_close, make_text
+from conftest import FAMILIES, assert_close, make_model, make_text
 
 N_STEPS = 9
 
@@ -23,6 +23,23 @@ def test_chunk_size_does_not_change_results(models, tokenizer, family):
         assert_close(run.integrand, runs[0].integrand, rtol=1e-5, atol=1e-5 * scale, what="integrand")
         assert_close(run.delta, runs[0].delta, rtol=0, atol=1e-6, what="delta")
     assert [r.stats.chunk_size for r in runs] == [[1], [3], [N_STEPS]]
+
+
+def test_big_bird_documents_get_the_attention_they_get_alone(tokenizer):
+    """A block-sparse BigBird runs full attention at 36 tokens or fewer (this config) and switches itself to it for
+    good: neither a short document in the same call nor one in an earlier call changes a document's result, and
+    the model is left block-sparse."""
+    short, long = make_text(32, seed=1), make_text(36, seed=2)     # 34 and 38 tokens: within packing's slack
+    alone = [fastig.Engine(make_model("big-bird"), tokenizer).attribute(text, n_steps=N_STEPS) for text in (short, long)]
+    model = make_model("big-bird")
+    engine = fastig.Engine(model, tokenizer)
+    engine.attribute(long, n_steps=N_STEPS)       # measures the length: then the two may share calls
+    together = engine.attribute([short, long], n_steps=N_STEPS)
+    assert model.bert.attention_type == "block_sparse"
+    after_short = engine.attribute(long, n_steps=N_STEPS)
+    for got, expected in [(together.attributions[0], alone[0]), (together.attributions[1], alone[1]),
+                          (after_short.attributions[0], alone[1])]:
+        assert_close(got, expected.attributions[0], rtol=1e-5, atol=1e-7, what="attributions")
 
 
 def test_equal_lengths_stack_into_tensors(models, tokenizer):

@@ -19,7 +19,7 @@ from conftest import FAMILIES, make_text
 EPSILON = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ("albert", "big-bird"))
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_agrees_with_fp32(models, tokenizer, family, precision):
     model, text = models(family), make_text(37, seed=3)
