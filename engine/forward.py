@@ -1,7 +1,9 @@
 """Running the model for one group of documents: the endpoints of their paths, and the model step.
 
-The endpoints come from one forward of inputs and baselines together: the layer's outputs e(x),
-e(b) (captured by a hook) and the logits at both, so F(x) and F(b) cost no extra pass. The model
+The endpoints come from one forward of inputs and baselines together, stopped once the layer has
+given e(x) and e(b) (a hook captures them), and one more of both from the layer on with the inputs'
+ids, as the path's points run, for F(x) and F(b): Captum's two passes for the delta, and two fewer
+for the layer outputs. The model
 step is F at interpolated layer outputs z: the layer's own forward is shadowed to return z, the
 rest of the model runs from there (its transformer layers recomputed in the backward pass when
 the memory budget asks for it), and the target's probability or logit is read off the logits.
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from .compiled import layers_compiled
-from .errors import BaselineError, LayerNotFoundError
+from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document
 from .models import layers_recomputed, output_captured, output_replaced, score
 from .scheduler import Scheduler
@@ -51,11 +53,26 @@ def batch_of(docs: list[Document], pad_id: int, device: torch.device) -> Batch:
                  lengths=[len(doc.input_ids) for doc in docs])
 
 
+def _logits(model: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    # An encoder-decoder's decoder caches the encoder's keys and values on the way, and a layer recomputed in the
+    # backward pass then finds its cache filled: torch refuses ("a different number of tensors was saved").
+    if getattr(model.config, "is_encoder_decoder", False):
+        kwargs = {**kwargs, "use_cache": False}
+    try:
+        return model(input_ids=input_ids, **kwargs).logits
+    except ValueError as err:
+        if "no padding token" not in str(err):
+            raise
+        raise InputError(f"model.config.pad_token_id is None: {type(model).__name__} finds each sequence's last "
+                         "token by it, and attribution runs sequences in batches; set it (a GPT-2 classifier's is "
+                         "usually tokenizer.eos_token_id, as in its fine-tuning)") from err
+
+
 def logits_from_layer(model: nn.Module, layer: nn.Module, batch: Batch, z: torch.Tensor,
                       rows: torch.Tensor) -> torch.Tensor:
     """Logits [c, C] of the model whose layer outputs z [c, L', H]; row i is document rows[i] of the batch."""
     with output_replaced(layer, z):
-        return model(input_ids=batch.input_ids[rows], **{k: v[rows] for k, v in batch.model_kwargs.items()}).logits
+        return _logits(model, batch.input_ids[rows], {k: v[rows] for k, v in batch.model_kwargs.items()})
 
 
 @dataclass
@@ -86,8 +103,19 @@ class Endpoints:
                          self.f_x.reshape(-1), self.f_b.reshape(-1))
 
 
-def _layer_output(captured: list, ids: torch.Tensor) -> torch.Tensor:
-    layer_output = captured[-1]
+def _ran_once(captured: list, model: nn.Module) -> None:
+    # An encoder-decoder's shared token embedding runs never (transformers 5: the encoder and decoder have their
+    # own modules) or twice (both sides read it): one output of the layer is what a path can replace.
+    if len(captured) != 1:
+        encoders = [name for name, _ in model.named_modules() if name.endswith("encoder.embed_tokens")]
+        example = f"the encoder's embeddings, layer={encoders[0]!r}" if encoders else "an embeddings-like module"
+        raise LayerNotFoundError(f"the layer ran {len(captured)} times in one forward of the model; attribution "
+                                 f"needs a layer that runs once: pass layer= one that does ({example})")
+
+
+def _layer_output(captured: list, ids: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    _ran_once(captured, model)
+    layer_output = captured[0]
     if not isinstance(layer_output, torch.Tensor) or layer_output.ndim != 3 or layer_output.shape[1] < ids.shape[1]:
         shape = tuple(layer_output.shape) if isinstance(layer_output, torch.Tensor) else type(layer_output).__name__
         raise LayerNotFoundError(f"the layer's output is {shape}; token attribution needs a tensor "
@@ -110,27 +138,54 @@ def _embedding_baselines(end: torch.Tensor, docs: list[Document], lengths: list)
     return start
 
 
+class _LayerReached(Exception):
+    """Raised by a hook on the layer: the forward has given what it was run for."""
+
+
+def _layer_outputs(model: nn.Module, layer: nn.Module, ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The layer's output [B, L', H] fp32 for ids, from a forward that stops once the layer has run."""
+    captured = []
+
+    def stop(module, args, output):
+        captured.append(output)
+        raise _LayerReached
+
+    handle = layer.register_forward_hook(stop)
+    try:
+        _logits(model, ids, kwargs)
+    except _LayerReached:
+        pass
+    finally:
+        handle.remove()
+    return _layer_output(captured, ids, model)
+
+
 def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Document], targets: list,
               output: str) -> Endpoints:
-    """e(x), e(b), the logits and F at both ends, from one forward of inputs and baseline ids together
-    (a second, from the layer on, for baselines given as layer outputs). targets: a class id or None
-    (the predicted class) per document, or a list of T classes per document."""
+    """e(x), e(b), the logits and F at both ends. targets: a class id or None (the predicted class) per
+    document, or a list of T classes per document.
+
+    e(x) and e(b) come from forwards of the ids that stop at the layer; F(x) and F(b) from one forward of
+    both from the layer on, with the inputs' ids, as every point of the path runs: where the model reads
+    the ids past the layer too (a decoder's last-token pooling; an encoder-decoder's decoder), F(b) is then
+    the path's start, and the convergence delta measures the integral, as a forward of the baseline ids
+    would not.
+    """
     group = len(batch.lengths)
     ids, kwargs = batch.input_ids, batch.model_kwargs
     if batch.baseline_ids is not None:
         ids = torch.cat([ids, batch.baseline_ids])
         kwargs = {k: torch.cat([v, v]) for k, v in kwargs.items()}
     captured = []
-    with torch.no_grad(), output_captured(layer, captured):
-        logits = model(input_ids=ids, **kwargs).logits
-    layer_output = _layer_output(captured, ids)
-    end, logits_x = layer_output[:group], logits[:group]
-    if batch.baseline_ids is not None:
-        start, logits_b = layer_output[group:], logits[group:]
-    else:
-        start = _embedding_baselines(end, docs, batch.lengths)
-        with torch.no_grad():
-            logits_b = logits_from_layer(model, layer, batch, start, torch.arange(group, device=end.device))
+    with torch.no_grad():
+        layer_output = _layer_outputs(model, layer, ids, kwargs)
+        end = layer_output[:group]
+        start = layer_output[group:] if batch.baseline_ids is not None else \
+            _embedding_baselines(end, docs, batch.lengths)
+        both = torch.arange(group, device=end.device).repeat(2)
+        with output_captured(layer, captured):
+            logits_x, logits_b = logits_from_layer(model, layer, batch, torch.cat([end, start]), both).chunk(2)
+    _ran_once(captured, model)      # a layer the model runs twice would take the path's point both times
     predictions = logits_x.argmax(-1).tolist()
     target = torch.tensor([p if t is None else t for t, p in zip(targets, predictions)], device=end.device)
     f_x, f_b = score(torch.cat([logits_x, logits_b]).float(), torch.cat([target, target]), output).chunk(2)

@@ -1,9 +1,10 @@
 """From texts or ids to what one attribution needs: ids, baseline, model arguments, tokens.
 
 The construction is the seed notebook's: CLS + the text's ids (truncated) + SEP, and a
-baseline of the same length, CLS + PAD * n + SEP. Masks are left to the model where it
-builds them itself (token types, position ids), so baseline and input embed exactly as
-they do in a plain forward call.
+baseline of the same length, CLS + PAD * n + SEP. A tokenizer without CLS or SEP (GPT-2's,
+Llama's, T5's) puts its own special tokens around the text instead (none, BOS, EOS), and the
+baseline keeps those. Masks are left to the model where it builds them itself (token types,
+position ids), so baseline and input embed exactly as they do in a plain forward call.
 """
 
 import warnings
@@ -21,6 +22,7 @@ class TruncationWarning(UserWarning):
 BASELINES = ("pad", "unk", "mask", "zeros")
 # Models whose position ids start after the padding index (RoBERTa's scheme).
 OFFSET_POSITION_MODELS = ("roberta", "longformer", "xlm-roberta", "camembert", "xlm-roberta-xl")
+TEMPLATE_PROBE = "text"     # encoded with and without special tokens: what the tokenizer's template adds
 
 
 @dataclass
@@ -54,23 +56,48 @@ class Document:
 
 @dataclass
 class Encoded:
-    """A text's ids with CLS and SEP [L], the tokens cut, and where each token is in the text."""
+    """A text's ids with the special tokens around it [L] (`around`: how many before and after), the tokens
+    cut, and where each token is in the text."""
     ids: torch.Tensor
     dropped: int = 0
     text: str | None = None
     offsets: list | None = None
     word_ids: list | None = None
+    around: tuple[int, int] = (1, 1)
 
 
-def max_text_tokens(config, tokenizer=None) -> int:
-    """Default truncation: the model's position limit minus CLS and SEP."""
-    total = config.max_position_embeddings
-    if config.model_type in OFFSET_POSITION_MODELS:
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids before and after a text's own: CLS and SEP where the tokenizer has both (BERT's; RoBERTa's
+    <s> and </s>), else the special tokens its own template adds (GPT-2's none, Llama's BOS, T5's EOS)."""
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        return [tokenizer.cls_token_id], [tokenizer.sep_token_id]
+    own = tokenizer.encode(TEMPLATE_PROBE, add_special_tokens=False)
+    templated = tokenizer.encode(TEMPLATE_PROBE)
+    for start in range(len(templated) - len(own) + 1):
+        if templated[start:start + len(own)] == own:
+            return templated[:start], templated[start + len(own):]
+    raise InputError(f"{type(tokenizer).__name__} has no CLS and SEP tokens, and its template changes the text's "
+                     "own tokens; give input ids [B, L] instead of texts")
+
+
+def max_positions(config, tokenizer=None) -> int | None:
+    """The tokens the model takes: its position limit (less the offset of RoBERTa-like positions), or the
+    tokenizer's where smaller; None where neither has one (relative positions: T5, Funnel)."""
+    total = getattr(config, "max_position_embeddings", None)
+    if total is not None and config.model_type in OFFSET_POSITION_MODELS:
         total -= (config.pad_token_id or 0) + 1
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer_limit and tokenizer_limit < 1_000_000:
-        total = min(total, tokenizer_limit)
-    return total - 2
+        total = tokenizer_limit if total is None else min(total, tokenizer_limit)
+    return total
+
+
+def max_text_tokens(config, tokenizer=None) -> int | None:
+    """Default truncation: the tokens the model takes less the special tokens around a text (None: no limit)."""
+    total = max_positions(config, tokenizer)
+    if total is None:
+        return None
+    return total - (2 if tokenizer is None else sum(map(len, special_tokens_around(tokenizer))))
 
 
 def special_ids(config, tokenizer=None) -> dict:
@@ -80,22 +107,24 @@ def special_ids(config, tokenizer=None) -> dict:
     return {"pad": config.pad_token_id, "unk": None, "mask": None}
 
 
-def check_max_length(max_length, config, tokenizer=None) -> int:
-    """max_length (text tokens kept per text): None for the model's limit, else an int from 1 to it."""
+def check_max_length(max_length, config, tokenizer=None) -> int | None:
+    """max_length (text tokens kept per text): None for the model's limit (None: it has none), else an int from
+    1 to it."""
     limit = max_text_tokens(config, tokenizer)
     if max_length is None:
         return limit
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
-        raise InputError(f"max_length={max_length!r} must be an integer from 1 to {limit}, the text tokens "
-                         "this model's positions take")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= (limit or max_length):
+        allowed = f"from 1 to {limit}, the text tokens this model's positions take" if limit else "of at least 1"
+        raise InputError(f"max_length={max_length!r} must be an integer {allowed}")
     return max_length
 
 
-def encode_texts(texts, tokenizer, max_length: int, why: str = "max_length") -> list[Encoded]:
-    """Each text as CLS + ids[:max_length] + SEP, the number of tokens cut, and (fast tokenizers) each
-    token's place in the text and its word."""
+def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_length") -> list[Encoded]:
+    """Each text as CLS + ids[:max_length] + SEP (or the tokenizer's own special tokens around them), the number
+    of tokens cut, and (fast tokenizers) each token's place in the text and its word."""
     if tokenizer is None:
         raise InputError("texts need a tokenizer; pass one to Engine(...) or give input ids [B, L]")
+    before, after = special_tokens_around(tokenizer)
     encoded = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -108,15 +137,15 @@ def encode_texts(texts, tokenizer, max_length: int, why: str = "max_length") -> 
             ids = tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise EmptyTextError(f"texts[{i}]={text[:40]!r} holds no token; give a non-empty text")
-        dropped = max(0, len(ids) - max_length)
+        dropped = max(0, len(ids) - max_length) if max_length is not None else 0
         if dropped:
             warnings.warn(f"texts[{i}]: {len(ids)} tokens, the first {max_length} kept and {dropped} dropped ({why})",
                           TruncationWarning, stacklevel=4)
         if offsets is not None:     # CLS and SEP are in no word and at no place of the text
-            offsets = [None, *map(list, offsets[:max_length]), None]
-            word_ids = [None, *word_ids[:max_length], None]
-        ids = torch.tensor([tokenizer.cls_token_id, *ids[:max_length], tokenizer.sep_token_id])
-        encoded.append(Encoded(ids, dropped, text, offsets, word_ids))
+            offsets = [None] * len(before) + list(map(list, offsets[:max_length])) + [None] * len(after)
+            word_ids = [None] * len(before) + word_ids[:max_length] + [None] * len(after)
+        ids = torch.tensor(before + ids[:max_length] + after)
+        encoded.append(Encoded(ids, dropped, text, offsets, word_ids, (len(before), len(after))))
     return encoded
 
 
@@ -155,15 +184,16 @@ def split_ids(ids: torch.Tensor, config) -> list[torch.Tensor]:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
         raise InputError(f"input ids from {int(ids.min())} to {int(ids.max())}: this model's vocabulary holds ids "
                          f"0 to {config.vocab_size - 1}")
-    positions = max_text_tokens(config) + 2
-    if ids.shape[1] > positions:
+    positions = max_positions(config)
+    if positions is not None and ids.shape[1] > positions:
         raise InputError(f"input ids of length {ids.shape[1]}: this model takes at most {positions} tokens "
                          "(its position embeddings end there); shorten them")
     return [row.long().cpu() for row in ids]
 
 
-def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int):
-    """(baseline ids [L] or None, baseline embedding or None) for one document."""
+def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, around: tuple[int, int] = (1, 1)):
+    """(baseline ids [L] or None, baseline embedding or None) for one document; a baseline of token ids keeps
+    the `around` special tokens before and after the text."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return None, 0.0
@@ -173,12 +203,13 @@ def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int):
         fill = specials[baseline]
         if fill is None:
             raise BaselineError(f"baseline={baseline!r} needs a {baseline} token id, which neither tokenizer nor config defines")
-        # Keep the first and last token (CLS, SEP), replace the rest, as the seed notebook does.
+        # Keep the special tokens around the text (CLS, SEP), replace the rest, as the seed notebook does.
         base = torch.full_like(ids, fill)
-        base[0], base[-1] = ids[0], ids[-1]
+        before, after = around
+        base[:before], base[len(ids) - after:] = ids[:before], ids[len(ids) - after:]
         return base, None
     if isinstance(baseline, (list, tuple)):
-        return baseline_for(ids, baseline[doc_index], specials, doc_index)
+        return baseline_for(ids, baseline[doc_index], specials, doc_index, around)
     if isinstance(baseline, torch.Tensor):
         if not baseline.is_floating_point():
             base = baseline if baseline.ndim == 1 else baseline[doc_index]
@@ -195,7 +226,10 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
     if isinstance(texts_or_ids, torch.Tensor):
-        encoded = [Encoded(ids) for ids in split_ids(texts_or_ids, config)]
+        # Ids hold the special tokens already: those the tokenizer puts around a text (without one: the first
+        # and the last, CLS and SEP), which a baseline of token ids keeps.
+        around = (1, 1) if tokenizer is None else tuple(map(len, special_tokens_around(tokenizer)))
+        encoded = [Encoded(ids, around=around) for ids in split_ids(texts_or_ids, config)]
     elif isinstance(texts_or_ids, (list, tuple)):
         if not texts_or_ids:
             raise EmptyTextError("no text given: pass a str, a non-empty list of str, or ids [B, L]")
@@ -208,7 +242,7 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
     documents = []
     for i, piece in enumerate(encoded):
         ids = piece.ids
-        baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i)
+        baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i, piece.around)
         kwargs = {"attention_mask": torch.ones_like(ids)}
         if config.model_type == "longformer":
             # Global attention on CLS, as Longformer classifiers are trained.

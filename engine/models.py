@@ -98,14 +98,20 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Mod
                                      f"for example: {_example_names(model)}") from err
     if layer is not None:
         raise LayerNotFoundError(f"layer={layer!r} must be None, a dotted module name or an nn.Module")
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    token_embedding = get_embeddings() if get_embeddings is not None else None
+    token_embedding = _input_embeddings(model)
     if token_embedding is None:
         raise LayerNotFoundError(f"{type(model).__name__} has no input embeddings; pass layer='dotted.module.name'")
     for module in model.modules():
         if "embedding" in type(module).__name__.lower() and any(c is token_embedding for c in module.children()):
             return module
     return token_embedding
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    try:
+        return model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):     # transformers' default raises for models it cannot handle
+        return None
 
 
 def _example_names(model: nn.Module) -> str:
@@ -153,7 +159,7 @@ def check_output(output: str, num_labels: int) -> None:
 
 def check_vocabulary(model: nn.Module, tokenizer) -> None:
     """The tokenizer's ids must all have a row in the model's token embedding."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embedding = _input_embeddings(model)
     if tokenizer is None or embedding is None or not hasattr(embedding, "num_embeddings"):
         return
     if len(tokenizer) > embedding.num_embeddings:

@@ -161,7 +161,7 @@ def _checked(name: str, value):
 
 @dataclass
 class TimeSplit:
-    """Seconds of a run by part: one forward for the endpoints, then per model call the
+    """Seconds of a run by part: the endpoints (a forward to the layer, one from it), then per model call the
     interpolation, the model (forward and backward) and the accumulation, and the finalization.
     compile: the model calls during which torch.compile made graphs (Engine(compile=...)), their
     own run included; they are not in `model`."""

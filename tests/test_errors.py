@@ -51,6 +51,17 @@ def test_layer_not_found(models, tokenizer):
         fastig.Engine(models("bert"), tokenizer, layer="bert.embedings")
 
 
+def test_a_model_whose_input_embeddings_transformers_cannot_find(tokenizer, monkeypatch):
+    """transformers' default get_input_embeddings raises NotImplementedError for models it cannot handle
+    (CanineModel's characters): a LayerNotFoundError asking for layer=."""
+    from conftest import make_model
+
+    model = make_model("bert")
+    monkeypatch.setattr(model, "get_input_embeddings", lambda: (_ for _ in ()).throw(NotImplementedError("no")))
+    with pytest.raises(LayerNotFoundError, match="has no input embeddings; pass layer="):
+        fastig.Engine(model, tokenizer)
+
+
 def test_layer_without_token_output(models, tokenizer):
     engine = fastig.Engine(models("bert"), tokenizer, layer="bert.pooler")
     with pytest.raises(LayerNotFoundError, match=r"\[batch, length, hidden\]"):

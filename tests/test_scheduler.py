@@ -84,9 +84,10 @@ def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error
     text = make_text(40, seed=5)
     clean = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=12, chunk_size=4)
     model = models("bert")
-    sizes = _failing_once(monkeypatch, model, on_call=3, error=error)   # call 1: the endpoints; 2: steps 0-3; 3: 4-7
+    # calls 1 and 2: the endpoints (to the layer, then from it); 3: steps 0-3; 4: steps 4-7
+    sizes = _failing_once(monkeypatch, model, on_call=4, error=error)
     result = fastig.Engine(model, tokenizer).attribute(text, n_steps=12, chunk_size=4)
-    assert sizes == [2, 4, 4, 2, 2, 2, 2]                      # the failed chunk redone in halves, then halves on
+    assert sizes == [2, 2, 4, 4, 2, 2, 2, 2]                   # the failed chunk redone in halves, then halves on
     assert result.stats.memory.out_of_memory_retries == 1 and result.stats.model_calls == 5
     assert_close(result.attributions, clean.attributions, rtol=1e-5, atol=1e-7, what="attributions")
     assert_close(result.integrand, clean.integrand, rtol=1e-5, atol=1e-7, what="integrand")
@@ -95,14 +96,14 @@ def test_out_of_memory_redoes_only_that_chunk_in_halves(models, tokenizer, error
 
 def test_out_of_memory_at_one_sequence_is_a_clear_error(models, tokenizer, monkeypatch):
     model = models("bert")
-    _failing_once(monkeypatch, model, on_call=2, error=torch.OutOfMemoryError("CUDA out of memory"))
+    _failing_once(monkeypatch, model, on_call=3, error=torch.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(fastig.MemoryBudgetError, match="one 12-token sequence does not fit"):
         fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4, chunk_size=1)
 
 
 def test_other_runtime_errors_are_not_retried(models, tokenizer, monkeypatch):
     model = models("bert")
-    _failing_once(monkeypatch, model, on_call=2, error=RuntimeError("shape mismatch"))
+    _failing_once(monkeypatch, model, on_call=3, error=RuntimeError("shape mismatch"))     # a step's call
     with pytest.raises(RuntimeError, match="shape mismatch"):
         fastig.Engine(model, tokenizer).attribute(make_text(10), n_steps=4)
 
