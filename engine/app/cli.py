@@ -321,6 +321,9 @@ def cmd_check(args) -> int:
           f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
           f"Spearman {c.spearman:.6f}  top-10 overlap {c.top_k_overlap:.2f}")
     print(f"delta fastig {c.delta_fastig}  captum {c.delta_captum}  max diff {c.delta_diff:.2e} (<= {MAX_DELTA_DIFF:g})")
+    if c.other_baseline_output:
+        print(f"  the attributions' sums agree ({c.sum_diff:.2e}): Captum's F(b) is a forward of the baseline ids, "
+              "fastig's the path's start, as this model reads the ids past the layer")
     print(f"time fastig {ours.stats.seconds.total:.2f} s  captum {theirs.seconds:.2f} s")
     precision = ours.stats.precision
     passed = c.passed(precision)
