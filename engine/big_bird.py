@@ -14,6 +14,7 @@ Two things of transformers' BigBird (5.25) that attribution must not inherit:
   query, key and value projections, most of the layer's work, stay in low precision.
 """
 
+import logging
 from contextlib import contextmanager
 
 import torch
@@ -62,9 +63,15 @@ def block_sparse_kept(model: nn.Module):
         yield
         return
     cores = [m for m in model.modules() if hasattr(m, "bigbird_block_sparse_attention")]
+    # Its warnings at every call ("padded to be a multiple of block_size", "Changing attention type to
+    # 'original_full'") say what fastig takes care of, once a group.
+    log = logging.getLogger(type(base).__module__)
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         with forwards_shadowed(cores, lambda core: _attention_in_fp32(core.bigbird_block_sparse_attention),
                                method="bigbird_block_sparse_attention"):
             yield
     finally:
+        log.setLevel(level)
         base.set_attention_type("block_sparse")

@@ -25,10 +25,10 @@ def test_chunk_size_does_not_change_results(models, tokenizer, family):
     assert [r.stats.chunk_size for r in runs] == [[1], [3], [N_STEPS]]
 
 
-def test_big_bird_documents_get_the_attention_they_get_alone(tokenizer):
+def test_big_bird_documents_get_the_attention_they_get_alone(tokenizer, caplog):
     """A block-sparse BigBird runs full attention at 36 tokens or fewer (this config) and switches itself to it for
     good: neither a short document in the same call nor one in an earlier call changes a document's result, and
-    the model is left block-sparse."""
+    the model is left block-sparse; its warnings of what fastig takes care of are not shown."""
     short, long = make_text(32, seed=1), make_text(36, seed=2)     # 34 and 38 tokens: within packing's slack
     alone = [fastig.Engine(make_model("big-bird"), tokenizer).attribute(text, n_steps=N_STEPS) for text in (short, long)]
     model = make_model("big-bird")
@@ -40,6 +40,7 @@ def test_big_bird_documents_get_the_attention_they_get_alone(tokenizer):
     for got, expected in [(together.attributions[0], alone[0]), (together.attributions[1], alone[1]),
                           (after_short.attributions[0], alone[1])]:
         assert_close(got, expected.attributions[0], rtol=1e-5, atol=1e-7, what="attributions")
+    assert not [r.message for r in caplog.records if "attention type" in r.message.lower()]
 
 
 def test_equal_lengths_stack_into_tensors(models, tokenizer):
