@@ -111,11 +111,12 @@ def _finite(document: DocumentResult, attributions: torch.Tensor) -> bool:
 
 
 def _packing_key(doc: Document, attention: str | None):
-    """Documents share model calls only with the same kind of baseline (ids, or a constant layer output) and
-    the attention they get alone (fastig.big_bird); None: the document goes alone."""
-    if doc.baseline_ids is not None:
-        return "ids", attention
-    return None if isinstance(doc.baseline_embedding, torch.Tensor) else (doc.baseline_embedding, attention)
+    """Documents share model calls only with the same kind of baseline (ids, or a constant layer output), the
+    same model arguments (a pair's token types) and the attention they get alone (fastig.big_bird); None: the
+    document goes alone."""
+    if isinstance(doc.baseline_embedding, torch.Tensor):
+        return None
+    return "ids" if doc.baseline_ids is not None else doc.baseline_embedding, tuple(doc.model_kwargs), attention
 
 
 class Engine:
@@ -171,8 +172,8 @@ class Engine:
                   max_steps: int = 1024, accuracy: float = 2e-2) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
-        texts_or_ids: a str, a list of str, or a LongTensor [B, L] / [L] of ids holding the
-        special tokens. target: None (predicted class), an int, or one int per document.
+        texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
+        pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted class), an int, or one int per document.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
         output: "probs" (softmax, the seed's choice) or "logits". chunk_size: sequences

@@ -3,7 +3,9 @@
 The construction is the seed notebook's: CLS + the text's ids (truncated) + SEP, and a
 baseline of the same length, CLS + PAD * n + SEP. A tokenizer without CLS or SEP (GPT-2's,
 Llama's, T5's) puts its own special tokens around the text instead (none, BOS, EOS), and the
-baseline keeps those. Masks are left to the model where it builds them itself (token types,
+baseline keeps those. A pair of texts (premise and hypothesis, query and passage) is encoded by the
+tokenizer's pair template ([CLS] A [SEP] B [SEP]) with its token types; the baseline keeps the
+template's special tokens. Masks are left to the model where it builds them itself (token types,
 position ids), so baseline and input embed exactly as they do in a plain forward call.
 """
 
@@ -23,6 +25,7 @@ BASELINES = ("pad", "unk", "mask", "zeros")
 # Models whose position ids start after the padding index (RoBERTa's scheme).
 OFFSET_POSITION_MODELS = ("roberta", "longformer", "xlm-roberta", "camembert", "xlm-roberta-xl")
 TEMPLATE_PROBE = "text"     # encoded with and without special tokens: what the tokenizer's template adds
+PAIR_SEPARATOR = "\n\n"     # between a pair's texts where they are shown as one
 
 
 @dataclass
@@ -56,14 +59,15 @@ class Document:
 
 @dataclass
 class Encoded:
-    """A text's ids with the special tokens around it [L] (`around`: how many before and after), the tokens
-    cut, and where each token is in the text."""
+    """A text's ids with its special tokens [L] (`kept`: their positions, which a baseline of ids keeps; None:
+    the first and the last), the tokens cut, where each token is in the text, and a pair's token types."""
     ids: torch.Tensor
     dropped: int = 0
     text: str | None = None
     offsets: list | None = None
     word_ids: list | None = None
-    around: tuple[int, int] = (1, 1)
+    kept: list | None = None
+    token_type_ids: list | None = None
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
@@ -119,16 +123,63 @@ def check_max_length(max_length, config, tokenizer=None) -> int | None:
     return max_length
 
 
-def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_length") -> list[Encoded]:
+def _is_pair(text) -> bool:
+    return isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(part, str) for part in text)
+
+
+def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int | None, why: str) -> Encoded:
+    """Texts A and B by the tokenizer's pair template, their tokens cut longest first to max_length together
+    (and the template's to `positions`); shown as one text, A, a blank line, B (offsets and words of B after
+    A's)."""
+    first, second = pair
+    for part in pair:
+        if not tokenizer(part, add_special_tokens=False)["input_ids"]:
+            raise EmptyTextError(f"texts[{i}]: the pair's text {part[:40]!r} holds no token; give non-empty texts")
+    fast = getattr(tokenizer, "is_fast", False)
+    whole = tokenizer(first, second, return_special_tokens_mask=True)
+    template = sum(whole["special_tokens_mask"])
+    limits = [n for n in (positions, None if max_length is None else max_length + template) if n is not None]
+    keep = min(limits, default=None)
+    encoding = tokenizer(first, second, return_special_tokens_mask=True, return_offsets_mapping=fast,
+                         truncation="longest_first" if keep is not None else False, max_length=keep)
+    ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
+    dropped = len(whole["input_ids"]) - len(ids)
+    if dropped:
+        warnings.warn(f"texts[{i}]: a pair of {len(whole['input_ids']) - template} tokens, {len(ids) - template} "
+                      f"kept and {dropped} dropped, from the longer text first ({why})", TruncationWarning,
+                      stacklevel=5)
+    text = first + PAIR_SEPARATOR + second
+    offsets = word_ids = None
+    if fast:
+        shift = len(first) + len(PAIR_SEPARATOR)
+        words = encoding.word_ids()
+        next_word = 1 + max((w for w, part in zip(words, encoding.sequence_ids()) if part == 0 and w is not None),
+                            default=-1)
+        offsets, word_ids = [], []
+        for (start, end), word, part, is_special in zip(encoding["offset_mapping"], words, encoding.sequence_ids(),
+                                                        special):
+            offsets.append(None if is_special or part is None else [start + shift * part, end + shift * part])
+            word_ids.append(None if is_special or word is None else word + next_word * part)
+    types = encoding.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
+    return Encoded(torch.tensor(ids), dropped, text, offsets, word_ids,
+                   [p for p, is_special in enumerate(special) if is_special], types)
+
+
+def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_length",
+                 positions: int | None = None) -> list[Encoded]:
     """Each text as CLS + ids[:max_length] + SEP (or the tokenizer's own special tokens around them), the number
-    of tokens cut, and (fast tokenizers) each token's place in the text and its word."""
+    of tokens cut, and (fast tokenizers) each token's place in the text and its word; a pair of texts by
+    `encode_pair`."""
     if tokenizer is None:
         raise InputError("texts need a tokenizer; pass one to Engine(...) or give input ids [B, L]")
     before, after = special_tokens_around(tokenizer)
     encoded = []
     for i, text in enumerate(texts):
+        if _is_pair(text):
+            encoded.append(encode_pair(i, text, tokenizer, max_length, positions, why))
+            continue
         if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str")
+            raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str or a pair (str, str)")
         offsets = word_ids = None
         if getattr(tokenizer, "is_fast", False):
             encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -145,7 +196,8 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
             offsets = [None] * len(before) + list(map(list, offsets[:max_length])) + [None] * len(after)
             word_ids = [None] * len(before) + word_ids[:max_length] + [None] * len(after)
         ids = torch.tensor(before + ids[:max_length] + after)
-        encoded.append(Encoded(ids, dropped, text, offsets, word_ids, (len(before), len(after))))
+        kept = list(range(len(before))) + list(range(len(ids) - len(after), len(ids)))
+        encoded.append(Encoded(ids, dropped, text, offsets, word_ids, kept))
     return encoded
 
 
@@ -191,9 +243,9 @@ def split_ids(ids: torch.Tensor, config) -> list[torch.Tensor]:
     return [row.long().cpu() for row in ids]
 
 
-def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, around: tuple[int, int] = (1, 1)):
+def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, kept: list | None = None):
     """(baseline ids [L] or None, baseline embedding or None) for one document; a baseline of token ids keeps
-    the `around` special tokens before and after the text."""
+    the special tokens at `kept` (None: the first and the last)."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return None, 0.0
@@ -203,13 +255,13 @@ def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, ar
         fill = specials[baseline]
         if fill is None:
             raise BaselineError(f"baseline={baseline!r} needs a {baseline} token id, which neither tokenizer nor config defines")
-        # Keep the special tokens around the text (CLS, SEP), replace the rest, as the seed notebook does.
+        # Keep the special tokens (CLS, SEP), replace the rest, as the seed notebook does.
         base = torch.full_like(ids, fill)
-        before, after = around
-        base[:before], base[len(ids) - after:] = ids[:before], ids[len(ids) - after:]
+        kept = torch.tensor([0, len(ids) - 1] if kept is None else kept, dtype=torch.long)
+        base[kept] = ids[kept]
         return base, None
     if isinstance(baseline, (list, tuple)):
-        return baseline_for(ids, baseline[doc_index], specials, doc_index, around)
+        return baseline_for(ids, baseline[doc_index], specials, doc_index, kept)
     if isinstance(baseline, torch.Tensor):
         if not baseline.is_floating_point():
             base = baseline if baseline.ndim == 1 else baseline[doc_index]
@@ -222,19 +274,21 @@ def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, ar
 
 
 def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length: int | None = None) -> list[Document]:
-    """Documents for a str, a list of str, or a LongTensor [B, L] / [L] of ids."""
+    """Documents for a str, a list of str (or of pairs of str), or a LongTensor [B, L] / [L] of ids."""
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
     if isinstance(texts_or_ids, torch.Tensor):
         # Ids hold the special tokens already: those the tokenizer puts around a text (without one: the first
         # and the last, CLS and SEP), which a baseline of token ids keeps.
-        around = (1, 1) if tokenizer is None else tuple(map(len, special_tokens_around(tokenizer)))
-        encoded = [Encoded(ids, around=around) for ids in split_ids(texts_or_ids, config)]
+        before, after = (1, 1) if tokenizer is None else map(len, special_tokens_around(tokenizer))
+        encoded = [Encoded(ids, kept=list(range(before)) + list(range(len(ids) - after, len(ids))))
+                   for ids in split_ids(texts_or_ids, config)]
     elif isinstance(texts_or_ids, (list, tuple)):
         if not texts_or_ids:
             raise EmptyTextError("no text given: pass a str, a non-empty list of str, or ids [B, L]")
         why = "max_length" if max_length is not None else "the model's positions end there"
-        encoded = encode_texts(texts_or_ids, tokenizer, check_max_length(max_length, config, tokenizer), why)
+        encoded = encode_texts(texts_or_ids, tokenizer, check_max_length(max_length, config, tokenizer), why,
+                               max_positions(config, tokenizer))
     else:
         raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str or a LongTensor of ids")
 
@@ -242,8 +296,10 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
     documents = []
     for i, piece in enumerate(encoded):
         ids = piece.ids
-        baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i, piece.around)
+        baseline_ids, baseline_embedding = baseline_for(ids, baseline, specials, i, piece.kept)
         kwargs = {"attention_mask": torch.ones_like(ids)}
+        if piece.token_type_ids is not None and getattr(config, "type_vocab_size", 0) > 1:   # the model embeds them
+            kwargs["token_type_ids"] = torch.tensor(piece.token_type_ids)
         if config.model_type == "longformer":
             # Global attention on CLS, as Longformer classifiers are trained.
             kwargs["global_attention_mask"] = torch.zeros_like(ids)

@@ -61,6 +61,16 @@ def test_embedding_layer_found_for_more_families(tokenizer, family):
         assert model.bert.attention_type == "block_sparse"
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_pairs_of_texts(models, tokenizer, family):
+    """Token types where the model embeds them (BERT), not where it has none (DistilBERT, whose forward would
+    refuse them)."""
+    engine = fastig.Engine(models(family), tokenizer)
+    pairs = [(make_text(12, seed=6), make_text(20, seed=7)), (make_text(30, seed=8), make_text(5, seed=9))]
+    assert_agrees_with_captum(engine, pairs, n_steps=N_STEPS)
+    assert ("token_type_ids" in engine.documents(pairs)[0].model_kwargs) == (family == "bert")
+
+
 def test_ids_without_tokenizer_equal_texts(models, tokenizer):
     model = models("longformer")
     text = make_text(25, seed=4)

@@ -73,15 +73,18 @@ def test_attribute_reads_files(model_dir, tmp_path, capsys):
 
 
 def test_attribute_takes_documents_as_arguments_in_order(model_dir, tmp_path, capsys):
-    """`fastig attribute --model M "a text"` as a newcomer first types it; then --text, then --file, in order."""
+    """`fastig attribute --model M "a text"` as a newcomer first types it; then --text, --file and --pair (a pair
+    of texts, one document), in order."""
     doc, out = tmp_path / "doc.txt", tmp_path / "result.json"
     doc.write_text("plot actor movie", encoding="utf-8")
     assert main(["attribute", "--model", model_dir, "good film", "awful", "--text", "bad plot", "--file", str(doc),
-                 "--n-steps", "4", "--out", str(out)]) == 0
+                 "--pair", "good plot", "bad actor", "--n-steps", "4", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert [d["tokens"][1:-1] for d in saved["documents"]] == [["good", "film"], ["awful"], ["bad", "plot"],
-                                                                ["plot", "actor", "movie"]]
-    assert saved["source"]["inputs"] == f"text, text, --text, {doc}"
+                                                                ["plot", "actor", "movie"],
+                                                                ["good", "plot", "[SEP]", "bad", "actor"]]
+    assert saved["documents"][4]["text"] == "good plot\n\nbad actor"
+    assert saved["source"]["inputs"] == f"text, text, --text, {doc}, --pair"
 
 
 def test_attribute_prints_words_or_with_tokens_the_pieces(tmp_path, byte_level_tokenizer, capsys):
@@ -132,7 +135,7 @@ def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
 @pytest.mark.parametrize("args, fragment", [
     (["--text", "good", "--target", "7"], "target=7 is out of range"),
     (["--text", ""], "holds no token"),
-    ([], "give at least one document: TEXT, --text or --file"),
+    ([], "give at least one document: TEXT, --text, --file or --pair"),
     (["--file", "/nonexistent/doc.txt"], "--file '/nonexistent/doc.txt'"),
     (["--text", "good", "--n-steps", "0"], "n_steps"),
     (["--text", "good", "--baseline", "blank"], "baseline='blank' is unknown"),

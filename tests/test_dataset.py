@@ -201,6 +201,7 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
 
 @pytest.mark.parametrize("content, extra, fragment", [
     (None, ["--text-column", "body"], "--text-column 'body' is not a column"),
+    (None, ["--pair-column", "hypothesis"], "--pair-column 'hypothesis' is not a column"),
     ("text,labels\na b,7\n", ["--target", "label"], "label 7 is not a class id"),
     ("text,labels\na b,good\n", [], "label 'good' is not a class id"),
     ("text\na b\n", ["--target", "label"], "--label-column 'labels' is not a column"),
@@ -218,6 +219,29 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):
+    """--pair-column: each document is (text, pair) as the tokenizer pairs them, equal to the Python API's;
+    a pair missing either text is skipped, saying which."""
+    import fastig
+
+    pairs = [(make_text(6, seed=1), make_text(4, seed=2)), (make_text(9, seed=3), ""), (make_text(3, seed=4), "good")]
+    data = tmp_path / "pairs.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("premise", "hypothesis"), *pairs])
+    out = tmp_path / "run"
+    assert exit_code(_args(model_dir, data, out, "--text-column", "premise", "--pair-column", "hypothesis")) == 0
+    records = _records(out)
+    assert [r["id"] for r in records] == [0, 2]
+    assert records[0]["text"] == pairs[0][0] + "\n\n" + pairs[0][1]
+    assert records[0]["tokens"].count("[SEP]") == 2
+    with open(out / "skipped.csv", encoding="utf-8") as f:
+        assert list(csv.DictReader(f))[0]["reason"] == "empty text (--pair-column)"
+    model, tokenizer = fastig.load_classifier(model_dir)
+    alone = fastig.Engine(model, tokenizer).attribute([pairs[0]], n_steps=8)
+    assert records[0]["delta"] == pytest.approx(float(alone.delta[0]), abs=1e-6)
+    assert records[0]["token_scores"] == pytest.approx(alone.token_scores[0].tolist(), abs=1e-6)
 
 
 def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, capsys):

@@ -43,6 +43,36 @@ def test_big_bird_documents_get_the_attention_they_get_alone(tokenizer, caplog):
     assert not [r.message for r in caplog.records if "attention type" in r.message.lower()]
 
 
+def test_a_pair_of_texts_is_the_model_input_its_tokenizer_makes(models, tokenizer):
+    """(premise, hypothesis): the tokenizer's pair template with its token types, so F(x) is what the model
+    gives on tokenizer(a, b); the baseline keeps the three special tokens; shown as one text, A, a blank
+    line, B, with B's words after A's."""
+    pair = ("the good movie", "a bad plot & the actor")
+    model = models("bert")
+    engine = fastig.Engine(model, tokenizer)
+    result = engine.attribute([pair, make_text(7)], n_steps=N_STEPS)
+    (doc,) = engine.documents([pair])
+    assert doc.tokens == ["[CLS]", "the", "good", "movie", "[SEP]", "a", "bad", "plot", "&", "the", "actor", "[SEP]"]
+    assert doc.model_kwargs["token_type_ids"].tolist() == [0] * 5 + [1] * 7
+    assert doc.baseline_ids.tolist() == [2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 3] and doc.special_positions == [0, 4, 11]
+    assert result.documents[0].text == "the good movie\n\na bad plot & the actor"
+    assert result.documents[0].word_ids == [None, 0, 1, 2, None, 3, 4, 5, 6, 7, 8, None]
+    with torch.no_grad():
+        expected = torch.softmax(model(**tokenizer(*pair, return_tensors="pt")).logits[0], -1)
+    assert_close(result.probs[0], expected, rtol=1e-5, atol=1e-7, what="probabilities")
+    alone = engine.attribute([pair], n_steps=N_STEPS)
+    assert_close(result.attributions[0], alone.attributions[0], rtol=1e-5, atol=1e-7, what="attributions")
+
+
+def test_a_pair_is_cut_longest_text_first(models, tokenizer):
+    engine = fastig.Engine(models("bert"), tokenizer)
+    with pytest.warns(fastig.TruncationWarning, match=r"a pair of 70 tokens, 20 kept and 50 dropped, from the longer"):
+        (doc,) = engine.documents([(make_text(30), make_text(40))], max_length=20)
+    assert doc.model_kwargs["token_type_ids"].tolist() == [0] * 12 + [1] * 11     # 10 text tokens of each
+    with pytest.raises(fastig.EmptyTextError, match="pair's text ''"):
+        engine.documents([("a film", "")])
+
+
 def test_equal_lengths_stack_into_tensors(models, tokenizer):
     result = fastig.Engine(models("bert"), tokenizer).attribute([make_text(8, 1), make_text(8, 2)], n_steps=4)
     assert result.attributions.shape == (2, 10, 32) and result.token_scores.shape == (2, 10)

@@ -88,9 +88,13 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
 def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     _add_rule_args(p)
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain, in order (then --text, --file)")
+    p.add_argument("texts", nargs="*", metavar="TEXT",
+                   help="documents to explain, in order (then --text, --file, --pair)")
     p.add_argument("--text", action="append", help="a document (repeat for several)")
     p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
+    p.add_argument("--pair", action="append", nargs=2, metavar=("FIRST", "SECOND"),
+                   help="a pair of texts as one document, for pair classifiers (premise and hypothesis, query "
+                        "and passage): the tokenizer's pair template and token types (repeatable)")
     p.add_argument("--target", type=_target, default=None,
                    help="class index, 'predicted' (default), or 'all': every class, one explanation each")
     p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
@@ -133,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a CSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
     p.add_argument("--split", default="test", help="split of a save_to_disk folder or hub data set (default: test)")
     p.add_argument("--text-column", default="text")
+    p.add_argument("--pair-column", help="a second text per document, for pair classifiers (premise and "
+                                         "hypothesis, query and passage): each document is the pair")
     p.add_argument("--label-column", default="labels", help="class ids or label names ('' for none; default: labels)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
@@ -171,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _texts(args) -> list[str]:
+def _texts(args) -> list:
     texts = list(args.texts) + list(args.text or [])
     for path in args.file or []:
         try:
@@ -185,8 +191,9 @@ def _texts(args) -> list[str]:
         except UnicodeDecodeError as err:
             raise InputError(f"--file {str(path)!r} is not UTF-8 text (byte {err.start}); convert it, e.g. "
                              f"iconv -t utf-8") from err
+    texts += [tuple(pair) for pair in args.pair or []]
     if not texts:
-        raise InputError("give at least one document: TEXT, --text or --file")
+        raise InputError("give at least one document: TEXT, --text, --file or --pair")
     return texts
 
 
@@ -254,7 +261,8 @@ def cmd_attribute(args) -> int:
 
 def _source_facts(args) -> dict:
     """Where the documents came from and how they were attributed, for result.json and the report's pages."""
-    inputs = ["text"] * len(args.texts) + ["--text"] * len(args.text or []) + [str(path) for path in args.file or []]
+    inputs = ["text"] * len(args.texts) + ["--text"] * len(args.text or []) + \
+        [str(path) for path in args.file or []] + ["--pair"] * len(args.pair or [])
     facts = {"model": args.model, "tokenizer": args.tokenizer or args.model, "inputs": ", ".join(inputs),
              "layer": args.layer or "embeddings", "target": "predicted" if args.target is None else args.target}
     for name in ("n_steps", "method", "accuracy", "tolerance", "max_steps", "baseline", "output", "precision",
@@ -362,7 +370,7 @@ def cmd_dataset(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
     rows, data_fingerprint = read_rows(args.data, args.split, args.text_column, args.label_column or None,
-                                       args.limit, need_labels=args.target == "label")
+                                       args.limit, need_labels=args.target == "label", pair_column=args.pair_column)
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
@@ -374,6 +382,7 @@ def cmd_dataset(args) -> int:
     default_path = uses_default_path(args.n_steps, args.method, args.precision)
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
+                "pair_column": args.pair_column,
                 "label_column": args.label_column, "limit": args.limit, "target": args.target,
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
                 "accuracy": args.accuracy if default_path else None,

@@ -41,13 +41,14 @@ TARGET_MODES = ("label", "predicted")
 
 @dataclass(frozen=True)
 class Row:
-    """One document of the data set: its position in the split, its text and its label (or None)."""
+    """One document of the data set: its position in the split, its text (a pair of texts with --pair-column)
+    and its label (or None)."""
     id: int
     text: object
     label: object
 
 
-def _columns_of(data: str, split: str, text_column: str):
+def _columns_of(data: str, split: str, text_columns: list[str]):
     """The data set as {column: list of values}, from a file, a save_to_disk folder or the hub, and its
     fingerprint (the SHA-256 of the file or folder, or the hub data set's own fingerprint)."""
     path = Path(data)
@@ -60,7 +61,7 @@ def _columns_of(data: str, split: str, text_column: str):
                             f"give a {', '.join(DATA_READERS)} file, a save_to_disk folder or a hub name")
         try:
             # The text column as text: a column of numbers is text that looks numeric, not missing text.
-            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False, dtype={text_column: str}),
+            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False, dtype=dict.fromkeys(text_columns, str)),
                      "json": lambda: pd.read_json(path, lines=path.suffix.lower() == ".jsonl"),
                      "parquet": lambda: pd.read_parquet(path)}[kind]()
         except (OSError, ValueError, ImportError, UnicodeDecodeError) as err:
@@ -90,18 +91,23 @@ def _columns_of(data: str, split: str, text_column: str):
 
 
 def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = "labels",
-              limit: int | None = None, need_labels: bool = False) -> tuple[list[Row], str]:
+              limit: int | None = None, need_labels: bool = False,
+              pair_column: str | None = None) -> tuple[list[Row], str]:
     """The first `limit` documents (all by default) of the data set, checked before any work starts,
-    and the data's fingerprint."""
-    columns, data_fingerprint = _columns_of(data, split, text_column)
-    if text_column not in columns:
-        raise DataError(f"--text-column {text_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
+    and the data's fingerprint; with `pair_column` each document is the pair (text, its pair's text)."""
+    text_columns = {"--text-column": text_column, "--pair-column": pair_column}
+    columns, data_fingerprint = _columns_of(data, split, [c for c in text_columns.values() if c is not None])
+    for option, column in text_columns.items():
+        if column is not None and column not in columns:
+            raise DataError(f"{option} {column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
     if label_column is not None and label_column not in columns:
         if need_labels:
             raise DataError(f"--label-column {label_column!r} is not a column of {data!r} (--target label needs "
                             f"one); columns: {', '.join(columns)}")
         label_column = None
     texts = columns[text_column][:limit]
+    if pair_column is not None:
+        texts = list(zip(texts, columns[pair_column][:limit]))
     labels = columns[label_column][:limit] if label_column is not None else [None] * len(texts)
     if not texts:
         raise DataError(f"--data {data!r} holds no document")
@@ -135,6 +141,10 @@ def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: boo
 
 def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
     """Why a document is left out (None: it is not), and its number of text tokens."""
+    if isinstance(text, tuple):     # a pair: both texts must be there
+        (first, first_length), (second, second_length) = (_skip_reason(part, tokenizer) for part in text)
+        reason = first if first else f"{second} (--pair-column)" if second else None
+        return reason, first_length + second_length
     if text is None or isinstance(text, float) and math.isnan(text):
         return "no text", 0
     if not isinstance(text, str):
