@@ -105,10 +105,12 @@ def max_text_tokens(config, tokenizer=None) -> int | None:
 
 
 def special_ids(config, tokenizer=None) -> dict:
-    """The ids that fill a baseline: PAD, UNK and MASK from the tokenizer, or PAD from the config."""
-    if tokenizer is not None:
-        return {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "unk", "mask")}
-    return {"pad": config.pad_token_id, "unk": None, "mask": None}
+    """The ids that fill a baseline: PAD, UNK and MASK from the tokenizer, PAD from the config where the
+    tokenizer has none (a GPT-2 classifier fine-tuned with config.pad_token_id set, its tokenizer saved without)."""
+    ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "unk", "mask")}
+    if ids["pad"] is None:
+        ids["pad"] = config.pad_token_id
+    return ids
 
 
 def check_max_length(max_length, config, tokenizer=None) -> int | None:

@@ -85,6 +85,16 @@ def test_a_tokenizer_template_puts_its_own_special_tokens_around_the_text(llama_
     assert len(long.input_ids) == 64 and long.tokens[0] == "<s>"
 
 
+def test_the_pad_baseline_takes_the_configs_pad_where_the_tokenizer_has_none():
+    """GPT-2 classifiers are fine-tuned with config.pad_token_id set and often saved with a tokenizer without."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_bpe(["<|endoftext|>"]), eos_token="<|endoftext|>")
+    assert tokenizer.pad_token_id is None
+    model = _gpt2(tokenizer, pad_token_id=None)
+    model.config.pad_token_id = tokenizer.eos_token_id
+    (doc,) = fastig.Engine(model, tokenizer).documents(CORPUS[0])
+    assert set(doc.baseline_ids.tolist()) == {tokenizer.eos_token_id}
+
+
 def test_no_padding_token_is_a_clear_error(gpt2_tokenizer):
     engine = fastig.Engine(_gpt2(gpt2_tokenizer, pad_token_id=None), gpt2_tokenizer)
     with pytest.raises(fastig.InputError, match=r"model.config.pad_token_id is None: GPT2ForSequenceClassification"):
