@@ -25,8 +25,8 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_output, check_target, check_vocabulary, find_layer, model_length,
-                     recomputable_layers, several_targets)
+from .models import (check_target, check_vocabulary, find_layer, model_length,
+                     recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -167,7 +167,7 @@ class Engine:
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)
 
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
-                  baseline="pad", output: str = "probs", chunk_size: int | None = None,
+                  baseline="pad", output: str | None = None, chunk_size: int | None = None,
                   max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
                   max_steps: int = 1024, accuracy: float = 2e-2) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
@@ -176,7 +176,8 @@ class Engine:
         pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted class), an int, or one int per document.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
-        output: "probs" (softmax, the seed's choice) or "logits". chunk_size: sequences
+        output: "probs" (softmax, the seed's choice) or "logits"; None: probs, or on a one-label model (a
+        regression head, a cross-encoder's score) logits, as its softmax is constant. chunk_size: sequences
         (document steps) per model call instead of the memory budget's choice.
         max_length: text tokens kept per text. Documents of similar length share model
         calls; each result equals the one the document gets alone.
@@ -190,7 +191,7 @@ class Engine:
         With the default or "auto" each document's record holds its points, evaluations and whether
         the target was met (the default: also its precision and estimated errors).
         """
-        check_output(output, self.model.config.num_labels)
+        output = resolve_output(output, self.model.config.num_labels)
         chunk_size_override(chunk_size)
         rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)

@@ -149,12 +149,17 @@ def _class_index(value):
                       "one int per document, or several classes: 'all' or one list of classes per document")
 
 
-def check_output(output: str, num_labels: int) -> None:
+def resolve_output(output: str | None, num_labels: int) -> str:
+    """What F is: `output` as asked, or for None the target's probability (the seed's choice), except on a
+    one-label model (a regression head, a cross-encoder's score), whose softmax is 1 whatever the input: its logit."""
+    if output is None:
+        return "logits" if num_labels == 1 else "probs"
     if output not in OUTPUTS:
         raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
     if output == "probs" and num_labels == 1:
         raise InputError("output='probs' on a model with one label: its softmax is 1 whatever the input, so every "
                          "attribution would be 0; use output='logits' (--output logits)")
+    return output
 
 
 def check_vocabulary(model: nn.Module, tokenizer) -> None:

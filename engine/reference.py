@@ -7,7 +7,7 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import check_target
+from .models import check_target, resolve_output
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -25,7 +25,7 @@ class CaptumResult:
 
 
 def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
-                     baseline="pad", output: str = "probs", internal_batch_size: int | None = None,
+                     baseline="pad", output: str | None = None, internal_batch_size: int | None = None,
                      max_length: int | None = None, progress: bool = False) -> CaptumResult:
     """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time
     (progress: a bar of the documents)."""
@@ -33,6 +33,7 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
     targets = check_target(target, len(docs), engine.model.config.num_labels)
+    output = resolve_output(output, engine.model.config.num_labels)
     attributions, deltas, seconds = [], [], 0.0
     if progress:
         from tqdm.auto import tqdm

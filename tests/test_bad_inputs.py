@@ -101,7 +101,7 @@ CASES = [
     ("tokenizer larger than the vocabulary", lambda t, k, m: _model_folder(t, k, change=_small_vocabulary)
      and ["attribute", "--model", str(t / "model"), "--text", "good"], "tokenizer has 117 tokens"),
     ("probs of one label", lambda t, k, m: _one_label(t / "one", k)
-     or ["attribute", "--model", str(t / "one"), "--text", "good"], "model with one label"),
+     or ["attribute", "--model", str(t / "one"), "--text", "good", "--output", "probs"], "model with one label"),
     ("report of a wrongly typed result", lambda t, k, m: _write(t / "r.json", json.dumps(
         {"documents": [{"tokens": "not a list", "token_scores": [1.0]}]}))
      or ["report", str(t / "r.json"), "--out", str(t / "report")], "'tokens' must be a list of strings"),

@@ -40,6 +40,22 @@ def test_outputs_and_targets(models, tokenizer, family, output, target):
     assert int(ours.target[0]) == expected_target
 
 
+def test_a_one_label_model_attributes_its_logit_by_default(tokenizer):
+    """A regression head or a cross-encoder's score: its softmax is 1 whatever the input, so the default output
+    is the logit (asking for probs is an error, tests/test_bad_inputs.py)."""
+    from conftest import MODEL_CLASSES, _config
+
+    config = _config("bert")
+    config.num_labels = 1
+    torch.manual_seed(0)
+    model = MODEL_CLASSES["bert"](config).eval()
+    text = make_text(25, seed=3)
+    ours, _ = assert_agrees_with_captum(fastig.Engine(model, tokenizer), text, n_steps=N_STEPS)
+    with torch.no_grad():
+        logit = float(model(**tokenizer(text, return_tensors="pt")).logits[0, 0])
+    assert ours.output == "logits" and ours.documents[0].output_at_input == pytest.approx(logit, abs=1e-5)
+
+
 @pytest.mark.parametrize("baseline", ["unk", "mask"])
 def test_other_id_baselines(models, tokenizer, baseline):
     engine = fastig.Engine(models("roberta"), tokenizer)

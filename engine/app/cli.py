@@ -81,7 +81,8 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
                         "(default 1024)")
     p.add_argument("--method", choices=METHODS, help="Captum's rule (default gausslegendre)")
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
-    p.add_argument("--output", default="probs", choices=OUTPUTS, help="attribute probabilities or logits")
+    p.add_argument("--output", choices=OUTPUTS, help="attribute probabilities or logits (default: probabilities; "
+                                                     "logits for a model of one label)")
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
 
 
@@ -288,7 +289,7 @@ def _write_result(args, result, labels: dict) -> None:
     from .files import to_json, write_atomically
     from .report import Source, write_report
 
-    source = Source(_source_facts(args))
+    source = Source({**_source_facts(args), "output": result.output})     # --output left out: what it meant
     text = to_json({**result.to_dict(args.top_k), "labels": labels, "source": source.facts})
     try:
         write_atomically(args.out, text)
@@ -362,7 +363,7 @@ def cmd_dataset(args) -> int:
     import transformers
 
     from .. import __version__
-    from ..models import check_target
+    from ..models import check_target, resolve_output
     from ..processes import launched, process_state
     from .dataset import class_ids, read_rows, run_dataset
     from .files import output_folder
@@ -387,7 +388,8 @@ def cmd_dataset(args) -> int:
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
                 "accuracy": args.accuracy if default_path else None,
                 "max_steps": args.max_steps if args.n_steps == "auto" or default_path else None,
-                "method": args.method, "baseline": args.baseline, "output": args.output,
+                "method": args.method, "baseline": args.baseline,
+                "output": resolve_output(args.output, config.num_labels),     # as runs before the default was None
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
