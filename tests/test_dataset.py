@@ -135,6 +135,21 @@ def test_resuming_with_other_settings_is_refused_by_name(model_dir, data_files, 
     assert (csv_run / "documents.jsonl").read_bytes() == before
 
 
+def test_resuming_with_other_versions_says_so(model_dir, data_files, tmp_path, capsys):
+    """A run resumed after an upgrade of fastig, torch or transformers holds documents of both: said."""
+    out = tmp_path / "run"
+    args = _args(model_dir, data_files / "docs.csv", out, "--limit", "3")
+    assert exit_code(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["versions"]["torch"] = "2.0.0"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert exit_code(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming a run begun with other versions: torch 2.0.0 (then) vs" in err
+    assert json.loads((out / "manifest.json").read_text())["versions"]["torch"] == "2.0.0"
+
+
 def _close_records(a: dict, b: dict) -> bool:
     """The same document's record from two runs: equal but for fp32 rounding in the numbers."""
     numbers = ("token_scores", "delta", "probability", "output_at_input", "output_at_baseline", "top", "bottom",

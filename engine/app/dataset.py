@@ -180,6 +180,13 @@ def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict
         if changed:
             raise DataError(f"--out {str(out)!r} holds a run with other settings: {'; '.join(changed)}; "
                             "run with the same settings, data and model to resume it, or use another --out")
+        # Other versions compute the same to rounding, unless a fix changed a result: said, not refused.
+        before_versions = before.get("versions") or {}
+        upgraded = [f"{name} {before_versions[name]} (then) vs {versions.get(name)} (now)"
+                    for name in sorted(before_versions) if before_versions[name] != versions.get(name)]
+        if upgraded and write:
+            print(f"fastig dataset: resuming a run begun with other versions: {'; '.join(upgraded)}; its documents "
+                  "come from both (each shard's records from one)", file=sys.stderr)
         return
     if write:
         write_atomically(path, to_json({"settings": settings, "fingerprints": fingerprints, "versions": versions},
