@@ -59,14 +59,14 @@ class Document:
 
 @dataclass
 class Encoded:
-    """A text's ids with its special tokens [L] (`kept`: their positions, which a baseline of ids keeps; None:
-    the first and the last), the tokens cut, where each token is in the text, and a pair's token types."""
+    """A text's ids with its special tokens [L] (`kept`: their positions, which a baseline of ids keeps), the
+    tokens cut, where each token is in the text, and a pair's token types."""
     ids: torch.Tensor
+    kept: list
     dropped: int = 0
     text: str | None = None
     offsets: list | None = None
     word_ids: list | None = None
-    kept: list | None = None
     token_type_ids: list | None = None
 
 
@@ -163,8 +163,8 @@ def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int 
             offsets.append(None if is_special or part is None else [start + shift * part, end + shift * part])
             word_ids.append(None if is_special or word is None else word + next_word * part)
     types = encoding.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
-    return Encoded(torch.tensor(ids), dropped, text, offsets, word_ids,
-                   [p for p, is_special in enumerate(special) if is_special], types)
+    return Encoded(torch.tensor(ids), [p for p, is_special in enumerate(special) if is_special], dropped, text,
+                   offsets, word_ids, types)
 
 
 def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_length",
@@ -199,7 +199,7 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
             word_ids = [None] * len(before) + word_ids[:max_length] + [None] * len(after)
         ids = torch.tensor(before + ids[:max_length] + after)
         kept = list(range(len(before))) + list(range(len(ids) - len(after), len(ids)))
-        encoded.append(Encoded(ids, dropped, text, offsets, word_ids, kept))
+        encoded.append(Encoded(ids, kept, dropped, text, offsets, word_ids))
     return encoded
 
 
@@ -245,9 +245,9 @@ def split_ids(ids: torch.Tensor, config) -> list[torch.Tensor]:
     return [row.long().cpu() for row in ids]
 
 
-def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, kept: list | None = None):
+def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, kept: list):
     """(baseline ids [L] or None, baseline embedding or None) for one document; a baseline of token ids keeps
-    the special tokens at `kept` (None: the first and the last)."""
+    the special tokens at `kept`."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return None, 0.0
@@ -259,7 +259,7 @@ def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, ke
             raise BaselineError(f"baseline={baseline!r} needs a {baseline} token id, which neither tokenizer nor config defines")
         # Keep the special tokens (CLS, SEP), replace the rest, as the seed notebook does.
         base = torch.full_like(ids, fill)
-        kept = torch.tensor([0, len(ids) - 1] if kept is None else kept, dtype=torch.long)
+        kept = torch.tensor(kept, dtype=torch.long)
         base[kept] = ids[kept]
         return base, None
     if isinstance(baseline, (list, tuple)):
@@ -283,7 +283,7 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
         # Ids hold the special tokens already: those the tokenizer puts around a text (without one: the first
         # and the last, CLS and SEP), which a baseline of token ids keeps.
         before, after = (1, 1) if tokenizer is None else map(len, special_tokens_around(tokenizer))
-        encoded = [Encoded(ids, kept=list(range(before)) + list(range(len(ids) - after, len(ids))))
+        encoded = [Encoded(ids, list(range(before)) + list(range(len(ids) - after, len(ids))))
                    for ids in split_ids(texts_or_ids, config)]
     elif isinstance(texts_or_ids, (list, tuple)):
         if not texts_or_ids:
