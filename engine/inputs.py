@@ -292,7 +292,8 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
         encoded = encode_texts(texts_or_ids, tokenizer, check_max_length(max_length, config, tokenizer), why,
                                max_positions(config, tokenizer))
     else:
-        raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str or a LongTensor of ids")
+        raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str (or of pairs "
+                         "of str) or a LongTensor of ids")
 
     specials = special_ids(config, tokenizer)
     documents = []

@@ -1,5 +1,5 @@
 """Classifiers past the encoder families: decoders (GPT-2, Llama) with tokenizers that have no CLS or SEP,
-an encoder-decoder (BART), relative positions without a position limit (Funnel)."""
+encoder-decoders (BART, T5), relative positions without a position limit (Funnel)."""
 
 import warnings
 
@@ -30,7 +30,8 @@ def gpt2_tokenizer():
 def llama_tokenizer():
     """Llama's kind: a template that puts BOS before the text, no CLS or SEP."""
     bpe = byte_level_bpe(["<s>", "</s>", "<unk>"])
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", bpe.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="</s>")
 
@@ -120,6 +121,29 @@ def test_an_encoder_decoder_takes_its_encoders_embeddings(tokenizer):
     fine = engine.attribute(text, n_steps=128)
     gap = float(fine.output_at_input[0] - fine.output_at_baseline[0])
     assert abs(float(fine.delta[0])) <= 1e-3 * abs(gap), (float(fine.delta[0]), gap)
+
+
+def test_t5_its_eos_after_the_text_and_its_encoders_embeddings():
+    """T5's template puts EOS after the text (kept by the baseline) and its classifier reads the decoder's EOS:
+    attributions and their sum as Captum's, and the default call meets its accuracy."""
+    bpe = byte_level_bpe(["<pad>", "</s>", "<unk>"])
+    eos_id = bpe.token_to_id("</s>")
+    bpe.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", eos_id)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                   num_labels=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
+                                   decoder_start_token_id=tokenizer.pad_token_id, initializer_factor=0.5)
+    engine = fastig.Engine(transformers.T5ForSequenceClassification(config).eval(), tokenizer,
+                           layer="transformer.encoder.embed_tokens")
+    (doc,) = engine.documents(CORPUS[0])
+    assert doc.tokens[-1] == "</s>"
+    assert doc.baseline_ids.tolist() == [tokenizer.pad_token_id] * (len(doc.tokens) - 1) + [eos_id]
+    comparison = compare(engine.attribute(CORPUS[0], n_steps=N_STEPS),
+                         captum_attribute(engine, CORPUS[0], n_steps=N_STEPS, internal_batch_size=5))
+    assert comparison.rel_l2 <= MAX_REL_L2 and comparison.passed()
+    assert all(d.tolerance_met for d in engine.attribute(CORPUS[:2]).documents)
 
 
 def test_relative_positions_have_no_position_limit(tokenizer):
