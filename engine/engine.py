@@ -173,7 +173,8 @@ class Engine:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
-        pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted class), an int, or one int per document.
+        pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted
+        class), an int, or one int per document.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
         output: "probs" (softmax, the seed's choice) or "logits"; None: probs, or on a one-label model (a

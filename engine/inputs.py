@@ -138,12 +138,13 @@ def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int 
         if not tokenizer(part, add_special_tokens=False)["input_ids"]:
             raise EmptyTextError(f"texts[{i}]: the pair's text {part[:40]!r} holds no token; give non-empty texts")
     fast = getattr(tokenizer, "is_fast", False)
-    whole = tokenizer(first, second, return_special_tokens_mask=True)
+    whole = tokenizer(first, second, return_special_tokens_mask=True, return_offsets_mapping=fast)
     template = sum(whole["special_tokens_mask"])
     limits = [n for n in (positions, None if max_length is None else max_length + template) if n is not None]
-    keep = min(limits, default=None)
-    encoding = tokenizer(first, second, return_special_tokens_mask=True, return_offsets_mapping=fast,
-                         truncation="longest_first" if keep is not None else False, max_length=keep)
+    keep = min(limits, default=len(whole["input_ids"]))
+    encoding = whole if len(whole["input_ids"]) <= keep else tokenizer(
+        first, second, return_special_tokens_mask=True, return_offsets_mapping=fast, truncation="longest_first",
+        max_length=keep)
     ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
     dropped = len(whole["input_ids"]) - len(ids)
     if dropped:
@@ -154,12 +155,10 @@ def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int 
     offsets = word_ids = None
     if fast:
         shift = len(first) + len(PAIR_SEPARATOR)
-        words = encoding.word_ids()
-        next_word = 1 + max((w for w, part in zip(words, encoding.sequence_ids()) if part == 0 and w is not None),
-                            default=-1)
+        words, parts = encoding.word_ids(), encoding.sequence_ids()
+        next_word = 1 + max((w for w, part in zip(words, parts) if part == 0 and w is not None), default=-1)
         offsets, word_ids = [], []
-        for (start, end), word, part, is_special in zip(encoding["offset_mapping"], words, encoding.sequence_ids(),
-                                                        special):
+        for (start, end), word, part, is_special in zip(encoding["offset_mapping"], words, parts, special):
             offsets.append(None if is_special or part is None else [start + shift * part, end + shift * part])
             word_ids.append(None if is_special or word is None else word + next_word * part)
     types = encoding.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
