@@ -25,7 +25,7 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, find_layer, model_length,
+from .models import (check_target, check_vocabulary, find_layer, model_length, output_values, probability_output,
                      recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
@@ -177,8 +177,9 @@ class Engine:
         class), an int, or one int per document.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
-        output: "probs" (softmax, the seed's choice) or "logits"; None: probs, or on a one-label model (a
-        regression head, a cross-encoder's score) logits, as its softmax is constant. chunk_size: sequences
+        output: "probs" (softmax, the seed's choice; on a multi-label model each label's sigmoid), "sigmoid"
+        or "logits"; None: probs, or on a one-label model (a regression head, a cross-encoder's score)
+        logits, as its softmax is constant. chunk_size: sequences
         (document steps) per model call instead of the memory budget's choice.
         max_length: text tokens kept per text. Documents of similar length share model
         calls; each result equals the one the document gets alone.
@@ -192,7 +193,7 @@ class Engine:
         With the default or "auto" each document's record holds its points, evaluations and whether
         the target was met (the default: also its precision and estimated errors).
         """
-        output = resolve_output(output, self.model.config.num_labels)
+        output = resolve_output(output, self.model.config)
         chunk_size_override(chunk_size)
         rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)
@@ -302,7 +303,7 @@ class Engine:
         # One copy to the host per tensor and group, not per document.
         attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
             t.cpu() for t in (attributions, token_sums, deltas, ends.logits_x.argmax(-1), ends.target.reshape(-1),
-                              torch.softmax(ends.logits_x.float(), -1), f_x, f_b))
+                              output_values(ends.logits_x.float(), probability_output(self.model.config)), f_x, f_b))
         integrand = path.integrand if per_document else path.integrand.cpu()    # per document: on CPU already
         targets_each = len(targets_used) // len(docs)
         results = []

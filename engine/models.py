@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .errors import InputError, LayerNotFoundError, ModelLoadError, TargetError
 
-OUTPUTS = ("probs", "logits")
+OUTPUTS = ("probs", "sigmoid", "logits")
 
 
 @contextmanager
@@ -128,14 +128,31 @@ def model_length(config, length: int) -> int:
 
 
 def score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
-    """F of each row: softmax probability (the seed's choice) or logit of `target`.
+    """F of each row: `output` (a resolved one: see `output_values`) of `target`.
 
     logits: [N, C]; target: [N] long, or [N, T] for T targets per row. Returns [N] (or [N, T]) in
     the dtype of logits.
     """
-    values = torch.softmax(logits, dim=-1) if output == "probs" else logits
-    picked = values.gather(1, target.view(len(target), -1))
+    picked = output_values(logits, output).gather(1, target.view(len(target), -1))
     return picked.squeeze(1) if target.ndim == 1 else picked
+
+
+def output_values(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Each class's value of `output`: "probs" softmax over the classes, "sigmoid" each label's own
+    probability (a multi-label model's), "logits" the logits."""
+    if output == "probs":
+        return torch.softmax(logits, dim=-1)
+    return torch.sigmoid(logits) if output == "sigmoid" else logits
+
+
+def probability_output(config) -> str:
+    """The output that gives the model's probabilities as transformers' text-classification pipeline shows
+    them: softmax; each label's sigmoid on a multi-label model or on one label; a regression head's values."""
+    if config.problem_type == "regression":
+        return "logits"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "probs"
 
 
 def _class_index(value):
@@ -149,16 +166,21 @@ def _class_index(value):
                       "one int per document, or several classes: 'all' or one list of classes per document")
 
 
-def resolve_output(output: str | None, num_labels: int) -> str:
+def resolve_output(output: str | None, config) -> str:
     """What F is: `output` as asked, or for None the target's probability (the seed's choice), except on a
-    one-label model (a regression head, a cross-encoder's score), whose softmax is 1 whatever the input: its logit."""
+    one-label model (a regression head, a cross-encoder's score): its logit. "probs" on a multi-label model
+    (config.problem_type "multi_label_classification": toxicity, emotions, topics) is each label's sigmoid,
+    the probability it was trained to give; a softmax across its labels is no output of that model."""
     if output is None:
-        return "logits" if num_labels == 1 else "probs"
+        return "logits" if config.num_labels == 1 else probability_output(config)
     if output not in OUTPUTS:
         raise InputError(f"output={output!r} is unknown; allowed: {', '.join(OUTPUTS)}")
-    if output == "probs" and num_labels == 1:
+    if output == "probs" and config.num_labels == 1:
         raise InputError("output='probs' on a model with one label: its softmax is 1 whatever the input, so every "
-                         "attribution would be 0; use output='logits' (--output logits)")
+                         "attribution would be 0; use output='logits' (--output logits), or 'sigmoid' for a "
+                         "score read as a probability")
+    if output == "probs" and config.problem_type == "multi_label_classification":
+        return "sigmoid"
     return output
 
 

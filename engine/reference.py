@@ -7,7 +7,7 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import check_target, resolve_output
+from .models import check_target, output_values, resolve_output
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -33,7 +33,7 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
     targets = check_target(target, len(docs), engine.model.config.num_labels)
-    output = resolve_output(output, engine.model.config.num_labels)
+    output = resolve_output(output, engine.model.config)
     attributions, deltas, seconds = [], [], 0.0
     if progress:
         from tqdm.auto import tqdm
@@ -46,7 +46,7 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
 
         def forward(input_ids, *extra):
             logits = engine.model(input_ids=input_ids, **dict(zip(names, extra))).logits
-            return torch.softmax(logits, -1) if output == "probs" else logits
+            return output_values(logits, output)
 
         ids = doc.input_ids.to(engine.device).unsqueeze(0)
         extra = tuple(doc.model_kwargs[n].to(engine.device).unsqueeze(0) for n in names)

@@ -56,6 +56,61 @@ def test_a_one_label_model_attributes_its_logit_by_default(tokenizer):
     assert ours.output == "logits" and ours.documents[0].output_at_input == pytest.approx(logit, abs=1e-5)
 
 
+def _head_model(family: str, **config_values):
+    from conftest import MODEL_CLASSES, _config
+
+    config = _config(family)
+    for name, value in config_values.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    return MODEL_CLASSES[family](config).eval()
+
+
+def _pipeline_scores(model, tokenizer, text) -> list[float]:
+    """What transformers' text-classification pipeline says the model's probabilities are."""
+    from transformers import pipeline
+
+    scores = pipeline("text-classification", model=model, tokenizer=tokenizer, top_k=None)([text])[0]
+    return [s["score"] for s in sorted(scores, key=lambda s: model.config.label2id[s["label"]])]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_a_multi_label_model_attributes_each_labels_sigmoid(tokenizer, family):
+    """A multi-label classifier (toxicity, emotions) gives each label its own probability, sigmoid(logit); a
+    softmax across its labels is no output of that model. The default and output='probs' attribute the
+    sigmoid, as Captum does with a forward that returns it; the records' probabilities are the pipeline's."""
+    from captum.attr import LayerIntegratedGradients
+
+    model = _head_model(family, problem_type="multi_label_classification")
+    engine = fastig.Engine(model, tokenizer)
+    text = make_text(33, seed=6)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    baseline_ids = engine.documents(text)[0].baseline_ids[None]
+    lig = LayerIntegratedGradients(lambda ids: torch.sigmoid(model(input_ids=ids).logits), engine.layer)
+    for output in (None, "probs", "sigmoid"):
+        ours = engine.attribute(text, target=1, n_steps=N_STEPS, output=output)
+        assert ours.output == "sigmoid"
+        theirs, delta = lig.attribute(ids, baselines=baseline_ids, target=1, n_steps=N_STEPS,
+                                      method="gausslegendre", return_convergence_delta=True)
+        assert float((ours.attributions[0] - theirs[0]).norm() / theirs.norm()) <= MAX_REL_L2
+        assert ours.documents[0].delta == pytest.approx(float(delta), abs=MAX_DELTA_DIFF)
+    record = ours.documents[0]
+    assert record.probs.tolist() == pytest.approx(_pipeline_scores(model, tokenizer, text), abs=1e-5)
+    assert record.output_at_input == pytest.approx(float(record.probs[1]), abs=1e-6)
+    assert float(record.probs.sum()) != pytest.approx(1.0, abs=1e-3)    # not a softmax
+
+
+def test_records_give_the_pipelines_probabilities_on_one_label_and_regression_heads(tokenizer):
+    """A one-label score's probability is its sigmoid, a regression head's is its value: as the pipeline says
+    (a softmax of one label was 1.000 in every report)."""
+    text = make_text(21, seed=8)
+    for values in ({"num_labels": 1}, {"num_labels": 1, "problem_type": "regression"}):
+        model = _head_model("bert", **values)
+        record = fastig.Engine(model, tokenizer).attribute(text, n_steps=N_STEPS).documents[0]
+        assert record.probability == pytest.approx(_pipeline_scores(model, tokenizer, text)[0], abs=1e-5)
+        assert record.probability != pytest.approx(1.0, abs=1e-3)
+
+
 @pytest.mark.parametrize("baseline", ["unk", "mask"])
 def test_other_id_baselines(models, tokenizer, baseline):
     engine = fastig.Engine(models("roberta"), tokenizer)

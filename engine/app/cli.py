@@ -81,8 +81,9 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
                         "(default 1024)")
     p.add_argument("--method", choices=METHODS, help="Captum's rule (default gausslegendre)")
     p.add_argument("--baseline", default="pad", help="pad, unk, mask or zeros (default: pad)")
-    p.add_argument("--output", choices=OUTPUTS, help="attribute probabilities or logits (default: probabilities; "
-                                                     "logits for a model of one label)")
+    p.add_argument("--output", choices=OUTPUTS, help="attribute probabilities (each label's sigmoid on a multi-label "
+                                                     "model), sigmoids or logits (default: probabilities; logits "
+                                                     "for a model of one label)")
     p.add_argument("--max-length", type=int, help="text tokens kept per document (default: the model's limit)")
 
 
@@ -389,7 +390,7 @@ def cmd_dataset(args) -> int:
                 "accuracy": args.accuracy if default_path else None,
                 "max_steps": args.max_steps if args.n_steps == "auto" or default_path else None,
                 "method": args.method, "baseline": args.baseline,
-                "output": resolve_output(args.output, config.num_labels),     # as runs before the default was None
+                "output": resolve_output(args.output, config),     # as runs before the default was None
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
