@@ -129,9 +129,9 @@ _MEMORY_RUN = textwrap.dedent("""
     import fastig
     from transformers import BertConfig, BertForSequenceClassification
 
-    n_steps, budget, chunk = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    n_steps, budget, chunk, layers = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=128, num_hidden_layers=8, num_attention_heads=4,
+    config = BertConfig(vocab_size=100, hidden_size=128, num_hidden_layers=layers, num_attention_heads=4,
                         intermediate_size=512, max_position_embeddings=512, initializer_range=0.3)
     model = BertForSequenceClassification(config).eval()
     ids = torch.randint(5, 100, (1, 384))
@@ -149,9 +149,9 @@ _MEMORY_RUN = textwrap.dedent("""
 """)
 
 
-def _memory_run(n_steps: int, budget="default", chunk="measured") -> dict:
-    # 400 steps run in about 25 s on 2 idle cores; the timeout leaves room for a loaded machine.
-    done = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(n_steps), str(budget), str(chunk)],
+def _memory_run(n_steps: int, budget="default", chunk="measured", layers: int = 8) -> dict:
+    # 400 steps of 8 layers run in about 25 s on 2 idle cores; the timeout leaves room for a loaded machine.
+    done = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(n_steps), str(budget), str(chunk), str(layers)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -159,12 +159,14 @@ def _memory_run(n_steps: int, budget="default", chunk="measured") -> dict:
 
 @pytest.mark.slow
 def test_memory_is_flat_in_n_steps():
-    # The same calls for both (the measured call size would grow further with more steps).
-    few, many = _memory_run(50, chunk=8), _memory_run(400, chunk=8)
+    # The same calls for both (the measured call size would grow further with more steps). Two layers: what
+    # grows with the steps is kept per document, not per layer (8 layers took 39 s of the slow tests).
+    few, many = _memory_run(50, chunk=8, layers=2), _memory_run(400, chunk=8, layers=2)
     assert few["chunk_size"] == many["chunk_size"]
     # 400 steps keep one [L, H] accumulator and a [400] integrand more than 50 (under 1 MB), where keeping each
     # step's gradient [384, 128] fp32 would take 69 MB more. The resident peak also moves with the heap glibc
-    # keeps over 50 calls instead of 7: 6-17 MB more in 4 runs on the 2-core EPYC (2026-12-06), so 32 MB.
+    # keeps over 50 calls instead of 7: 6-17 MB more in 4 runs of 8 layers, 4-8 MB in 2 of 2 layers on the
+    # 2-core EPYC (2026-12-06/07), so 32 MB.
     assert abs(many["ru_maxrss"] - few["ru_maxrss"]) < 32 * 2**20, (few, many)
     assert abs(many["peak_memory_bytes"] - few["peak_memory_bytes"]) < 32 * 2**20, (few, many)
 
