@@ -219,6 +219,7 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
     (None, ["--pair-column", "hypothesis"], "--pair-column 'hypothesis' is not a column"),
     ("text,labels\na b,7\n", ["--target", "label"], "label 7 is not a class id"),
     ("text,labels\na b,good\n", [], "label 'good' is not a class id"),
+    ('{"text": "a b", "labels": [0, 2]}\n', [], "label [0, 2] is a list of classes (a multi-label data set)"),
     ("text\na b\n", ["--target", "label"], "--label-column 'labels' is not a column"),
     ("missing", [], "no such file"),
     ("text\n", [], "holds no document"),
@@ -228,12 +229,19 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     if content == "missing":
         data = tmp_path / "nothing.csv"
     elif content is not None:
-        data = tmp_path / "bad.csv"
+        data = tmp_path / ("bad.jsonl" if content.startswith("{") else "bad.csv")
         data.write_text(content)
     assert exit_code(_args(model_dir, data, tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_multi_label_data_set_runs_without_its_labels_as_its_error_says(model_dir, tmp_path):
+    data = tmp_path / "multi.jsonl"
+    data.write_text('{"text": "good film", "labels": [0, 2]}\n{"text": "bad plot", "labels": []}\n')
+    assert exit_code(_args(model_dir, data, tmp_path / "out", "--label-column", "")) == 0
+    assert [r["label"] for r in _records(tmp_path / "out")] == [None, None]
 
 
 def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):

@@ -132,6 +132,10 @@ def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: boo
             label = int(label)
         elif isinstance(label, str) and label.strip().lstrip("-").isdigit():
             label = int(label)
+        if isinstance(label, (list, tuple)):
+            raise DataError(f"document {row.id}: label {row.label!r} is a list of classes (a multi-label data set); "
+                            "labels are one class id per document: give --label-column '' to run without them, "
+                            "and --target predicted or a class index")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
             raise DataError(f"document {row.id}: label {row.label!r} is not a class id of this model "
                             f"(0..{num_labels - 1}" + (f" or one of {', '.join(names)}" if names else "") + ")")
