@@ -1,8 +1,13 @@
+import re
+
 from setuptools import setup
+
+# One version, fastig.__version__: data-set manifests record it, and a resume says when it differs.
+VERSION = re.search(r'^__version__ = "(.+)"$', open("engine/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="fastig",
-    version="0.1.0",
+    version=VERSION,
     description="Fast, memory-bounded Integrated Gradients for Hugging Face transformer classifiers, checked against Captum",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -12,7 +12,7 @@ from .models import load_classifier
 from .result import Attribution, DocumentResult, RunStats
 from .scheduler import retain_freed_cpu_memory
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def patch_captum():
