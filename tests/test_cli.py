@@ -56,6 +56,16 @@ def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, cap
     headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("document ")]
     assert [h.split(":")[0] for h in headers] == ["document 0"] * 3 + ["document 1"] * 3
     assert [h.split("attributed class ")[1].split(" |")[0] for h in headers] == ["LABEL_0", "LABEL_1", "LABEL_2"] * 2
+    # saved, and in the report, as documents 0 and 1 (the report counted six documents, pages 0 to 5)
+    assert [d["id"] for d in saved["documents"]] == [0, 0, 0, 1, 1, 1]
+    report = out.with_suffix(".report")
+    pages = sorted(p.name for p in report.glob("document-*.html"))
+    assert pages == [f"document-{d}-target-{t}.html" for d in (0, 1) for t in (0, 1, 2)]
+    assert "<h1>Document 1: attributions toward LABEL_2" in (report / "document-1-target-2.html").read_text()
+    index = (report / "index.html").read_text()
+    assert "2 documents, 6 explanations" in index and all(f'href="{page}"' in index for page in pages)
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0      # from result.json: the same pages
+    assert sorted(p.name for p in (tmp_path / "again").glob("document-*.html")) == pages
 
 
 def test_attribute_reports_its_memory(model_dir, capsys):

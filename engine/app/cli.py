@@ -252,9 +252,11 @@ def cmd_attribute(args) -> int:
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
     if not main_process:
         return 0
-    # --target all: each text's records, one per class, follow each other
-    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens,
-                 records_per_text=len(result) // len(texts))
+    # --target all: each text's records, one per class, follow each other; a record's id is its text's number
+    per_text = len(result) // len(texts)
+    for i, record in enumerate(result.documents):
+        record.id = i // per_text
+    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens, records_per_text=per_text)
     print(run_line(result))
     if args.out:
         _write_result(args, result, {str(k): v for k, v in engine.model.config.id2label.items()})
@@ -285,7 +287,6 @@ def _write_result(args, result, labels: dict) -> None:
     """result.json and its report. Nothing computed is lost to a write that fails: the result goes to a
     temporary file instead, and the error says where."""
     import tempfile
-    from dataclasses import replace
 
     from .files import to_json, write_atomically
     from .report import Source, write_report
@@ -302,9 +303,8 @@ def _write_result(args, result, labels: dict) -> None:
             kept = None
         where = f"the result is kept in {kept}" if kept else "and no temporary file could be written either"
         raise OutputError(f"--out {str(args.out)!r}: cannot write it ({err.strerror or err}); {where}") from err
-    records = [replace(d, id=i) for i, d in enumerate(result.documents)]
     try:
-        index = write_report(records, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}",
+        index = write_report(result.documents, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}",
                              source=source)
     except OSError as err:
         raise OutputError(f"wrote {args.out}, but not its HTML report ({err.strerror or err}); "

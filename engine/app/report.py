@@ -278,8 +278,9 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
     def cell(value, shown):
         return f'<td data-value="{html.escape(str(value))}">{shown}</td>'
 
+    with_target = several_targets_each(records)
     rows = "".join(
-        "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r))}">{html.escape(str(r.id))}</a>')
+        "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r, with_target))}">{html.escape(str(r.id))}</a>')
         + cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels)))
         + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
         + cell(r.target, html.escape(label_name(r.target, labels)))
@@ -297,7 +298,9 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
                    + _chart(ranked(rows_of_group, "sum"), f"{name}: by sum over the documents", "sum", top)
                    + _chart(ranked(rows_of_group, "mean"), f"{name}: by mean per occurrence (3 or more)", "mean", top)
                    + "</div>")
-    body = (f"<h1>{html.escape(title)}</h1><p>{len(records)} documents; click a column to sort. A document's "
+    counted = (f"{len({r.id for r in records})} documents, {len(records)} explanations (one per document and "
+               "target)" if with_target else f"{len(records)} documents")
+    body = (f"<h1>{html.escape(title)}</h1><p>{counted}; click a column to sort. A document's "
             "scores are toward its target, the class attributed.</p>"
             + ("" if source is None else _facts(source.facts))
             + f"<table id=\"documents\"><thead><tr>{headers}</tr></thead><tbody>{rows}</tbody></table>"
@@ -305,14 +308,20 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
     return _page(title, body, SORT_SCRIPT)
 
 
-def page_name(record: DocumentResult) -> str:
-    """document-<id>.html, the id reduced to letters, digits, - and _ (with a digest where that changed
-    it): a page never lands outside the report folder, whatever a run folder's ids hold."""
+def page_name(record: DocumentResult, with_target: bool = False) -> str:
+    """document-<id>.html (document-<id>-target-<class>.html where a document has several targets), the id
+    reduced to letters, digits, - and _ (with a digest where that changed it): a page never lands outside the
+    report folder, whatever a run folder's ids hold."""
     text = str(record.id)
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64]
     if safe != text:
         safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"document-{safe}.html"
+    return f"document-{safe}-target-{record.target}.html" if with_target else f"document-{safe}.html"
+
+
+def several_targets_each(records: list[DocumentResult]) -> bool:
+    """Whether documents come with several records, one per target (`--target all`)."""
+    return len({r.id for r in records}) < len(records)
 
 
 def records_from_result(result: dict) -> list[DocumentResult]:
@@ -348,7 +357,8 @@ def write_report(records: list[DocumentResult], labels: dict, out: Path, title: 
     """One page per document and the index, in `out`; returns the index's path. Document pages an earlier
     report left in `out` go (its other files stay): a page of another run never sits beside this one's."""
     out.mkdir(parents=True, exist_ok=True)
-    pages = {page_name(record): record for record in records}
+    with_target = several_targets_each(records)
+    pages = {page_name(record, with_target): record for record in records}
     for name, record in pages.items():
         (out / name).write_text(document_page(record, labels, tokens, source=source), encoding="utf-8")
     index = out / "index.html"
