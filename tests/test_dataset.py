@@ -159,6 +159,33 @@ def _close_records(a: dict, b: dict) -> bool:
             and a["delta"] == pytest.approx(b["delta"], abs=1e-6))
 
 
+def test_target_all_explains_every_class_of_every_document_and_resumes(model_dir, data_files, csv_run, tmp_path):
+    """--target all: a record per (document, class), each the one a run for that class gives (the label run's
+    where the class is the label); a stopped run resumes to the same records; reports and rankings read it."""
+    out = tmp_path / "all"
+    assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--target", "all")) == 0
+    records = _records(out)
+    ids = [i for i in range(12) if i != 4]
+    assert [(r["id"], r["target"]) for r in records] == [(i, t) for i in ids for t in range(3)]
+    by_label = {r["id"]: r for r in _records(csv_run)}
+    assert all(_close_records(r, by_label[r["id"]]) for r in records if r["target"] == r["label"])
+    summary = list(csv.DictReader(open(out / "documents.csv")))
+    assert [(int(s["id"]), int(s["target"])) for s in summary] == [(r["id"], r["target"]) for r in records]
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(i for shard in index.values() for i in shard) == ids
+    # a shard lost: its documents are done again, every class of them, and merged once
+    shard = sorted((out / "shards").glob("*.jsonl"))[1]
+    shard.unlink()
+    assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--target", "all")) == 0
+    resumed = _records(out)
+    assert [(r["id"], r["target"]) for r in resumed] == [(r["id"], r["target"]) for r in records]
+    assert all(_close_records(a, b) for a, b in zip(resumed, records))
+    assert exit_code(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    pages = {p.name for p in (tmp_path / "report").glob("document-*.html")}
+    assert pages == {f"document-{i}-target-{t}.html" for i in ids for t in range(3)}
+    assert exit_code(["aggregate", str(out), "--top", "3"]) == 0
+
+
 def test_a_resume_redoes_deleted_and_corrupt_shards_and_merges_duplicates_once(model_dir, data_files, tmp_path,
                                                                                capsys):
     from fastig.app.dataset import shard_name

@@ -45,7 +45,8 @@ def _int_or(flag: str, words: dict, allowed: str):
 
 _target = _int_or("--target", {"predicted": None, "all": "all"}, "a class index, 'predicted' or 'all'")
 _n_steps = _int_or("--n-steps", {"auto": "auto"}, "a number of steps or auto")
-_dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted"}, "label, predicted or a class index")
+_dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted", "all": "all"},
+                          "label, predicted, all or a class index")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="labels", help="class ids or label names ('' for none; default: labels)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
-                   help="label (each document's label), predicted (default) or a class index")
+                   help="label (each document's label), predicted (default), all (every class, a record "
+                        "each) or a class index")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int,
                    help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "

@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import time
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,7 +136,7 @@ def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: boo
         if isinstance(label, (list, tuple)):
             raise DataError(f"document {row.id}: label {row.label!r} is a list of classes (a multi-label data set); "
                             "labels are one class id per document: give --label-column '' to run without them, "
-                            "and --target predicted or a class index")
+                            "and --target all, predicted or a class index")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
             raise DataError(f"document {row.id}: label {row.label!r} is not a class id of this model "
                             f"(0..{num_labels - 1}" + (f" or one of {', '.join(names)}" if names else "") + ")")
@@ -294,17 +295,23 @@ class ShardSizes:
 
 
 def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
-    """Entries for these rows: DocumentResults, and (id, reason) for documents whose model output or
-    gradient is not finite (they go to skipped.csv, never into the results)."""
+    """Entries for these rows: DocumentResults (one per class of each row with target "all"), and (id, reason)
+    for documents whose model output or gradient is not finite (they go to skipped.csv, never into the results)."""
     targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
     try:
         result = engine.attribute([row.text for row in batch], target=targets, progress=progress, **attribute_kwargs)
         broken = set()
     except NonFiniteError as error:
         result, broken = error.result, set(error.documents)
-    return [(row.id, "the model's output or gradient is not finite (nan or inf)") if i in broken
-            else replace(document, id=row.id, label=row.label)
-            for i, (row, document) in enumerate(zip(batch, result.documents))]
+    per_row = len(result.documents) // len(batch)
+    entries = []
+    for i, row in enumerate(batch):
+        if i in broken:
+            entries.append((row.id, "the model's output or gradient is not finite (nan or inf)"))
+        else:
+            entries += [replace(document, id=row.id, label=row.label)
+                        for document in result.documents[i * per_row:(i + 1) * per_row]]
+    return entries
 
 
 def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: int, shard_size: int | None, bar,
@@ -328,23 +335,27 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
 
 
 def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> int:
-    """index.json, documents.jsonl (every record once, by id), documents.csv and skipped.csv from the sound
-    shards; a document of the data set that no shard holds is an error, not a missing line."""
+    """index.json, documents.jsonl (every document's records once, by id), documents.csv and skipped.csv from
+    the sound shards; returns the documents merged. A document of the data set that no shard holds is an error,
+    not a missing line."""
     by_shard = sound_shards(out, move_corrupt=True)
     records, skipped = {}, dict(skipped)
     for entries in by_shard.values():
+        in_shard = defaultdict(list)        # a document's records (one per target) are written in one shard
         for entry in entries:
             if isinstance(entry, tuple):
                 skipped.setdefault(entry[0], entry[1])
             else:
-                records.setdefault(entry.id, entry)     # a document in two shards is merged once
+                in_shard[entry.id].append(entry)
+        for document, its_records in in_shard.items():
+            records.setdefault(document, its_records)      # a document in two shards is merged once
     missing = [row.id for row in rows if row.id not in records and row.id not in skipped]
     if missing:
         raise DataError(f"--out {str(out)!r}: documents {missing[:10]}{' ...' if len(missing) > 10 else ''} are in "
                         "no sound shard; run the same command again to attribute them")
-    write_atomically(out / "index.json", to_json({name: [_entry_id(e) for e in entries]
+    write_atomically(out / "index.json", to_json({name: list(dict.fromkeys(_entry_id(e) for e in entries))
                                                   for name, entries in by_shard.items()}) + "\n")
-    ordered = [records[row.id] for row in rows if row.id in records]
+    ordered = [record for row in rows if row.id in records for record in records[row.id]]
     write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -354,7 +365,7 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> int:
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
     write_atomically(out / "skipped.csv", buffer.getvalue())
-    return len(ordered)
+    return sum(row.id in records for row in rows)
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, target,
@@ -362,7 +373,7 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
                 **attribute_kwargs) -> dict:
     """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
 
-    target: "label", "predicted" or a class index. fingerprints: {"data": ..., "model": ...}, the
+    target: "label", "predicted", "all" (every class, a record each) or a class index. fingerprints: {"data": ..., "model": ...}, the
     contents compared on resume. attribute_kwargs go to Engine.attribute. shard_size: documents per
     shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
     processes share the rows (fastig.app.launcher): each takes every N-th of the pending rows,
