@@ -20,9 +20,12 @@ def color(score: float) -> str:
 
 
 def label_name(value, labels: dict) -> str:
-    """A class id with its name from `labels` ({"0": "negative", ...}); "–" for none."""
+    """A class id with its name from `labels` ({"0": "negative", ...}); "–" for none; a multi-label document's
+    list of them joined ("none" when empty)."""
     if value is None:
         return "–"
+    if isinstance(value, list):
+        return ", ".join(label_name(one, labels) for one in value) or "none"
     name = labels.get(str(value))
     return f"{name} ({value})" if name is not None and str(name) != str(value) else str(value)
 

@@ -32,7 +32,7 @@ class DocumentResult:
     These are None otherwise. truncated_tokens: the text's tokens cut past max_length (0: none).
     For people (every output shows these, never the vocabulary pieces of `tokens`): display_tokens,
     text, offsets and word_ids, as in fastig.inputs.Document. id, label: the data set's id and
-    label, where there is one.
+    label, where there is one (a multi-label data set's: a list of classes).
     """
     tokens: list
     input_ids: torch.Tensor
@@ -58,7 +58,7 @@ class DocumentResult:
     offsets: list | None = None
     word_ids: list | None = None
     id: int | str | None = None
-    label: int | None = None
+    label: int | list[int] | None = None
 
     @property
     def probability(self) -> float:
@@ -151,6 +151,10 @@ def _checked(name: str, value):
     if name == "word_ids" and value is not None and not (isinstance(value, list)
                                                          and all(w is None or _is_integer(w) for w in value)):
         raise wrong("a list of integers (or null for special tokens), or null")
+    if name == "label" and isinstance(value, list):     # a multi-label data set's classes
+        if not all(map(_is_integer, value)):
+            raise wrong("an int, a list of ints or null")
+        return value
     optional = {"tolerance_met": (bool,), "evaluations_allowed": (int,), "precision": (str,), "label": (int,),
                 "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str), "text": (str,)}
     if name in optional and value is not None and (not isinstance(value, optional[name])

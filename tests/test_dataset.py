@@ -246,7 +246,7 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
     (None, ["--pair-column", "hypothesis"], "--pair-column 'hypothesis' is not a column"),
     ("text,labels\na b,7\n", ["--target", "label"], "label 7 is not a class id"),
     ("text,labels\na b,good\n", [], "label 'good' is not a class id"),
-    ('{"text": "a b", "labels": [0, 2]}\n', [], "label [0, 2] is a list of classes (a multi-label data set)"),
+    ('{"text": "a b", "labels": [0, 7]}\n', [], "label [0, 7] is not a class id"),
     ("text\na b\n", ["--target", "label"], "--label-column 'labels' is not a column"),
     ("missing", [], "no such file"),
     ("text\n", [], "holds no document"),
@@ -264,11 +264,38 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_a_multi_label_data_set_runs_without_its_labels_as_its_error_says(model_dir, tmp_path):
+def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path):
+    """Labels as lists (go_emotions' kind), by id or name: --target label gives a record per label of each
+    document, each the Python API's for that label (its sigmoid); a document with no label is skipped, said
+    in skipped.csv; reports name every label; rankings --by label are refused, --by target given."""
+    import fastig
+    from conftest import make_model
+
+    model = make_model("bert")
+    model.config.problem_type = "multi_label_classification"
+    model.config.id2label, model.config.label2id = {0: "joy", 1: "anger", 2: "fear"}, {"joy": 0, "anger": 1, "fear": 2}
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    texts = [make_text(9, seed=1), make_text(4, seed=2), make_text(7, seed=3), make_text(12, seed=4)]
+    labels = [[0, 2], ["anger"], [], [2, 1, 0]]
     data = tmp_path / "multi.jsonl"
-    data.write_text('{"text": "good film", "labels": [0, 2]}\n{"text": "bad plot", "labels": []}\n')
-    assert exit_code(_args(model_dir, data, tmp_path / "out", "--label-column", "")) == 0
-    assert [r["label"] for r in _records(tmp_path / "out")] == [None, None]
+    data.write_text("".join(json.dumps({"text": t, "labels": y}) + "\n" for t, y in zip(texts, labels)))
+    out = tmp_path / "out"
+    assert exit_code(_args(str(model_dir), data, out, "--target", "label")) == 0
+    records = _records(out)
+    assert [(r["id"], r["target"]) for r in records] == [(0, 0), (0, 2), (1, 1), (3, 0), (3, 1), (3, 2)]
+    assert [r["label"] for r in records] == [[0, 2], [0, 2], [1], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
+    engine = fastig.Engine(model, tokenizer)
+    for r in records:
+        alone = engine.attribute(texts[r["id"]], target=r["target"], n_steps=8)
+        assert alone.output == "sigmoid"
+        assert r["token_scores"] == pytest.approx(alone.token_scores[0].tolist(), abs=1e-5)
+    assert list(csv.reader(open(out / "skipped.csv"))) == [["id", "reason"], ["2", "no label to explain (--target label)"]]
+    assert exit_code(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert "label joy (0), fear (2)" in (tmp_path / "report" / "document-0-target-2.html").read_text()
+    assert exit_code(["aggregate", str(out), "--by", "label"]) == 2
+    assert exit_code(["aggregate", str(out), "--by", "target"]) == 0
 
 
 def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):

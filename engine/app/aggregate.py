@@ -66,6 +66,9 @@ def class_rankings(records: list[DocumentResult], by: str = "target", merge_subw
         raise DataError(f"--by {by!r}: choose {' or '.join(GROUPINGS)}")
     if by == "label" and any(r.label is None for r in records):
         raise DataError("--by label: this run has no labels (its data set had no label column); use --by target")
+    if by == "label" and any(isinstance(r.label, list) for r in records):
+        raise DataError("--by label: this run's documents have a list of labels each (a multi-label data set), "
+                        "no one label to group by; use --by target")
     totals = defaultdict(lambda: defaultdict(lambda: [0.0, 0, set()]))
     for r in records:
         for text, score in _units(r, merge_subwords):

@@ -116,8 +116,9 @@ def read_rows(data: str, split: str = "test", text_column: str = "text", label_c
 
 
 def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: bool = False) -> list[Row]:
-    """Labels as class ids: ints in [0, num_labels), or the model's label names; anything else is refused
-    (a missing label too, when `need_labels`)."""
+    """Labels as class ids: ints in [0, num_labels), or the model's label names; a multi-label data set's
+    lists of them as sorted lists (then every document's, a single class as a list of one). Anything else is
+    refused (a missing label too, when `need_labels`)."""
     names = {str(name): int(i) for name, i in (label2id or {}).items()}
     checked = []
     for row in rows:
@@ -127,21 +128,30 @@ def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: boo
                 raise DataError(f"document {row.id} has no label (--target label needs one for every document)")
             checked.append(row)
             continue
-        if isinstance(label, str) and label in names:
-            label = names[label]
-        elif isinstance(label, float) and label.is_integer():
-            label = int(label)
-        elif isinstance(label, str) and label.strip().lstrip("-").isdigit():
-            label = int(label)
+        if getattr(label, "ndim", 0) == 1:      # a parquet file's list column reads as numpy arrays
+            label = label.tolist()
         if isinstance(label, (list, tuple)):
-            raise DataError(f"document {row.id}: label {row.label!r} is a list of classes (a multi-label data set); "
-                            "labels are one class id per document: give --label-column '' to run without them, "
-                            "and --target all, predicted or a class index")
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
-            raise DataError(f"document {row.id}: label {row.label!r} is not a class id of this model "
-                            f"(0..{num_labels - 1}" + (f" or one of {', '.join(names)}" if names else "") + ")")
+            label = sorted({_class_id(row, value, names, num_labels) for value in label})
+        else:
+            label = _class_id(row, label, names, num_labels)
         checked.append(Row(row.id, row.text, label))
+    if any(isinstance(row.label, list) for row in checked):
+        checked = [Row(row.id, row.text, [row.label]) if isinstance(row.label, int) else row for row in checked]
     return checked
+
+
+def _class_id(row: Row, label, names: dict, num_labels: int) -> int:
+    if isinstance(label, str) and label in names:
+        label = names[label]
+    elif isinstance(label, float) and label.is_integer():
+        label = int(label)
+    elif isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
+        raise DataError(f"document {row.id}: label {row.label!r} is not a class id of this model "
+                        f"(0..{num_labels - 1}" + (f" or one of {', '.join(names)}" if names else "")
+                        + "; a multi-label data set: a list of them)")
+    return label
 
 
 def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
@@ -295,9 +305,26 @@ class ShardSizes:
 
 
 def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
-    """Entries for these rows: DocumentResults (one per class of each row with target "all"), and (id, reason)
-    for documents whose model output or gradient is not finite (they go to skipped.csv, never into the results)."""
+    """Entries for these rows: DocumentResults (one per class of each row with target "all", or per label of
+    a multi-label row), and (id, reason) for documents left out: whose model output or gradient is not finite,
+    or that have no label to explain (they go to skipped.csv, never into the results)."""
+    if target == "label" and isinstance(batch[0].label, list):
+        # A multi-label data set: each document's labels. The engine takes one count of targets per call, so
+        # documents of as many labels share calls.
+        entries = {}
+        for count in sorted({len(row.label) for row in batch}):
+            rows = [row for row in batch if len(row.label) == count]
+            if count == 0:
+                entries.update((row.id, [(row.id, "no label to explain (--target label)")]) for row in rows)
+                continue
+            for entry in _attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs):
+                entries.setdefault(_entry_id(entry), []).append(entry)
+        return [entry for row in batch for entry in entries[row.id]]
     targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
+    return _attributed_rows(engine, batch, targets, progress, **attribute_kwargs)
+
+
+def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attribute_kwargs) -> list:
     try:
         result = engine.attribute([row.text for row in batch], target=targets, progress=progress, **attribute_kwargs)
         broken = set()

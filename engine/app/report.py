@@ -288,7 +288,7 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         + cell(len(r.tokens), len(r.tokens)) + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
                       for name in ("document", "label", "prediction", "target", "probability", "delta", "tokens"))
-    grouping = by if by == "target" or all(r.label is not None for r in records) else "target"
+    grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
     charts, unit = "", "tokens" if tokens else "words"
     for group, rows_of_group in sorted(class_rankings(records, grouping, not tokens).items(), key=lambda g: str(g[0])):
         target = label_name(group if grouping == "target" else group[1], labels)
