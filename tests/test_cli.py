@@ -55,7 +55,12 @@ def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, cap
     # printed under the number of their text, each line naming its class
     headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("document ")]
     assert [h.split(":")[0] for h in headers] == ["document 0"] * 3 + ["document 1"] * 3
-    assert [h.split("attributed class ")[1].split(" |")[0] for h in headers] == ["LABEL_0", "LABEL_1", "LABEL_2"] * 2
+    attributed = [h.split("attributed class ")[1].split(" |")[0] for h in headers]
+    assert [a.split(" (p=")[0] for a in attributed] == ["LABEL_0", "LABEL_1", "LABEL_2"] * 2
+    # each class's own probability where it is not the predicted one
+    for a, d in zip(attributed, saved["documents"]):
+        assert a.endswith(")") == (d["target"] != d["prediction"])
+        assert a.endswith(")") <= (a.split("(p=")[-1] == f"{d['probs'][d['target']]:.3f})")
     # saved, and in the report, as documents 0 and 1 (the report counted six documents, pages 0 to 5)
     assert [d["id"] for d in saved["documents"]] == [0, 0, 0, 1, 1, 1]
     report = out.with_suffix(".report")

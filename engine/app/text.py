@@ -17,10 +17,13 @@ def print_result(result: Attribution, labels: dict, k: int, documents=None, file
     unit = "tokens" if tokens else "words"
     for i in range(len(result)) if documents is None else documents:
         d = result.documents[i]
+        # another class than the predicted one: its own probability (a multi-label model's sigmoid)
+        attributed = labels.get(d.target, d.target)
+        if d.target != d.prediction:
+            attributed = f"{attributed} (p={float(d.probs[d.target]):.3f})"
         print(f"document {i // records_per_text}: {len(d.tokens)} tokens | "
               f"predicted {labels.get(d.prediction, d.prediction)} "
-              f"(p={d.probability:.3f}) | attributed class {labels.get(d.target, d.target)} | "
-              f"delta {d.delta:+.2e}", file=file)
+              f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = top_bottom_words(shown_units(d, tokens), k)
         print(f"  {'top ' + unit:<28}{'bottom ' + unit:<28}", file=file)
         print_columns([(t.text, t.score) for t in top], [(b.text, b.score) for b in bottom], 16, file)
