@@ -67,6 +67,10 @@ def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, cap
     pages = sorted(p.name for p in report.glob("document-*.html"))
     assert pages == [f"document-{d}-target-{t}.html" for d in (0, 1) for t in (0, 1, 2)]
     assert "<h1>Document 1: attributions toward LABEL_2" in (report / "document-1-target-2.html").read_text()
+    for d in saved["documents"]:        # a class not predicted: its own probability too
+        page = (report / f"document-{d['id']}-target-{d['target']}.html").read_text()
+        own = f"LABEL_{d['target']} ({d['target']}) p = {d['probs'][d['target']]:.3f}"
+        assert (own in page) == (d["target"] != d["prediction"])
     index = (report / "index.html").read_text()
     assert "2 documents, 6 explanations" in index and all(f'href="{page}"' in index for page in pages)
     assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0      # from result.json: the same pages

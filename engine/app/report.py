@@ -203,6 +203,8 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
     body = ((f'<nav><a href="{html.escape(index)}">← all documents</a></nav>' if index else "")
             + f"<h1>Document {html.escape(str(record.id))}: attributions toward {html.escape(target)}</h1>"
             + f"<p>Predicted {html.escape(label_name(record.prediction, labels))} (p = {record.probability:.3f})"
+            + ("" if record.target == record.prediction
+               else f"; {html.escape(target)} p = {float(record.probs[record.target]):.3f}")
             + ("" if record.label is None else f"; label {html.escape(label_name(record.label, labels))}")
             + f"; attribution score (sum of the normalized token scores) {float(record.token_scores.sum()):+.2f}.</p>"
             + _legend(target, scale)
