@@ -264,7 +264,7 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path):
+def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path, capsys):
     """Labels as lists (go_emotions' kind), by id or name: --target label gives a record per label of each
     document, each the Python API's for that label (its sigmoid); a document with no label is skipped, said
     in skipped.csv; reports name every label; rankings --by label are refused, --by target given."""
@@ -283,6 +283,8 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     data.write_text("".join(json.dumps({"text": t, "labels": y}) + "\n" for t, y in zip(texts, labels)))
     out = tmp_path / "out"
     assert exit_code(_args(str(model_dir), data, out, "--target", "label")) == 0
+    printed = capsys.readouterr().out       # the skipped count: before any work and while running
+    assert "3 documents in " in printed and ", 1 skipped (skipped.csv)" in printed
     records = _records(out)
     assert [(r["id"], r["target"]) for r in records] == [(0, 0), (0, 2), (1, 1), (3, 0), (3, 1), (3, 2)]
     assert [r["label"] for r in records] == [[0, 2], [0, 2], [1], [0, 1, 2], [0, 1, 2], [0, 1, 2]]

@@ -361,10 +361,10 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
     return token_steps
 
 
-def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> int:
+def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, int]:
     """index.json, documents.jsonl (every document's records once, by id), documents.csv and skipped.csv from
-    the sound shards; returns the documents merged. A document of the data set that no shard holds is an error,
-    not a missing line."""
+    the sound shards; returns the documents merged and skipped. A document of the data set that no shard holds
+    is an error, not a missing line."""
     by_shard = sound_shards(out, move_corrupt=True)
     records, skipped = {}, dict(skipped)
     for entries in by_shard.values():
@@ -392,7 +392,7 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> int:
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
     write_atomically(out / "skipped.csv", buffer.getvalue())
-    return sum(row.id in records for row in rows)
+    return sum(row.id in records for row in rows), len(skipped)
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, target,
@@ -400,8 +400,8 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
                 **attribute_kwargs) -> dict:
     """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
 
-    target: "label", "predicted", "all" (every class, a record each) or a class index. fingerprints: {"data": ..., "model": ...}, the
-    contents compared on resume. attribute_kwargs go to Engine.attribute. shard_size: documents per
+    target: "label", "predicted", "all" (every class, a record each) or a class index. fingerprints:
+    {"data": ..., "model": ...}, the contents compared on resume. attribute_kwargs go to Engine.attribute. shard_size: documents per
     shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
     processes share the rows (fastig.app.launcher): each takes every N-th of the pending rows,
     longest first, and writes its own shards; the main process holds the run's lock and merges.
@@ -435,4 +435,5 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
         wait()
         if rank != 0:
             return summary
-        return {**summary, "documents": merge(out, rows, plan.skipped, top_k)}
+        documents, skipped = merge(out, rows, plan.skipped, top_k)     # skipped: before and while running
+        return {**summary, "documents": documents, "skipped": skipped}
