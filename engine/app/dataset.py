@@ -401,8 +401,8 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
     """Attribute every row not done yet into new shards of `out`; write the merged outputs when all are done.
 
     target: "label", "predicted", "all" (every class, a record each) or a class index. fingerprints:
-    {"data": ..., "model": ...}, the contents compared on resume. attribute_kwargs go to Engine.attribute. shard_size: documents per
-    shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
+    {"data": ..., "model": ...}, the contents compared on resume. attribute_kwargs go to Engine.attribute.
+    shard_size: documents per shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
     processes share the rows (fastig.app.launcher): each takes every N-th of the pending rows,
     longest first, and writes its own shards; the main process holds the run's lock and merges.
     Returns counts and timings of this call (this process's share).
