@@ -19,9 +19,9 @@ from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
 from .big_bird import attention_kind, block_sparse_kept, full_attention_limit
 from .compiled import check_mode
-from .errors import InputError, NonFiniteError
+from .errors import InputError, MemoryBudgetError, NonFiniteError
 from .first_token import first_token_only
-from .forward import Endpoints, ModelStep, batch_of, endpoints
+from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
@@ -30,8 +30,8 @@ from .models import (check_target, check_vocabulary, find_layer, model_length, o
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
-from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained, pack,
-                        retained_cpu_memory)
+from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained,
+                        host_memory_available, pack, retained_cpu_memory)
 from .summarize import normalized
 from .targeted import FIRST_ROUND, check_accuracy, integrate_to_accuracy
 
@@ -105,9 +105,16 @@ class Progress:
         self.bar.close()
 
 
-def _finite(document: DocumentResult, attributions: torch.Tensor) -> bool:
+# A bound on a layer's output width (values per token) that no classifier fastig runs reaches (BERT-large:
+# 1,024; the widest transformers encoders: 4,096-8,192): below it no measurement of the layer is needed.
+WIDEST_LAYER = 16_384
+
+
+def _finite(document: DocumentResult, attributions: torch.Tensor | None) -> bool:
+    """Whether F, the delta and the attributions (not kept: their token sums, normalized) are all finite."""
+    values = document.token_scores if attributions is None else attributions
     return all(map(math.isfinite, (document.output_at_input, document.output_at_baseline, document.delta))) \
-        and bool(torch.isfinite(attributions).all())
+        and bool(torch.isfinite(values).all())
 
 
 def _packing_key(doc: Document, attention: str | None):
@@ -169,7 +176,7 @@ class Engine:
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
                   baseline="pad", output: str | None = None, chunk_size: int | None = None,
                   max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
-                  max_steps: int = 1024, accuracy: float = 2e-2) -> Attribution:
+                  max_steps: int = 1024, accuracy: float = 2e-2, keep_attributions: bool = True) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
@@ -192,6 +199,9 @@ class Engine:
         |delta| <= tolerance * |F(x) - F(b)| or max_steps model evaluations; `method` is not used.
         With the default or "auto" each document's record holds its points, evaluations and whether
         the target was met (the default: also its precision and estimated errors).
+        keep_attributions: False gives the records and token scores without the [L, H] attributions
+        (result.attributions is None), for many documents: those are held in host memory until the call
+        returns, and a call whose attributions cannot fit there is refused before any work.
         """
         output = resolve_output(output, self.model.config)
         chunk_size_override(chunk_size)
@@ -206,6 +216,8 @@ class Engine:
             docs, targets = [doc for doc in docs for _ in several[0]], [t for row in several for t in row]
         else:               # a document's forwards shared by its targets (each pair still stops on its own)
             targets, per_document = several, len(several[0])
+        if keep_attributions:
+            self._check_host_memory(docs, per_document)
         self.scheduler.start_run()
 
         bar = Progress(len(docs)) if progress else None
@@ -221,7 +233,7 @@ class Engine:
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
                     results, path = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
-                                                          rule, output, chunk_size, bar)
+                                                          rule, output, chunk_size, bar, keep_attributions)
                     if bar is not None:
                         bar.documents_done(len(group))
                     groups.append((len(group), path))
@@ -246,9 +258,11 @@ class Engine:
                          tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps,
                          compile=self.compile)
         attributions = [a for _, a in records]
-        result = Attribution(documents=documents,
-                             attributions=torch.stack(attributions) if len({a.shape for a in attributions}) == 1
-                             else attributions,
+        if not keep_attributions:
+            attributions = None
+        elif len({a.shape for a in attributions}) == 1:
+            attributions = torch.stack(attributions)
+        result = Attribution(documents=documents, attributions=attributions,
                              n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
                              output=output, stats=stats)
         if not_finite:
@@ -259,6 +273,26 @@ class Engine:
                                  "broken for them (the other documents' results are in the error's .result)",
                                  not_finite, result)
         return result
+
+    def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
+        """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory
+        (twice where they are stacked into one tensor at the end): it would die at its end, its work lost.
+        The layer's width H is measured (a forward of one document up to the layer) only where a bound on it
+        leaves the question open."""
+        available = host_memory_available()
+        tokens = sum(len(doc.input_ids) for doc in docs) * per_document
+        copies = 2 if len({len(doc.input_ids) for doc in docs}) == 1 else 1
+        if available is None or tokens * WIDEST_LAYER * 4 * copies <= available:
+            return
+        width = layer_width(self.model, self.layer, min(docs, key=lambda doc: len(doc.input_ids)))
+        needed = tokens * width * 4 * copies
+        if needed > available:
+            raise MemoryBudgetError(
+                f"the attributions of these {len(docs)} documents ({tokens:,} tokens x {width} values, fp32"
+                f"{', twice while stacked' if copies == 2 else ''}) need about {needed / 2**30:.3g} GiB of host "
+                f"memory and {available / 2**30:.3g} GiB is available: pass keep_attributions=False (the records "
+                "and token scores without them), attribute fewer documents per call, or use `fastig dataset` "
+                "(written shard by shard, resumable)")
 
     def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None):
         """Indices of the documents that share model calls, group by group, longest first.
@@ -279,8 +313,9 @@ class Engine:
             yield order[first:first + count]
             first += count
 
-    def _attribute_group(self, docs: list[Document], targets: list, rule: Rule, output: str, chunk_size, bar):
-        """[(DocumentResult, attributions [L, H] fp32)] for a group of documents, and its path integral."""
+    def _attribute_group(self, docs: list[Document], targets: list, rule: Rule, output: str, chunk_size, bar,
+                         keep_attributions: bool = True):
+        """[(DocumentResult, attributions [L, H] fp32 or None)] for a group of documents, and its path integral."""
         t0 = time.perf_counter()
         batch = batch_of(docs, self.model.config.pad_token_id or 0, self.device)
         ends = endpoints(self.model, self.layer, batch, docs, targets, output)
@@ -301,8 +336,9 @@ class Engine:
         f_x, f_b = ends.f_x.reshape(-1), ends.f_b.reshape(-1)
         deltas = token_sums.sum(-1) - (f_x - f_b)
         # One copy to the host per tensor and group, not per document.
-        attributions, token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
-            t.cpu() for t in (attributions, token_sums, deltas, ends.logits_x.argmax(-1), ends.target.reshape(-1),
+        attributions = attributions.cpu() if keep_attributions else None
+        token_sums, deltas, predictions, targets_used, probs, f_x, f_b = (
+            t.cpu() for t in (token_sums, deltas, ends.logits_x.argmax(-1), ends.target.reshape(-1),
                               output_values(ends.logits_x.float(), probability_output(self.model.config)), f_x, f_b))
         integrand = path.integrand if per_document else path.integrand.cpu()    # per document: on CPU already
         targets_each = len(targets_used) // len(docs)
@@ -324,7 +360,7 @@ class Engine:
                     "precision_error": path.precision_error[row]} if rule.targeted else {}),
                 truncated_tokens=doc.truncated_tokens, display_tokens=doc.display_tokens, text=doc.text,
                 offsets=doc.offsets, word_ids=doc.word_ids)
-            results.append((record, attributions[row, :length]))
+            results.append((record, attributions[row, :length] if keep_attributions else None))
         path.seconds.endpoints = t1 - t0
         path.seconds.finalize = time.perf_counter() - t2
         path.seconds.total = time.perf_counter() - t0

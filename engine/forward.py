@@ -160,6 +160,13 @@ def _layer_outputs(model: nn.Module, layer: nn.Module, ids: torch.Tensor, kwargs
     return _layer_output(captured, ids, model)
 
 
+def layer_width(model: nn.Module, layer: nn.Module, doc: Document) -> int:
+    """H, the size of the layer's output per token, from a forward of one document that stops at the layer."""
+    batch = batch_of([doc], model.config.pad_token_id or 0, next(model.parameters()).device)
+    with torch.no_grad():
+        return _layer_outputs(model, layer, batch.input_ids, batch.model_kwargs).shape[-1]
+
+
 def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Document], targets: list,
               output: str) -> Endpoints:
     """e(x), e(b), the logits and F at both ends. targets: a class id or None (the predicted class) per

@@ -217,7 +217,7 @@ class Attribution:
     """The result of `Engine.attribute` for B documents, all on CPU.
 
     documents: B DocumentResult records. attributions: [B, L, H] fp32 (a list of [L_i, H]
-    when lengths differ). stats: RunStats.
+    when lengths differ; None with keep_attributions=False). stats: RunStats.
     The per-document fields as batches, built from the records: token_scores [B, L] (or a
     list of [L_i]), tokens (B lists), input_ids [B, L] long (or a list), delta, prediction,
     target, output_at_input, output_at_baseline [B], probs [B, C], integrand [B, n] at alphas
@@ -225,7 +225,7 @@ class Attribution:
     [B, n] when all used the same number of points).
     """
     documents: list
-    attributions: torch.Tensor | list
+    attributions: torch.Tensor | list | None
     n_steps: int | str
     method: str
     output: str

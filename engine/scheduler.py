@@ -123,7 +123,15 @@ class MemoryMeter:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return _proc_kib("/proc/meminfo", "MemAvailable") * 1024 if self.works else 0
+        return (host_memory_available() or 0) if self.works else 0
+
+
+def host_memory_available() -> int | None:
+    """The host's available memory in bytes (MemAvailable), None where /proc/meminfo is missing (not Linux)."""
+    try:
+        return _proc_kib("/proc/meminfo", "MemAvailable") * 1024
+    except (OSError, AttributeError):
+        return None
 
 
 def _proc_kib(path: str, key: str) -> int:

@@ -185,3 +185,26 @@ def test_target_forms_are_equivalent(models, tokenizer, target):
     result = engine.attribute("good film", n_steps=4, target=target)
     assert int(result.target[0]) == 1
     assert_close(result.attributions, reference.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+
+
+@pytest.mark.parametrize("family", ["bert", "longformer"])
+def test_many_documents_without_their_hidden_size_attributions(models, tokenizer, monkeypatch, family):
+    """A call whose [L, H] attributions cannot fit in host memory is refused before any work, naming
+    keep_attributions=False; with it the records are the same, only the tensors are not kept."""
+    import fastig.engine
+
+    engine = fastig.Engine(models(family), tokenizer)
+    texts = [make_text(n, seed=n) for n in (13, 30, 21)]
+    kept = engine.attribute(texts, n_steps=8)
+    monkeypatch.setattr(fastig.engine, "WIDEST_LAYER", 64)      # the bound leaves it open: H is measured
+    monkeypatch.setattr(fastig.engine, "host_memory_available", lambda: 4 * 2**10)
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", lambda *args: pytest.fail("work was done"))
+    with pytest.raises(fastig.MemoryBudgetError, match=r"\(70 tokens x 32 values, fp32\).*keep_attributions=False"):
+        engine.attribute(texts, n_steps=8)
+    monkeypatch.undo()
+    monkeypatch.setattr(fastig.engine, "host_memory_available", lambda: 4 * 2**10)
+    lean = engine.attribute(texts, n_steps=8, keep_attributions=False)
+    assert lean.attributions is None
+    for ours, theirs in zip(lean.documents, kept.documents):      # to fp32 rounding: calls of other sizes
+        assert_close(ours.token_scores, theirs.token_scores, rtol=0, atol=1e-5, what="token scores")
+        assert ours.delta == pytest.approx(theirs.delta, abs=1e-5) and ours.target == theirs.target

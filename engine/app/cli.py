@@ -251,7 +251,9 @@ def cmd_attribute(args) -> int:
     if args.out and main_process:     # refused before any work, not after it
         _check_output_file(args.out)
     engine = _engine(args, state, share_steps=state is not None)
-    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, **_attribution_kwargs(args))
+    # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
+    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
+                              **_attribution_kwargs(args))
     if not main_process:
         return 0
     # --target all: each text's records, one per class, follow each other; a record's id is its text's number

@@ -326,7 +326,8 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
 
 def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attribute_kwargs) -> list:
     try:
-        result = engine.attribute([row.text for row in batch], target=targets, progress=progress, **attribute_kwargs)
+        result = engine.attribute([row.text for row in batch], target=targets, progress=progress,
+                                  keep_attributions=False, **attribute_kwargs)     # shards hold the records
         broken = set()
     except NonFiniteError as error:
         result, broken = error.result, set(error.documents)
