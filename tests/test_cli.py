@@ -240,6 +240,7 @@ def test_demo_fine_tunes_once_then_reuses_the_cache(tmp_path, monkeypatch, capsy
     assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == settings   # as it found them
     printed = capsys.readouterr().out
     assert "held-out accuracy" in printed and "Captum LayerIntegratedGradients" in printed
+    assert "(medians of 3 runs each, alternated)" in printed
     assert {p.name for p in out.iterdir()} == {"result.json", "documents.csv", "token_scores.csv", "report"}
     assert str(out / "report" / "index.html") in printed
     assert {p.name for p in (out / "report").iterdir()} == {"index.html", "document-0.html", "document-1.html"}
