@@ -25,8 +25,8 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, find_layer, model_length, output_values, probability_output,
-                     recomputable_layers, resolve_output, several_targets)
+from .models import (check_target, check_vocabulary, find_layer, model_length, named_classes, output_values,
+                     probability_output, recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -181,7 +181,8 @@ class Engine:
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
         pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted
-        class), an int, or one int per document.
+        class), an int or a label name ("positive", from config.label2id), or one per document; "all" or
+        one list of classes per document for several.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
         output: "probs" (softmax, the seed's choice; on a multi-label model each label's sigmoid), "sigmoid"
@@ -204,6 +205,7 @@ class Engine:
         returns, and a call whose attributions cannot fit there is refused before any work.
         """
         output = resolve_output(output, self.model.config)
+        target = named_classes(target, self.model.config)
         chunk_size_override(chunk_size)
         rule = Rule.of(n_steps, method, self.requested_precision, tolerance, accuracy, max_steps)
         docs = self.documents(texts_or_ids, baseline, max_length)

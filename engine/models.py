@@ -210,6 +210,28 @@ def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
     return targets
 
 
+def named_classes(target, config, argument: str = "target="):
+    """target with the model's label names (config.label2id's: "positive", "LABEL_1") as class ids, in every
+    form target takes ("all" stays the keyword); any other string is refused, naming the labels (and the
+    argument as `argument` writes it: the command line's "--target ")."""
+    names = {str(name): int(i) for name, i in (getattr(config, "label2id", None) or {}).items()}
+
+    def one(value):
+        if not isinstance(value, str):
+            return value
+        if value not in names:
+            raise TargetError(f"{argument}{value!r} is not a class index, a label of this model ("
+                              f"{', '.join(names) or 'it names none'}) or 'all': give None (the predicted class), "
+                              "an int or a label, one per document, 'all', or one list of classes per document")
+        return names[value]
+
+    if isinstance(target, str) and target == "all":
+        return target
+    if isinstance(target, (list, tuple)):
+        return [[one(v) for v in t] if isinstance(t, (list, tuple)) else one(t) for t in target]
+    return one(target)
+
+
 def several_targets(target, n_docs: int, n_classes: int) -> list[list[int]] | None:
     """The classes of each document when several are asked for ("all", or one list of classes per
     document, all of one length; a [B, T] tensor alike); None for the one-target forms of check_target."""

@@ -7,7 +7,7 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import check_target, output_values, resolve_output
+from .models import check_target, named_classes, output_values, resolve_output
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -32,7 +32,7 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
     from captum.attr import LayerIntegratedGradients
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
-    targets = check_target(target, len(docs), engine.model.config.num_labels)
+    targets = check_target(named_classes(target, engine.model.config), len(docs), engine.model.config.num_labels)
     output = resolve_output(output, engine.model.config)
     attributions, deltas, seconds = [], [], 0.0
     if progress:

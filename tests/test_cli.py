@@ -45,6 +45,15 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
     assert table.count("good") == 1 and table.count("film") == 1
 
 
+def test_attribute_takes_a_target_by_its_label_name(model_dir, capsys):
+    assert main(["attribute", "--model", model_dir, make_text(7), "--target", "LABEL_2", "--n-steps", "4"]) == 0
+    assert "attributed class LABEL_2" in capsys.readouterr().out
+    assert exit_code(["attribute", "--model", model_dir, make_text(7), "--target", "nope", "--n-steps", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--target 'nope' is not a class index, a label of this model (LABEL_0, LABEL_1, LABEL_2)" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, capsys):
     out = tmp_path / "result.json"
     assert main(["attribute", "--model", model_dir, make_text(11), make_text(5, seed=1), "--target", "all",
@@ -160,7 +169,7 @@ def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
     (["--text", "good", "--baseline", "blank"], "baseline='blank' is unknown"),
     (["--text", "good", "--layer", "no.such.layer"], "layer='no.such.layer'"),
     (["--text", "good", "--method", "simpson"], "invalid choice: 'simpson'"),
-    (["--text", "good", "--target", "first"], "--target 'first'"),
+    (["--text", "good", "--target", "first"], "--target 'first' is not a class index, a label of this model"),
     (["--text", "good", "--memory-budget", "lots"], "memory_budget='lots' is not a budget"),
     (["--text", "good", "--memory-budget", "1MB"], "memory_budget='1MB' is below the"),
     (["--text", "good", "--chunk-size", "0"], "chunk_size=0 must be a positive integer"),

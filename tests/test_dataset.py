@@ -159,6 +159,13 @@ def _close_records(a: dict, b: dict) -> bool:
             and a["delta"] == pytest.approx(b["delta"], abs=1e-6))
 
 
+def test_a_target_by_its_label_name_is_that_class(model_dir, data_files, tmp_path):
+    out = tmp_path / "named"
+    assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--target", "LABEL_2", "--limit", "3")) == 0
+    assert [r["target"] for r in _records(out)] == [2, 2, 2]
+    assert json.loads((out / "manifest.json").read_text())["settings"]["target"] == 2
+
+
 def test_target_all_explains_every_class_of_every_document_and_resumes(model_dir, data_files, csv_run, tmp_path):
     """--target all: a record per (document, class), each the one a run for that class gives (the label run's
     where the class is the label); a stopped run resumes to the same records; reports and rankings read it."""
@@ -250,6 +257,7 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
     ("text\na b\n", ["--target", "label"], "--label-column 'labels' is not a column"),
     ("missing", [], "no such file"),
     ("text\n", [], "holds no document"),
+    (None, ["--target", "positive"], "--target 'positive' is not a class index, a label of this model"),
 ])
 def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, capsys, content, extra, fragment):
     data = data_files / "docs.csv"

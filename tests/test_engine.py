@@ -176,8 +176,9 @@ def test_parameters_are_left_as_they_were(models, tokenizer):
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1]])
+@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1], "LABEL_1", ["LABEL_1"]])
 def test_target_forms_are_equivalent(models, tokenizer, target):
+    """An int in any form, or the label's name in the model's config (its label2id), is the same target."""
     import numpy as np
 
     engine = fastig.Engine(models("bert"), tokenizer)
@@ -185,6 +186,16 @@ def test_target_forms_are_equivalent(models, tokenizer, target):
     result = engine.attribute("good film", n_steps=4, target=target)
     assert int(result.target[0]) == 1
     assert_close(result.attributions, reference.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+
+
+def test_label_names_as_targets_and_a_name_the_model_lacks(models, tokenizer):
+    engine = fastig.Engine(models("bert"), tokenizer)
+    texts = ["good film", "bad plot"]
+    named = engine.attribute(texts, n_steps=4, target=[["LABEL_2", "LABEL_0"], ["LABEL_0", "LABEL_1"]])
+    assert named.target.tolist() == [2, 0, 0, 1]
+    with pytest.raises(fastig.TargetError, match=r"'positive' is not a class index, a label of this model "
+                                                 r"\(LABEL_0, LABEL_1, LABEL_2\) or 'all'"):
+        engine.attribute(texts, n_steps=4, target="positive")
 
 
 @pytest.mark.parametrize("family", ["bert", "longformer"])

@@ -31,22 +31,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _int_or(flag: str, words: dict, allowed: str):
-    """An argparse type: an int, or one of `words` (read as its value in the dict)."""
+def _int_or(flag: str, words: dict, allowed: str | None):
+    """An argparse type: an int, or one of `words` (read as its value in the dict); with `allowed` None any
+    other word too (--target's label names, which the model's config judges once it is loaded)."""
     def parse(value: str):
         if value in words:
             return words[value]
         try:
             return int(value)
         except ValueError:
+            if allowed is None:
+                return value
             raise argparse.ArgumentTypeError(f"{flag} {value!r}: give {allowed}")
     return parse
 
 
-_target = _int_or("--target", {"predicted": None, "all": "all"}, "a class index, 'predicted' or 'all'")
+_target = _int_or("--target", {"predicted": None, "all": "all"}, None)
 _n_steps = _int_or("--n-steps", {"auto": "auto"}, "a number of steps or auto")
-_dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted", "all": "all"},
-                          "label, predicted, all or a class index")
+_dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted", "all": "all"}, None)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +101,8 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
                    help="a pair of texts as one document, for pair classifiers (premise and hypothesis, query "
                         "and passage): the tokenizer's pair template and token types (repeatable)")
     p.add_argument("--target", type=_target, default=None,
-                   help="class index, 'predicted' (default), or 'all': every class, one explanation each")
+                   help="class index or label name, 'predicted' (default), or 'all': every class, one "
+                        "explanation each")
     p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
                                                   "(default: sized from the memory budget)")
     _add_processes_arg(p, "each document's steps")
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default), all (every class, a record "
-                        "each) or a class index")
+                        "each), or a class index or label name")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int,
                    help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "
@@ -236,9 +239,11 @@ def _engine(args, state=None, share_steps: bool = False):
                   compile=args.compile)
 
 
-def _attribution_kwargs(args) -> dict:
-    return dict(target=args.target, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,
-                accuracy=args.accuracy, method=args.method, baseline=args.baseline,
+def _attribution_kwargs(args, config) -> dict:
+    from ..models import named_classes
+
+    return dict(target=named_classes(args.target, config, "--target "), n_steps=args.n_steps,
+                tolerance=args.tolerance, max_steps=args.max_steps, accuracy=args.accuracy, method=args.method, baseline=args.baseline,
                 output=args.output, max_length=args.max_length)
 
 
@@ -253,7 +258,7 @@ def cmd_attribute(args) -> int:
     engine = _engine(args, state, share_steps=state is not None)
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
-                              **_attribution_kwargs(args))
+                              **_attribution_kwargs(args, engine.model.config))
     if not main_process:
         return 0
     # --target all: each text's records, one per class, follow each other; a record's id is its text's number
@@ -324,7 +329,7 @@ def cmd_check(args) -> int:
     texts = _texts(args)
     engine = _engine(args)
     # Captum's computation: its rule and steps (its defaults where not given)
-    kwargs = {**_attribution_kwargs(args), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
+    kwargs = {**_attribution_kwargs(args, engine.model.config), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
               "method": args.method or "gausslegendre"}
     ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **kwargs)
     rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}
@@ -368,7 +373,7 @@ def cmd_dataset(args) -> int:
     import transformers
 
     from .. import __version__
-    from ..models import check_target, resolve_output
+    from ..models import check_target, named_classes, resolve_output
     from ..processes import launched, process_state
     from .dataset import class_ids, read_rows, run_dataset
     from .files import output_folder
@@ -380,7 +385,8 @@ def cmd_dataset(args) -> int:
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
-    if isinstance(args.target, int):    # refused before any work, as the engine would refuse it
+    if args.target not in ("label", "predicted", "all"):    # refused before any work, as the engine would refuse it
+        args.target = named_classes(args.target, config, "--target ")
         check_target(args.target, 1, config.num_labels)
     rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
     if state is None or state.is_main_process:
