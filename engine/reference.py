@@ -7,7 +7,7 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import check_target, named_classes, output_values, resolve_output
+from .models import check_target, named_classes, output_values, resolve_output, several_targets
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -27,18 +27,22 @@ class CaptumResult:
 def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
                      baseline="pad", output: str | None = None, internal_batch_size: int | None = None,
                      max_length: int | None = None, progress: bool = False) -> CaptumResult:
-    """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time
-    (progress: a bar of the documents)."""
+    """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time;
+    with several targets ("all", a list of classes per document) one run per (document, target), in the
+    order of Engine.attribute's records (progress: a bar of the runs)."""
     from captum.attr import LayerIntegratedGradients
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
-    targets = check_target(named_classes(target, engine.model.config), len(docs), engine.model.config.num_labels)
+    target, n_classes = named_classes(target, engine.model.config), engine.model.config.num_labels
+    several = several_targets(target, len(docs), n_classes)
+    runs = list(zip(docs, check_target(target, len(docs), n_classes))) if several is None else \
+        [(doc, t) for doc, classes in zip(docs, several) for t in classes]
     output = resolve_output(output, engine.model.config)
     attributions, deltas, seconds = [], [], 0.0
     if progress:
         from tqdm.auto import tqdm
-        docs = tqdm(docs, unit="doc", desc="Captum", leave=False)
-    for doc, tgt in zip(docs, targets):
+        runs = tqdm(runs, unit="doc", desc="Captum", leave=False)
+    for doc, tgt in runs:
         if doc.baseline_ids is None:
             raise BaselineError("Captum's LayerIntegratedGradients takes baselines as ids: use baseline='pad', "
                                 "'unk', 'mask' or a LongTensor of ids to compare with it")

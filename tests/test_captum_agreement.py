@@ -40,6 +40,19 @@ def test_outputs_and_targets(models, tokenizer, family, output, target):
     assert int(ours.target[0]) == expected_target
 
 
+@pytest.mark.parametrize("family", ["bert", "longformer"])
+def test_several_targets_agree_with_one_captum_run_per_document_and_class(models, tokenizer, family):
+    """target="all" (and lists of classes by name): each (document, class) record equals Captum's run for it,
+    which fastig.reference makes one by one in the records' order (`fastig check --target all`)."""
+    engine = fastig.Engine(models(family), tokenizer)
+    texts = [make_text(17, seed=4), make_text(30, seed=5)]
+    ours, _ = assert_agrees_with_captum(engine, texts, n_steps=N_STEPS, target="all")
+    assert ours.target.tolist() == [0, 1, 2] * 2
+    named = [["LABEL_2", "LABEL_0"], ["LABEL_1", "LABEL_2"]]
+    ours, _ = assert_agrees_with_captum(engine, texts, n_steps=N_STEPS, target=named, method="riemann_middle")
+    assert ours.target.tolist() == [2, 0, 1, 2]
+
+
 def test_a_one_label_model_attributes_its_logit_by_default(tokenizer):
     """A regression head or a cross-encoder's score: its softmax is 1 whatever the input, so the default output
     is the logit (asking for probs is an error, tests/test_bad_inputs.py)."""
