@@ -180,6 +180,14 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, fragment):
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
+def test_check_refuses_what_captum_cannot_compare_before_any_work(model_dir, capsys, monkeypatch):
+    import fastig
+
+    monkeypatch.setattr(fastig.Engine, "attribute", lambda *args, **kwargs: pytest.fail("fastig ran first"))
+    assert exit_code(["check", "--model", model_dir, "good film", "--baseline", "zeros"]) == 2
+    assert "--baseline zeros: Captum's LayerIntegratedGradients takes baselines as ids" in capsys.readouterr().err
+
+
 def test_a_missing_model_folder_is_one_line_and_exit_2(tmp_path, capsys):
     """A path that cannot be a hub name is said to be a missing folder, not a malformed repo id."""
     assert exit_code(["attribute", "--model", str(tmp_path / "missing"), "--text", "good"]) == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
 from ..engine import ATTENTIONS, uses_default_path
-from ..errors import FastIGError, InputError, OutputError
+from ..errors import BaselineError, FastIGError, InputError, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
@@ -326,6 +326,9 @@ def cmd_check(args) -> int:
 
     if args.n_steps == "auto":
         raise InputError("--n-steps auto: check compares with Captum, which needs a fixed number of steps")
+    if args.baseline == "zeros":    # refused before any work, as Captum would refuse it after fastig's
+        raise BaselineError("--baseline zeros: Captum's LayerIntegratedGradients takes baselines as ids; check "
+                            "with pad, unk or mask")
     texts = _texts(args)
     engine = _engine(args)
     # Captum's computation: its rule and steps (its defaults where not given)
