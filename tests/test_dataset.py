@@ -272,6 +272,13 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_a_csvs_lists_of_labels_read_as_a_multi_label_data_sets():
+    from fastig.app.dataset import Row, class_ids
+
+    rows = [Row(0, "a", '["fear", 0]'), Row(1, "b", "[]"), Row(2, "c", 1)]
+    assert [r.label for r in class_ids(rows, {"joy": 0, "anger": 1, "fear": 2}, 3)] == [[0, 2], [], [1]]
+
+
 def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path, capsys):
     """Labels as lists (go_emotions' kind), by id or name: --target label gives a record per label of each
     document, each the Python API's for that label (its sigmoid); a document with no label is skipped, said

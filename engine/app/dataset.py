@@ -117,8 +117,8 @@ def read_rows(data: str, split: str = "test", text_column: str = "text", label_c
 
 def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: bool = False) -> list[Row]:
     """Labels as class ids: ints in [0, num_labels), or the model's label names; a multi-label data set's
-    lists of them as sorted lists (then every document's, a single class as a list of one). Anything else is
-    refused (a missing label too, when `need_labels`)."""
+    lists of them (in a CSV written as JSON, '[0, 2]') as sorted lists (then every document's, a single class
+    as a list of one). Anything else is refused (a missing label too, when `need_labels`)."""
     names = {str(name): int(i) for name, i in (label2id or {}).items()}
     checked = []
     for row in rows:
@@ -130,6 +130,11 @@ def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: boo
             continue
         if getattr(label, "ndim", 0) == 1:      # a parquet file's list column reads as numpy arrays
             label = label.tolist()
+        elif isinstance(label, str) and label.strip().startswith("["):     # a CSV's list, written as JSON
+            try:
+                label = json.loads(label)
+            except ValueError:
+                pass        # refused below as it is
         if isinstance(label, (list, tuple)):
             label = sorted({_class_id(row, value, names, num_labels) for value in label})
         else:
