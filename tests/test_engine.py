@@ -79,6 +79,18 @@ def test_equal_lengths_stack_into_tensors(models, tokenizer):
     assert result.input_ids.shape == (2, 10) and result.probs.shape == (2, 3)
 
 
+def test_equal_lengths_in_several_groups_stack_in_order(models, tokenizer):
+    """Documents of one length return one [B, L, H] tensor; computed in several groups (other baselines are
+    not packed together), each row is its document's own result."""
+    engine = fastig.Engine(models("bert"), tokenizer)
+    texts, baselines = [make_text(12, seed) for seed in range(4)], ["pad", "zeros", "pad", "zeros"]
+    result = engine.attribute(texts, n_steps=6, baseline=baselines)
+    assert len(result.stats.documents_per_group) >= 2 and result.attributions.shape == (4, 14, 32)
+    for i, (text, baseline) in enumerate(zip(texts, baselines)):
+        alone = engine.attribute(text, n_steps=6, baseline=baseline)
+        assert_close(result.attributions[i], alone.attributions[0], rtol=1e-5, atol=1e-6, what=f"document {i}")
+
+
 def test_inputs_follow_the_seed_construction(models, tokenizer):
     engine = fastig.Engine(models("longformer"), tokenizer)
     with pytest.warns(fastig.TruncationWarning, match=r"the first 1 kept and 1 dropped \(max_length\)"):
