@@ -48,6 +48,12 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
 def test_attribute_takes_a_target_by_its_label_name(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, make_text(7), "--target", "LABEL_2", "--n-steps", "4"]) == 0
     assert "attributed class LABEL_2" in capsys.readouterr().out
+    # several, by name or id: those classes of every text, in that order
+    assert main(["attribute", "--model", model_dir, make_text(7), make_text(9, seed=1), "--target", "LABEL_2,0",
+                 "--n-steps", "4"]) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("document ")]
+    assert [(h.split(":")[0], h.split("attributed class ")[1][:7]) for h in headers] == \
+        [("document 0", "LABEL_2"), ("document 0", "LABEL_0"), ("document 1", "LABEL_2"), ("document 1", "LABEL_0")]
     assert exit_code(["attribute", "--model", model_dir, make_text(7), "--target", "nope", "--n-steps", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--target 'nope' is not a class index, a label of this model (LABEL_0, LABEL_1, LABEL_2)" in err

@@ -164,6 +164,10 @@ def test_a_target_by_its_label_name_is_that_class(model_dir, data_files, tmp_pat
     assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--target", "LABEL_2", "--limit", "3")) == 0
     assert [r["target"] for r in _records(out)] == [2, 2, 2]
     assert json.loads((out / "manifest.json").read_text())["settings"]["target"] == 2
+    several = tmp_path / "several"      # "A,B": those classes of every document, a record each
+    assert exit_code(_args(model_dir, data_files / "docs.csv", several, "--target", "LABEL_2,0", "--limit", "2")) == 0
+    assert [(r["id"], r["target"]) for r in _records(several)] == [(0, 2), (0, 0), (1, 2), (1, 0)]
+    assert json.loads((several / "manifest.json").read_text())["settings"]["target"] == [2, 0]
 
 
 def test_target_all_explains_every_class_of_every_document_and_resumes(model_dir, data_files, csv_run, tmp_path):

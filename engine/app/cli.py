@@ -101,8 +101,8 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
                    help="a pair of texts as one document, for pair classifiers (premise and hypothesis, query "
                         "and passage): the tokenizer's pair template and token types (repeatable)")
     p.add_argument("--target", type=_target, default=None,
-                   help="class index or label name, 'predicted' (default), or 'all': every class, one "
-                        "explanation each")
+                   help="class index or label name, several as 'A,B', 'predicted' (default), or 'all': every "
+                        "class; one explanation each")
     p.add_argument("--chunk-size", type=int, help="sequences (document steps) per model call "
                                                   "(default: sized from the memory budget)")
     _add_processes_arg(p, "each document's steps")
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default), all (every class, a record "
-                        "each), or a class index or label name")
+                        "each), or a class index or label name (several as 'A,B')")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int,
                    help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "
@@ -239,12 +239,22 @@ def _engine(args, state=None, share_steps: bool = False):
                   compile=args.compile)
 
 
-def _attribution_kwargs(args, config) -> dict:
+def _resolved_target(value, config):
+    """--target as the engine takes it: a label name as its class id, "A,B" (ids or names) as those classes'
+    list; a name the model lacks is refused, naming its labels."""
     from ..models import named_classes
 
-    return dict(target=named_classes(args.target, config, "--target "), n_steps=args.n_steps,
-                tolerance=args.tolerance, max_steps=args.max_steps, accuracy=args.accuracy, method=args.method, baseline=args.baseline,
-                output=args.output, max_length=args.max_length)
+    if isinstance(value, str) and "," in value:
+        classes = [int(part) if part.strip().lstrip("-").isdigit() else part.strip() for part in value.split(",")]
+        return named_classes([classes], config, "--target ")[0]
+    return named_classes(value, config, "--target ")
+
+
+def _attribution_kwargs(args, config, n_docs: int) -> dict:
+    target = _resolved_target(args.target, config)
+    return dict(target=[target] * n_docs if isinstance(target, list) else target, n_steps=args.n_steps,
+                tolerance=args.tolerance, max_steps=args.max_steps, accuracy=args.accuracy, method=args.method,
+                baseline=args.baseline, output=args.output, max_length=args.max_length)
 
 
 def cmd_attribute(args) -> int:
@@ -258,7 +268,7 @@ def cmd_attribute(args) -> int:
     engine = _engine(args, state, share_steps=state is not None)
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
     result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
-                              **_attribution_kwargs(args, engine.model.config))
+                              **_attribution_kwargs(args, engine.model.config, len(texts)))
     if not main_process:
         return 0
     # --target all: each text's records, one per class, follow each other; a record's id is its text's number
@@ -332,7 +342,7 @@ def cmd_check(args) -> int:
     texts = _texts(args)
     engine = _engine(args)
     # Captum's computation: its rule and steps (its defaults where not given)
-    kwargs = {**_attribution_kwargs(args, engine.model.config), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
+    kwargs = {**_attribution_kwargs(args, engine.model.config, len(texts)), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
               "method": args.method or "gausslegendre"}
     ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **kwargs)
     rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}
@@ -376,7 +386,7 @@ def cmd_dataset(args) -> int:
     import transformers
 
     from .. import __version__
-    from ..models import check_target, named_classes, resolve_output
+    from ..models import check_target, resolve_output
     from ..processes import launched, process_state
     from .dataset import class_ids, read_rows, run_dataset
     from .files import output_folder
@@ -389,8 +399,9 @@ def cmd_dataset(args) -> int:
     engine = _engine(args, state)
     config = engine.model.config
     if args.target not in ("label", "predicted", "all"):    # refused before any work, as the engine would refuse it
-        args.target = named_classes(args.target, config, "--target ")
-        check_target(args.target, 1, config.num_labels)
+        args.target = _resolved_target(args.target, config)
+        for target in args.target if isinstance(args.target, list) else [args.target]:
+            check_target(target, 1, config.num_labels)
     rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
     if state is None or state.is_main_process:
         output_folder(args.out, "--out")

@@ -325,7 +325,12 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
             for entry in _attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs):
                 entries.setdefault(_entry_id(entry), []).append(entry)
         return [entry for row in batch for entry in entries[row.id]]
-    targets = [row.label for row in batch] if target == "label" else None if target == "predicted" else target
+    if target == "label":
+        targets = [row.label for row in batch]
+    elif isinstance(target, list):      # --target A,B: those classes of every document
+        targets = [target] * len(batch)
+    else:
+        targets = None if target == "predicted" else target
     return _attributed_rows(engine, batch, targets, progress, **attribute_kwargs)
 
 
