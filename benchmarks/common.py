@@ -634,9 +634,13 @@ def _send_outcome(sending, fn, args) -> None:
     except BaseException as error:      # Ctrl-C included: the parent decides what it means
         outcome = (False, error, traceback.format_exc())
     try:
-        sending.send_bytes(pickle.dumps(outcome))
+        message = pickle.dumps(outcome)
     except Exception:                   # an exception that does not pickle goes back as its text
-        sending.send_bytes(pickle.dumps((False, RuntimeError(repr(outcome[1])), outcome[2])))
+        message = pickle.dumps((False, RuntimeError(repr(outcome[1])), outcome[2]))
+    try:
+        sending.send_bytes(message)
+    except BrokenPipeError:     # the parent was stopped while it started this child: nobody to tell (its
+        pass                    # traceback came after the parent's last line, "fastig bench: interrupted")
 
 
 def in_child(fn, *args):
@@ -649,20 +653,22 @@ def in_child(fn, *args):
     context.set_forkserver_preload(_PRELOAD)
     receiving, sending = context.Pipe(duplex=False)
     child = context.Process(target=_send_outcome, args=(sending, fn, args))
-    child.start()
-    sending.close()
     try:
+        child.start()
+        sending.close()
         ok, value, child_traceback = pickle.loads(receiving.recv_bytes())
     except EOFError:
         child.join()
         if child.exitcode in (-signal.SIGINT, -signal.SIGTERM):
             raise KeyboardInterrupt(f"{fn.__name__}'s process was stopped (signal {-child.exitcode})") from None
         raise RuntimeError(f"{fn.__name__}'s process ended without a result (exit code {child.exitcode})") from None
-    except BaseException:           # the parent stopped waiting
-        child.kill()
+    except BaseException:           # the parent stopped waiting (or starting it)
+        if child.pid is not None:
+            child.kill()
         raise
     finally:
-        child.join()
+        if child.pid is not None:
+            child.join()
         receiving.close()
     if not ok:
         raise value from ChildTraceback(child_traceback)
