@@ -342,7 +342,8 @@ def cmd_check(args) -> int:
     texts = _texts(args)
     engine = _engine(args)
     # Captum's computation: its rule and steps (its defaults where not given)
-    kwargs = {**_attribution_kwargs(args, engine.model.config, len(texts)), "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
+    kwargs = {**_attribution_kwargs(args, engine.model.config, len(texts)),
+              "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
               "method": args.method or "gausslegendre"}
     ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **kwargs)
     rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}

@@ -316,12 +316,9 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
     if target == "label" and isinstance(batch[0].label, list):
         # A multi-label data set: each document's labels. The engine takes one count of targets per call, so
         # documents of as many labels share calls.
-        entries = {}
-        for count in sorted({len(row.label) for row in batch}):
+        entries = {row.id: [(row.id, "no label to explain (--target label)")] for row in batch if not row.label}
+        for count in sorted({len(row.label) for row in batch} - {0}):
             rows = [row for row in batch if len(row.label) == count]
-            if count == 0:
-                entries.update((row.id, [(row.id, "no label to explain (--target label)")]) for row in rows)
-                continue
             for entry in _attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs):
                 entries.setdefault(_entry_id(entry), []).append(entry)
         return [entry for row in batch for entry in entries[row.id]]
@@ -413,9 +410,9 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
 
     target: "label", "predicted", "all" (every class, a record each) or a class index. fingerprints:
     {"data": ..., "model": ...}, the contents compared on resume. attribute_kwargs go to Engine.attribute.
-    shard_size: documents per shard (None: about SHARD_SECONDS of work each). state: accelerate's PartialState when several
-    processes share the rows (fastig.app.launcher): each takes every N-th of the pending rows,
-    longest first, and writes its own shards; the main process holds the run's lock and merges.
+    shard_size: documents per shard (None: about SHARD_SECONDS of work each). state: accelerate's
+    PartialState when several processes share the rows (fastig.app.launcher): each takes every N-th of the
+    pending rows, longest first, and writes its own shards; the main process holds the run's lock and merges.
     Returns counts and timings of this call (this process's share).
     """
     if shard_size is not None and shard_size < 1:
