@@ -181,7 +181,7 @@ class Engine:
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
         pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted
-        class), an int or a label name ("positive", from config.label2id), or one per document; "all" or
+        class), an int or a label name ("positive", from config.id2label or label2id), or one per document; "all" or
         one list of classes per document for several.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.

@@ -210,11 +210,21 @@ def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
     return targets
 
 
+def label_ids(config) -> dict[str, int]:
+    """The model's label names and their class ids: config.id2label's, the names every output shows
+    ("positive", "LABEL_1"), and label2id's where it names others. transformers 5 derives neither from the
+    other: a config made with id2label alone has label2id None, one given id2label later keeps LABEL_i."""
+    names = {str(name): int(i) for i, name in (getattr(config, "id2label", None) or {}).items()}
+    for name, i in (getattr(config, "label2id", None) or {}).items():
+        names.setdefault(str(name), int(i))
+    return names
+
+
 def named_classes(target, config, argument: str = "target="):
-    """target with the model's label names (config.label2id's: "positive", "LABEL_1") as class ids, in every
+    """target with the model's label names (label_ids: "positive", "LABEL_1") as class ids, in every
     form target takes ("all" stays the keyword); any other string is refused, naming the labels (and the
     argument as `argument` writes it: the command line's "--target ")."""
-    names = {str(name): int(i) for name, i in (getattr(config, "label2id", None) or {}).items()}
+    names = label_ids(config)
 
     def one(value):
         if not isinstance(value, str):

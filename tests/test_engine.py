@@ -210,6 +210,18 @@ def test_label_names_as_targets_and_a_name_the_model_lacks(models, tokenizer):
         engine.attribute(texts, n_steps=4, target="positive")
 
 
+@pytest.mark.parametrize("label2id", [None, "LABEL_i"])
+def test_the_names_outputs_show_are_targets_whatever_label2id_holds(models, tokenizer, monkeypatch, label2id):
+    """transformers 5 keeps label2id None for a config made with id2label alone, and LABEL_i for one given
+    id2label later (a fine-tuning script's `model.config.id2label = ...`): the names reports show are targets."""
+    model = models("bert")
+    monkeypatch.setattr(model.config, "id2label", {0: "sad", 1: "calm", 2: "glad"})
+    monkeypatch.setattr(model.config, "label2id", None if label2id is None else
+                        {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2})
+    result = fastig.Engine(model, tokenizer).attribute(["good film", "bad plot"], n_steps=4, target=["glad", "sad"])
+    assert result.target.tolist() == [2, 0]
+
+
 @pytest.mark.parametrize("family", ["bert", "longformer"])
 def test_many_documents_without_their_hidden_size_attributions(models, tokenizer, monkeypatch, family):
     """A call whose [L, H] attributions cannot fit in host memory is refused before any work, naming

@@ -403,7 +403,7 @@ def cmd_dataset(args) -> int:
         args.target = _resolved_target(args.target, config)
         for target in args.target if isinstance(args.target, list) else [args.target]:
             check_target(target, 1, config.num_labels)
-    rows = class_ids(rows, config.label2id, config.num_labels, need_labels=args.target == "label")
+    rows = class_ids(rows, config, need_labels=args.target == "label")
     if state is None or state.is_main_process:
         output_folder(args.out, "--out")
     default_path = uses_default_path(args.n_steps, args.method, args.precision)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, NonFiniteError
-from ..models import hub_quiet
+from ..models import hub_quiet, label_ids
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
 
@@ -115,11 +115,11 @@ def read_rows(data: str, split: str = "test", text_column: str = "text", label_c
     return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint
 
 
-def class_ids(rows: list[Row], label2id: dict, num_labels: int, need_labels: bool = False) -> list[Row]:
-    """Labels as class ids: ints in [0, num_labels), or the model's label names; a multi-label data set's
+def class_ids(rows: list[Row], config, need_labels: bool = False) -> list[Row]:
+    """Labels as class ids: ints in [0, config.num_labels), or the model's label names; a multi-label data set's
     lists of them (in a CSV written as JSON, '[0, 2]') as sorted lists (then every document's, a single class
     as a list of one). Anything else is refused (a missing label too, when `need_labels`)."""
-    names = {str(name): int(i) for name, i in (label2id or {}).items()}
+    names, num_labels = label_ids(config), config.num_labels
     checked = []
     for row in rows:
         label = row.label
