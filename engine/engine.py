@@ -180,9 +180,10 @@ class Engine:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
-        pairs), or a LongTensor [B, L] / [L] of ids holding the special tokens. target: None (predicted
-        class), an int or a label name ("positive", from config.id2label or label2id), or one per document; "all" or
-        one list of classes per document for several.
+        pairs; any sequence of them), a LongTensor [B, L] / [L] of ids holding the special tokens and no
+        padding, or a tokenizer's output (its attention mask leaves the padding out). target: None (predicted
+        class), an int or a label name ("positive", from config.id2label or label2id), or one per document;
+        "all" or one list of classes per document for several.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
         output), a LongTensor of ids like the input, or a FloatTensor [L', H] layer output.
         output: "probs" (softmax, the seed's choice; on a multi-label model each label's sigmoid), "sigmoid"

@@ -10,8 +10,10 @@ position ids), so baseline and input embed exactly as they do in a plain forward
 """
 
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .display import WORD_START_MARKERS
@@ -274,16 +276,105 @@ def baseline_for(ids: torch.Tensor, baseline, specials: dict, doc_index: int, ke
                         f"allowed: {', '.join(BASELINES)}, a LongTensor of ids or a FloatTensor of embeddings")
 
 
+def _texts_or_ids(inputs):
+    """Any sequence of texts as a list (a pandas Series, a numpy array, a data set's column, a generator), a
+    numpy array of ints as a tensor; a str, tensor, list, tuple or mapping as it is."""
+    if isinstance(inputs, np.ndarray):
+        return torch.as_tensor(inputs) if inputs.dtype.kind in "iu" else inputs.tolist()
+    if hasattr(inputs, "columns"):
+        raise InputError(f"inputs of type {type(inputs).__name__} (a table): give its column of texts, as "
+                         "table['text']")
+    if isinstance(inputs, (str, torch.Tensor, Mapping, list, tuple)) or not isinstance(inputs, Iterable):
+        return inputs
+    return list(inputs)
+
+
+def _rows(value, name: str) -> list[torch.Tensor]:
+    """A tokenizer output's field ([B, L] or [L]: a tensor, a numpy array, lists) as one tensor per row."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = torch.as_tensor(value)
+        if value.ndim in (1, 2):
+            return list(value.reshape(-1, value.shape[-1]))
+    elif isinstance(value, (list, tuple)) and value:
+        if all(isinstance(v, int) for v in value):
+            return [torch.tensor(value)]
+        if all(isinstance(v, (list, tuple, torch.Tensor, np.ndarray)) for v in value):
+            return [torch.as_tensor(v) for v in value]
+    raise InputError(f"{name} of a tokenizer's output must be ids [B, L] or [L] (a tensor, an array or lists), "
+                     f"got {type(value).__name__}")
+
+
+def encode_batch(batch: Mapping, tokenizer, config, baseline):
+    """A tokenizer's output (a BatchEncoding or dict: input_ids, attention_mask, token_type_ids) as each row's
+    ids without its padding (the attention mask's zeros, on either side), and the baseline likewise where it
+    is ids padded as the input. A pair keeps its token types; the template's special tokens (a pair's
+    middle SEP too) are those a baseline of ids keeps, as for a pair given as texts."""
+    if "input_ids" not in batch:
+        raise InputError("a mapping of inputs must be a tokenizer's output, with 'input_ids'; it holds "
+                         f"{', '.join(map(str, batch)) or 'nothing'}")
+    ids = _rows(batch["input_ids"], "input_ids")
+    masks = _rows(batch["attention_mask"], "attention_mask") if batch.get("attention_mask") is not None else None
+    types = _rows(batch["token_type_ids"], "token_type_ids") if batch.get("token_type_ids") is not None else None
+    for name, field in (("attention_mask", masks), ("token_type_ids", types)):
+        if field is not None and [r.shape for r in field] != [r.shape for r in ids]:
+            raise InputError(f"{name} of shape {[tuple(r.shape) for r in field]} does not match input_ids' "
+                             f"{[tuple(r.shape) for r in ids]}")
+    attended = [mask.bool().cpu() for mask in masks or [torch.ones_like(row) for row in ids]]
+    if masks is None:
+        refuse_padding(ids, config, tokenizer)
+    template = template_ids(config, tokenizer)
+    encoded = []
+    for i, (row, mask) in enumerate(zip(ids, attended)):
+        row = split_ids(row.cpu()[mask], config)[0]
+        encoded.append(Encoded(row, [p for p, t in enumerate(row.tolist()) if t in template],
+                               token_type_ids=None if types is None else types[i].cpu()[mask].tolist()))
+    if isinstance(baseline, (torch.Tensor, np.ndarray)) and not torch.as_tensor(baseline).is_floating_point():
+        padded = _rows(baseline, "baseline")
+        if [r.shape for r in padded] == [r.shape for r in ids]:
+            baseline = [row.cpu()[mask] for row, mask in zip(padded, attended)]
+    return encoded, baseline
+
+
+def template_ids(config, tokenizer=None) -> set:
+    """The ids a template puts around a text: the tokenizer's (CLS and SEP, or its own), without one the
+    config's bos, eos, sep and cls."""
+    if tokenizer is not None:
+        return set(sum(special_tokens_around(tokenizer), []))
+    return {getattr(config, f"{name}_token_id", None) for name in ("bos", "eos", "sep", "cls")} - {None}
+
+
+def refuse_padding(rows: list[torch.Tensor], config, tokenizer=None) -> None:
+    """Ids are explained as given, every token attended: padding among them (a tokenizer's padded batch without
+    its mask) would be explained as text and change the prediction. Refused, where the padding token is
+    none of the ids a text holds (GPT-2's PAD is often its EOS, Llama's its UNK)."""
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad = config.pad_token_id if pad is None else pad
+    others = template_ids(config, tokenizer) | {getattr(source, f"{name}_token_id", None) for source in (config, tokenizer)
+                                                for name in ("unk", "mask", "bos", "eos")}
+    if pad is None or pad in others:
+        return
+    for i, row in enumerate(rows):
+        if bool((row == pad).any()):
+            raise InputError(f"input ids row {i} holds the padding token (id {pad}): ids are explained as given, "
+                             "every token attended, so padding would count as text and change the prediction; give "
+                             "the tokenizer's whole output (input_ids with its attention_mask), or the texts")
+
+
 def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length: int | None = None) -> list[Document]:
-    """Documents for a str, a list of str (or of pairs of str), or a LongTensor [B, L] / [L] of ids."""
+    """Documents for a str, a list of str (or of pairs of str; any sequence of them), a LongTensor [B, L] / [L]
+    of ids, or a tokenizer's output (its padding left out by the attention mask)."""
+    texts_or_ids = _texts_or_ids(texts_or_ids)
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
-    if isinstance(texts_or_ids, torch.Tensor):
+    if isinstance(texts_or_ids, Mapping):
+        encoded, baseline = encode_batch(texts_or_ids, tokenizer, config, baseline)
+    elif isinstance(texts_or_ids, torch.Tensor):
         # Ids hold the special tokens already: those the tokenizer puts around a text (without one: the first
         # and the last, CLS and SEP), which a baseline of token ids keeps.
         before, after = (1, 1) if tokenizer is None else map(len, special_tokens_around(tokenizer))
-        encoded = [Encoded(ids, list(range(before)) + list(range(len(ids) - after, len(ids))))
-                   for ids in split_ids(texts_or_ids, config)]
+        rows = split_ids(texts_or_ids, config)
+        refuse_padding(rows, config, tokenizer)
+        encoded = [Encoded(ids, list(range(before)) + list(range(len(ids) - after, len(ids)))) for ids in rows]
     elif isinstance(texts_or_ids, (list, tuple)):
         if not texts_or_ids:
             raise EmptyTextError("no text given: pass a str, a non-empty list of str, or ids [B, L]")
@@ -292,7 +383,7 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
                                max_positions(config, tokenizer))
     else:
         raise InputError(f"inputs of type {type(texts_or_ids).__name__}: expected a str, a list of str (or of pairs "
-                         "of str) or a LongTensor of ids")
+                         "of str), a LongTensor of ids or a tokenizer's output")
 
     specials = special_ids(config, tokenizer)
     documents = []
