@@ -406,9 +406,12 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
 
 
 def special_positions(ids: torch.Tensor, config, tokenizer=None) -> list[int]:
-    """Positions of the special tokens in ids [L]."""
+    """Positions of the special tokens in ids [L], which rankings, highlights and aggregates leave out: the
+    tokenizer's special-token mask but UNK, which stands for a text's own characters (an emoji, a character
+    an English vocabulary lacks: BERT's gave a review's 😍 its second-highest score) and is shown as them."""
     if tokenizer is not None:
         mask = tokenizer.get_special_tokens_mask(ids.tolist(), already_has_special_tokens=True)
-        return [p for p, special in enumerate(mask) if special]
+        return [p for p, (special, token) in enumerate(zip(mask, ids.tolist()))
+                if special and token != tokenizer.unk_token_id]
     specials = {getattr(config, f"{name}_token_id", None) for name in ("pad", "bos", "eos", "sep", "cls")} - {None}
     return [p for p, t in enumerate(ids.tolist()) if t in specials]

@@ -178,6 +178,22 @@ def test_top_and_bottom_of_a_short_text_never_share_a_token(models, tokenizer):
     assert all(t.score > 0 for t in top) and all(t.score < 0 for t in bottom)
 
 
+def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
+    """An emoji or a character an English WordPiece vocabulary lacks is [UNK], a token of the text: it is
+    attributed, ranked, highlighted and aggregated as the characters it stands for, not left out as the
+    tokenizer's special-token mask (which counts UNK) would have it."""
+    from fastig.app.aggregate import _units
+    from fastig.display import token_pairs
+
+    document = fastig.Engine(models("bert"), tokenizer).attribute("the film \u2603 good", n_steps=4).documents[0]
+    assert document.tokens[3] == "[UNK]" and document.shown_tokens[3] == "\u2603"
+    assert document.special_positions == [0, 5] and float(document.token_scores[3]) != 0
+    top, bottom = document.top_bottom(k=10)
+    assert 3 in [t.position for t in top + bottom]
+    assert ("\u2603", float(document.token_scores[3])) in token_pairs(document)
+    assert "\u2603" in [text for text, _ in _units(document, merge_subwords=True)]
+
+
 def test_parameters_are_left_as_they_were(models, tokenizer):
     model = models("distilbert")
     before = {n: p.requires_grad for n, p in model.named_parameters()}
