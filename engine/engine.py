@@ -25,8 +25,8 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, find_layer, model_length, named_classes, output_values,
-                     probability_output, recomputable_layers, resolve_output, several_targets)
+from .models import (check_target, check_vocabulary, check_weights, find_layer, model_length, named_classes,
+                     output_values, probability_output, recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -154,6 +154,7 @@ class Engine:
         if attention not in ATTENTIONS:
             raise InputError(f"attention={attention!r} is unknown; allowed: {', '.join(ATTENTIONS)}")
         check_mode(compile)
+        check_weights(model)
         self.attention, self.compile = attention, compile
         self.requested_precision = precision
         self.precision = resolve(precision, torch.device(device) if device is not None

@@ -40,7 +40,8 @@ class MemoryBudgetError(FastIGError):
 
 
 class ModelLoadError(FastIGError):
-    """A model or tokenizer that cannot be loaded from the given path or hub name."""
+    """A model or tokenizer that cannot be loaded from the given path or hub name, or used as given (weights
+    not float32, a tokenizer of another model)."""
 
 
 class LayerNotFoundError(FastIGError):

@@ -54,7 +54,10 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     # A weight-loading bar per call buries fastig's own output; missing weights are fastig's error below.
     try:
         with hub_quiet():
-            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True)
+            # fp32 weights, whatever dtype the checkpoint was saved in (transformers 5 keeps that one: a
+            # float16 checkpoint loaded as float16 failed in the first model call); see check_weights.
+            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True,
+                                                                             dtype=torch.float32)
     except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
         raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
                              f"{type(err).__name__}: {err}") from err
@@ -182,6 +185,17 @@ def resolve_output(output: str | None, config) -> str:
     if output == "probs" and config.problem_type == "multi_label_classification":
         return "sigmoid"
     return output
+
+
+def check_weights(model: nn.Module) -> None:
+    """A classifier's weights must be float32: fastig's precisions run the steps in fp32 or autocast them to
+    bf16 or fp16, its sums always fp32. Weights of another dtype (a model loaded with dtype=torch.float16 to
+    save memory) failed in the model's first call with torch's dtype mismatch; they are refused, naming the fix."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+    if dtypes != ["float32"]:
+        raise ModelLoadError(f"the model's weights are {', '.join(dtypes)}: fastig runs a classifier's weights in "
+                             "float32 and its precision= ('bf16', 'fp16') runs the integration steps in half "
+                             "precision with fp32 sums; give model.float() (fastig.load_classifier loads float32)")
 
 
 def check_vocabulary(model: nn.Module, tokenizer) -> None:

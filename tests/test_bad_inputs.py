@@ -13,7 +13,7 @@ import torch
 
 import fastig
 
-from conftest import make_model, make_text
+from conftest import assert_close, make_model, make_text
 from test_cli import exit_code
 
 
@@ -153,6 +153,25 @@ def test_targets_that_are_not_class_indices_are_refused(models, tokenizer, targe
 def test_bad_max_length_is_refused(models, tokenizer, max_length):
     with pytest.raises(fastig.InputError, match="max_length="):
         fastig.Engine(models("bert"), tokenizer).attribute("good film", max_length=max_length, n_steps=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_loads_in_fp32_and_a_half_model_is_refused(tokenizer, tmp_path, capsys, dtype):
+    """transformers 5 loads a checkpoint in the dtype it was saved in: a float16 one failed in the first model
+    call with torch's dtype mismatch. load_classifier (and so the CLI) loads float32, the results those of
+    the weights as saved; a half model handed to Engine is refused at once, naming model.float()."""
+    make_model("electra").to(dtype).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    model, _ = fastig.load_classifier(str(tmp_path / "model"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    texts = [make_text(6, 1), make_text(6, 2)]
+    expected = fastig.Engine(make_model("electra").to(dtype).float(), tokenizer).attribute(texts, n_steps=4)
+    got = fastig.Engine(model, tokenizer).attribute(texts, n_steps=4)
+    assert_close(got.attributions, expected.attributions, rtol=1e-5, atol=1e-6, what="attributions")
+    assert exit_code(["attribute", "--model", str(tmp_path / "model"), "--n-steps", "4", texts[0]]) == 0
+    capsys.readouterr()
+    with pytest.raises(fastig.ModelLoadError, match=rf"weights are {str(dtype)[6:]}: .*give model.float\(\)"):
+        fastig.Engine(make_model("electra").to(dtype), tokenizer)
 
 
 def test_truncation_is_said_and_recorded(models, tokenizer):
