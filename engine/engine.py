@@ -25,8 +25,9 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, check_weights, find_layer, model_length, named_classes,
-                     output_values, probability_output, recomputable_layers, resolve_output, several_targets)
+from .models import (check_target, check_vocabulary, check_weights, find_layer, model_and_tokenizer, model_length,
+                     named_classes, output_values, probability_output, recomputable_layers, resolve_output,
+                     several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -129,8 +130,10 @@ def _packing_key(doc: Document, attention: str | None):
 class Engine:
     """Integrated Gradients on a layer of a sequence classifier (by default its embeddings).
 
-    model: a Hugging Face sequence classifier (put in eval mode). tokenizer: its tokenizer,
-    or None when inputs are ids. layer: None (the embeddings module), a dotted module name
+    model: a Hugging Face sequence classifier (put in eval mode; float32 weights), its folder or hub
+    name (loaded by fastig.load_classifier), or a text-classification pipeline. tokenizer: its
+    tokenizer (or its folder or hub name; None: the named model's or the pipeline's), or None when
+    inputs are ids. layer: None (the embeddings module), a dotted module name
     or a module. precision: "fp32", "bf16" or "fp16" for the model's forward during the
     steps (accumulation is always fp32), or "auto" (bf16 or fp16 on GPUs, fp32 on CPU; see
     fastig.precision). memory_budget: the peak memory the attribution may reach, in bytes
@@ -148,12 +151,13 @@ class Engine:
     compiled step was 1.00-1.06x the eager one, after 18 s of compilation.
     """
 
-    def __init__(self, model: nn.Module, tokenizer=None, layer: str | nn.Module | None = None,
+    def __init__(self, model, tokenizer=None, layer: str | nn.Module | None = None,
                  precision: str = "auto", memory_budget=None, device=None, attention: str = "banded",
                  processes: OneProcess | None = None, compile: str | None = None):
         if attention not in ATTENTIONS:
             raise InputError(f"attention={attention!r} is unknown; allowed: {', '.join(ATTENTIONS)}")
         check_mode(compile)
+        model, tokenizer = model_and_tokenizer(model, tokenizer)
         check_weights(model)
         self.attention, self.compile = attention, compile
         self.requested_precision = precision

@@ -1,6 +1,7 @@
 """Loading a classifier, finding the layer to attribute to, and running the model from that layer."""
 
 import numbers
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -45,9 +46,9 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
     classification head (a base model: the head would be random) is refused, as is one
     whose files cannot be read (corrupt weights, a pickle torch refuses to load).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    for what, name in (("--model", name_or_path), ("--tokenizer", tokenizer)):
+    for what, name in (("model", name_or_path), ("tokenizer", tokenizer)):
         if name is not None and _missing_folder(name):
             raise ModelLoadError(f"{what} {name!r}: no such folder (a hub name is NAME or OWNER/NAME)")
     where = "local folder" if Path(name_or_path).exists() else "folder or hub name (is the hub reachable?)"
@@ -59,22 +60,45 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
             model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True,
                                                                              dtype=torch.float32)
     except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
-        raise ModelLoadError(f"--model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
+        raise ModelLoadError(f"model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
                              f"{type(err).__name__}: {err}") from err
     missing = sorted(info.get("missing_keys", ()))
     if missing:
-        raise ModelLoadError(f"--model {name_or_path!r} has no weights for {', '.join(missing[:4])}"
+        raise ModelLoadError(f"model {name_or_path!r} has no weights for {', '.join(missing[:4])}"
                              f"{' ...' if len(missing) > 4 else ''}: it is not a trained sequence classifier (a base "
                              "model gets a random classification head); give a fine-tuned classifier")
-    tokenizer_name = tokenizer or name_or_path
-    try:
-        with hub_quiet():
-            tok = AutoTokenizer.from_pretrained(tokenizer_name)
-    except Exception as err:
-        raise ModelLoadError(f"tokenizer {tokenizer_name!r}: cannot load a tokenizer: {type(err).__name__}: {err}") from err
+    tok = load_tokenizer(tokenizer or name_or_path)
     if device is not None:
         model.to(device)
     return model.eval(), tok
+
+
+def load_tokenizer(name_or_path: str):
+    """A tokenizer from a local folder or a hub name."""
+    from transformers import AutoTokenizer
+
+    if _missing_folder(name_or_path):
+        raise ModelLoadError(f"tokenizer {name_or_path!r}: no such folder (a hub name is NAME or OWNER/NAME)")
+    try:
+        with hub_quiet():
+            return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        raise ModelLoadError(f"tokenizer {name_or_path!r}: cannot load a tokenizer: {type(err).__name__}: {err}") from err
+
+
+def model_and_tokenizer(model, tokenizer=None) -> tuple[nn.Module, object]:
+    """Engine's model and tokenizer as a module and a tokenizer: a folder or hub name is loaded by
+    load_classifier (a tokenizer named by a string too), a text-classification pipeline gives its own."""
+    named_tokenizer = isinstance(tokenizer, (str, os.PathLike))
+    if isinstance(model, (str, os.PathLike)):
+        model, loaded = load_classifier(str(model), str(tokenizer) if named_tokenizer else None)
+        return model, loaded if tokenizer is None or named_tokenizer else tokenizer
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):   # a pipeline
+        model, tokenizer = model.model, getattr(model, "tokenizer", None) if tokenizer is None else tokenizer
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"model of type {type(model).__name__}: give a transformers sequence classifier (a "
+                             "torch module), its folder or hub name, or a text-classification pipeline")
+    return model, load_tokenizer(str(tokenizer)) if named_tokenizer else tokenizer
 
 
 def _missing_folder(name: str) -> bool:

@@ -95,7 +95,7 @@ CASES = [
     ("pickle refused", lambda t, k, m: _pickled_weights(_model_folder(t, k))
      or ["attribute", "--model", str(t / "model"), "--text", "good"], "cannot load a sequence classifier"),
     ("tokenizer folder missing", lambda t, k, m: ["attribute", "--model", str(m), "--tokenizer", "./no-tokenizer",
-                                                  "--text", "good"], "--tokenizer './no-tokenizer': no such folder"),
+                                                  "--text", "good"], "tokenizer './no-tokenizer': no such folder"),
     ("base model", lambda t, k, m: _base_model(t / "base", k)
      or ["attribute", "--model", str(t / "base"), "--text", "good"], "not a trained sequence classifier"),
     ("tokenizer larger than the vocabulary", lambda t, k, m: _model_folder(t, k, change=_small_vocabulary)

@@ -198,7 +198,7 @@ def test_a_missing_model_folder_is_one_line_and_exit_2(tmp_path, capsys):
     """A path that cannot be a hub name is said to be a missing folder, not a malformed repo id."""
     assert exit_code(["attribute", "--model", str(tmp_path / "missing"), "--text", "good"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"fastig attribute: error: --model '{tmp_path / 'missing'}': no such folder (a hub "
+    assert err.splitlines() == [f"fastig attribute: error: model '{tmp_path / 'missing'}': no such folder (a hub "
                                 "name is NAME or OWNER/NAME)"]
 
 

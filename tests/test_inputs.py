@@ -99,3 +99,25 @@ def test_a_column_of_texts_in_any_container_is_its_list(models, tokenizer):
         engine.attribute(table, n_steps=N_STEPS)
     ids = np.stack([d.input_ids.numpy() for d in expected.documents[:1]])     # ids as a numpy array
     _same_records(engine.attribute(ids, n_steps=N_STEPS), engine.attribute(texts[:1], n_steps=N_STEPS))
+
+
+def test_the_model_may_be_its_folder_or_its_pipeline(tokenizer, tmp_path):
+    """Engine("folder or hub name") loads it as the commands do, Engine(pipeline) takes the pipeline's model
+    and tokenizer; the records are those of the model itself. Anything else is refused, naming what is."""
+    import transformers
+
+    from conftest import make_model
+
+    model = make_model("bert")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    text = make_text(7)
+    expected = fastig.Engine(model, tokenizer).attribute(text, n_steps=N_STEPS)
+    pipeline = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer)
+    for engine in (fastig.Engine(str(tmp_path / "model")), fastig.Engine(tmp_path / "model"), fastig.Engine(pipeline),
+                   fastig.Engine(model, str(tmp_path / "model"))):
+        _same_records(engine.attribute(text, n_steps=N_STEPS), expected)
+    with pytest.raises(fastig.ModelLoadError, match="model of type int: give a transformers sequence classifier"):
+        fastig.Engine(42)
+    with pytest.raises(fastig.ModelLoadError, match="tokenizer '/nowhere': no such folder"):
+        fastig.Engine(model, "/nowhere")
