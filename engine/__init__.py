@@ -5,7 +5,7 @@ the application (fastig.app: the command line, data sets, reports, the demo) or 
 """
 
 from .engine import Engine
-from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, InputError, LayerNotFoundError,
+from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, InputError, Interrupted, LayerNotFoundError,
                      MemoryBudgetError, MethodError, ModelLoadError, NonFiniteError, OutputError, TargetError)
 from .inputs import TruncationWarning
 from .models import load_classifier
@@ -30,5 +30,5 @@ def unpatch_captum() -> None:
 
 __all__ = ["Attribution", "DocumentResult", "Engine", "RunStats", "FastIGError", "InputError", "EmptyTextError",
            "TargetError", "MethodError", "BaselineError", "DataError", "ModelLoadError", "LayerNotFoundError",
-           "MemoryBudgetError", "NonFiniteError", "OutputError", "TruncationWarning", "load_classifier", "patch_captum", "unpatch_captum", "retain_freed_cpu_memory",
-           "__version__"]
+           "MemoryBudgetError", "NonFiniteError", "OutputError", "Interrupted", "TruncationWarning", "load_classifier",
+           "patch_captum", "unpatch_captum", "retain_freed_cpu_memory", "__version__"]

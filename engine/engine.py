@@ -10,7 +10,8 @@ fastig.adaptive for n_steps="auto"), each process taking its share of the steps
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
 from .big_bird import attention_kind, block_sparse_kept, full_attention_limit
 from .compiled import check_mode
-from .errors import InputError, MemoryBudgetError, NonFiniteError
+from .errors import InputError, Interrupted, MemoryBudgetError, NonFiniteError
 from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
@@ -229,7 +230,9 @@ class Engine:
         self.scheduler.start_run()
 
         bar = Progress(len(docs)) if progress else None
-        records, groups, seconds = [None] * (len(docs) * per_document), [], TimeSplit()
+        records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
+        build = partial(self._result, rule=rule, n_steps=n_steps, output=output, per_document=per_document,
+                        keep_attributions=keep_attributions)
         try:
             # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
             # the last layer computes only the first token, which the classifier reads (fastig.first_token).
@@ -249,13 +252,33 @@ class Engine:
                     slots = [i * per_document + t for i in group for t in range(per_document)]
                     for i, (record, attributions) in zip(slots, results):
                         records[i] = (record, attributions)
+        except KeyboardInterrupt as stop:   # a notebook's interrupt: the documents done are kept, named by index
+            done = [(replace(pair[0], id=i // per_document) if pair[0].id is None else pair[0], pair[1])
+                    for i, pair in enumerate(records) if pair is not None]
+            raise Interrupted(f"{len(done) // per_document} of {len(docs)} documents were done before the "
+                              "interrupt: their records (each with its document's index as .id) are in this "
+                              "exception's .result", build(done, groups, seconds, retains_memory) if done else None
+                              ) from stop
         finally:
             if bar is not None:
                 bar.close()
 
+        result = build(records, groups, seconds, retains_memory)
+        not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
+        if not_finite:
+            if several is not None:     # results are per (document, target) pair
+                not_finite = sorted({i // len(several[0]) for i in not_finite})
+            raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
+                                 "(nan or inf) there, so no attribution is given; the model or its inputs are "
+                                 "broken for them (the other documents' results are in the error's .result)",
+                                 not_finite, result)
+        return result
+
+    def _result(self, records: list, groups: list, seconds: TimeSplit, retains_memory: bool, rule: Rule,
+                n_steps, output: str, per_document: int, keep_attributions: bool) -> Attribution:
+        """The Attribution of these (record, attributions) pairs, with the stats of the groups that made them."""
         documents = [record for record, _ in records]
         token_steps = sum(len(d.tokens) * d.evaluations for d in documents) / per_document  # the model's
-        not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
                          retains_cpu_memory=retains_memory, fallbacks=sum(path.fallbacks for _, path in groups),
                          documents_per_group=[count for count, _ in groups],
@@ -270,17 +293,9 @@ class Engine:
             attributions = None
         elif len({a.shape for a in attributions}) == 1:
             attributions = torch.stack(attributions)
-        result = Attribution(documents=documents, attributions=attributions,
-                             n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
-                             output=output, stats=stats)
-        if not_finite:
-            if several is not None:     # results are per (document, target) pair
-                not_finite = sorted({i // len(several[0]) for i in not_finite})
-            raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
-                                 "(nan or inf) there, so no attribution is given; the model or its inputs are "
-                                 "broken for them (the other documents' results are in the error's .result)",
-                                 not_finite, result)
-        return result
+        return Attribution(documents=documents, attributions=attributions,
+                           n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
+                           output=output, stats=stats)
 
     def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
         """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory

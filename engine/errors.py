@@ -56,3 +56,13 @@ class NonFiniteError(FastIGError):
     def __init__(self, message: str, documents: list, result=None):
         super().__init__(message)
         self.documents, self.result = documents, result
+
+
+class Interrupted(KeyboardInterrupt):
+    """An interrupt (Ctrl-C, a notebook's stop) during `Engine.attribute`: still a KeyboardInterrupt, not an
+    error, but it keeps what was done. `result` is the Attribution of the documents finished before it (each
+    record's .id its document's index in the call), or None."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

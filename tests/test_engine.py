@@ -259,3 +259,34 @@ def test_many_documents_without_their_hidden_size_attributions(models, tokenizer
     for ours, theirs in zip(lean.documents, kept.documents):      # to fp32 rounding: calls of other sizes
         assert_close(ours.token_scores, theirs.token_scores, rtol=0, atol=1e-5, what="token scores")
         assert ours.delta == pytest.approx(theirs.delta, abs=1e-5) and ours.target == theirs.target
+
+
+def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
+    """Ctrl-C (a notebook's stop) during a long call raises fastig.Interrupted, still a KeyboardInterrupt,
+    whose .result holds the documents finished before it, each as the whole call gives it and named by its
+    index: hours of a notebook's work were lost with the call before."""
+    engine = fastig.Engine(models("bert"), tokenizer)
+    texts, baselines = [make_text(12, seed) for seed in range(4)], ["pad", "zeros", "pad", "zeros"]
+    whole = engine.attribute(texts, n_steps=6, baseline=baselines)
+    run_group, calls = fastig.Engine._attribute_group, []
+
+    def stopped_at_the_second_group(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_group(*args)
+
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped_at_the_second_group)
+    first_group = whole.stats.documents_per_group[0]
+    with pytest.raises(fastig.Interrupted, match=f"{first_group} of 4 documents were done") as stop:
+        engine.attribute(texts, n_steps=6, baseline=baselines)
+    assert isinstance(stop.value, KeyboardInterrupt)
+    done = stop.value.result
+    assert len(done.documents) == first_group and done.stats.model_calls > 0
+    for record, attributions in zip(done.documents, done.attributions):
+        assert_close(attributions, whole.attributions[record.id], rtol=1e-5, atol=1e-7, what="attributions")
+    calls.clear()
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(fastig.Interrupted, match="0 of 4") as stop:
+        engine.attribute(texts, n_steps=6)
+    assert stop.value.result is None
