@@ -83,7 +83,8 @@ def load_tokenizer(name_or_path: str):
         with hub_quiet():
             return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:
-        raise ModelLoadError(f"tokenizer {name_or_path!r}: cannot load a tokenizer: {type(err).__name__}: {err}") from err
+        raise ModelLoadError(f"tokenizer {name_or_path!r}: cannot load a tokenizer: {type(err).__name__}: "
+                             f"{err}") from err
 
 
 def model_and_tokenizer(model, tokenizer=None) -> tuple[nn.Module, object]:
