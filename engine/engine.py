@@ -128,6 +128,23 @@ def _packing_key(doc: Document, attention: str | None):
     return "ids" if doc.baseline_ids is not None else doc.baseline_embedding, tuple(doc.model_kwargs), attention
 
 
+def resolve_device(name, argument: str = "device=") -> torch.device:
+    """The device named (a str or torch.device; None: the first GPU if there is one, else the CPU), refused at
+    once where this machine has none such (`argument` names it as the caller writes it)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"{argument}{name!r} is not a device: give cpu, cuda or cuda:N (or mps)") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
+        raise InputError(f"{argument}{name!r}: this machine has {found}; use {argument}'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{argument}{name!r}: this machine has no MPS device; use {argument}'cpu'")
+    return device
+
+
 class Engine:
     """Integrated Gradients on a layer of a sequence classifier (by default its embeddings).
 
@@ -162,7 +179,7 @@ class Engine:
         check_weights(model)
         self.attention, self.compile = attention, compile
         self.requested_precision = precision
-        self.precision = resolve(precision, torch.device(device) if device is not None
+        self.precision = resolve(precision, resolve_device(device) if device is not None
                                  else next(model.parameters()).device)
         if device is not None:
             model.to(device)

@@ -174,6 +174,17 @@ def test_a_half_precision_checkpoint_loads_in_fp32_and_a_half_model_is_refused(t
         fastig.Engine(make_model("electra").to(dtype), tokenizer)
 
 
+@pytest.mark.parametrize("device, fragment", [("cuda", "device='cuda': this machine has no CUDA device"),
+                                              ("cuda:1", "no CUDA device; use device='cpu'"),
+                                              ("gpu", "device='gpu' is not a device: give cpu, cuda or cuda:N")])
+def test_a_device_this_machine_lacks_is_refused_in_python_too(models, tokenizer, monkeypatch, device, fragment):
+    """Engine(device=...) said only torch's "Torch not compiled with CUDA enabled" (an AssertionError); it now
+    says what the command line says, before the model is moved."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(fastig.InputError, match=fragment):
+        fastig.Engine(models("bert"), tokenizer, device=device)
+
+
 def test_truncation_is_said_and_recorded(models, tokenizer):
     with pytest.warns(fastig.TruncationWarning, match="the first 5 kept and 7 dropped"):
         result = fastig.Engine(models("bert"), tokenizer).attribute(make_text(12), max_length=5, n_steps=4)

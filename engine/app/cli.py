@@ -204,33 +204,16 @@ def _texts(args) -> list:
     return texts
 
 
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"--device {name!r} is not a device: give cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        found = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
-        raise InputError(f"--device {name!r}: this machine has {found}; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: fastig runs on cpu or cuda")
-    return device
-
-
 def _engine(args, state=None, share_steps: bool = False):
     """The engine of the command's model; in a launched process (state), on that process's GPU if there are
     GPUs, and with share_steps, sharing each document's steps with the other processes."""
     import torch
 
-    from ..engine import Engine
+    from ..engine import Engine, resolve_device
     from ..models import load_classifier
     from ..processes import AllProcesses
 
-    device = _device(args.device)
+    device = resolve_device(args.device, "--device ")
     if state is not None and device.type == "cuda":
         device = torch.device(f"cuda:{state.local_process_index}")
     model, tokenizer = load_classifier(args.model, args.tokenizer, device)
