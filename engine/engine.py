@@ -312,7 +312,8 @@ class Engine:
             attributions = torch.stack(attributions)
         return Attribution(documents=documents, attributions=attributions,
                            n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
-                           output=output, stats=stats)
+                           output=output, stats=stats,
+                           labels={str(k): v for k, v in (self.model.config.id2label or {}).items()})
 
     def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
         """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory

@@ -208,6 +208,10 @@ class RunStats:
         return {k: v for k, v in values.items() if v is not None or k not in ("tolerance", "accuracy", "max_steps")}
 
 
+# A notebook shows this many documents' rows: 25,000 reviews' table froze the browser tab it was sent to.
+NOTEBOOK_ROWS = 50
+
+
 def _stack_if_even(rows: list[torch.Tensor]):
     return torch.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
@@ -217,7 +221,8 @@ class Attribution:
     """The result of `Engine.attribute` for B documents, all on CPU.
 
     documents: B DocumentResult records. attributions: [B, L, H] fp32 (a list of [L_i, H]
-    when lengths differ; None with keep_attributions=False). stats: RunStats.
+    when lengths differ; None with keep_attributions=False). stats: RunStats. labels: the model's
+    class names by id as a string ({"0": "negative", ...}: its config's id2label).
     The per-document fields as batches, built from the records: token_scores [B, L] (or a
     list of [L_i]), tokens (B lists), input_ids [B, L] long (or a list), delta, prediction,
     target, output_at_input, output_at_baseline [B], probs [B, C], integrand [B, n] at alphas
@@ -230,6 +235,7 @@ class Attribution:
     method: str
     output: str
     stats: RunStats
+    labels: dict = field(default_factory=dict)
     token_scores: torch.Tensor | list = field(init=False)
     tokens: list = field(init=False)
     input_ids: torch.Tensor | list = field(init=False)
@@ -272,12 +278,15 @@ class Attribution:
                                                      d.target, float(d.token_scores.sum()), d.shown_tokens, d.delta)
 
     def _repr_html_(self) -> str:
-        """Captum's visualize_text table of every document, for notebooks."""
+        """Captum's visualize_text table of the documents (the first NOTEBOOK_ROWS), for notebooks."""
         from .display import captum_record_table
 
-        return captum_record_table(self.documents, {})
+        table = captum_record_table(self.documents[:NOTEBOOK_ROWS], self.labels)
+        more = len(self.documents) - NOTEBOOK_ROWS
+        return table + (f"<p>and {more} more documents: <code>result.documents</code>, or "
+                        "<code>fastig report</code> of its result.json</p>" if more > 0 else "")
 
     def to_dict(self, k: int = 20) -> dict:
         """JSON-ready: the settings, the run's statistics and each document's record (no hidden-size tensors)."""
         return {"n_steps": self.n_steps, "method": self.method, "output": self.output, "stats": self.stats.to_dict(),
-                "documents": [d.to_json(k) for d in self.documents]}
+                "labels": self.labels, "documents": [d.to_json(k) for d in self.documents]}

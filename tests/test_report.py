@@ -188,13 +188,20 @@ def test_report_of_something_else_is_refused(tmp_path, capsys):
     assert "neither a `fastig dataset` folder nor a result.json" in capsys.readouterr().err
 
 
-def test_attribution_renders_in_notebooks_and_as_a_captum_record(models, tokenizer):
+def test_attribution_renders_in_notebooks_and_as_a_captum_record(models, tokenizer, monkeypatch):
+    """A notebook shows each document's row with the model's label names (it showed bare class ids), up to
+    NOTEBOOK_ROWS rows and a line for the rest (25,000 rows froze the browser tab)."""
     from captum.attr import visualization
 
     import fastig
+    import fastig.result
     result = fastig.Engine(models("bert"), tokenizer).attribute(["the good movie", "bad & plot"], n_steps=4)
     markup = result._repr_html_()
     assert markup.count("<tr>") == 3 and ">&amp;</mark>" in markup and ">&</mark>" not in markup
+    assert f"<td>LABEL_{int(result.prediction[0])} ({int(result.prediction[0])}) (" in markup
+    monkeypatch.setattr(fastig.result, "NOTEBOOK_ROWS", 1)
+    markup = result._repr_html_()
+    assert markup.count("<tr>") == 2 and "and 1 more documents" in markup
     record = result.to_captum_record(1, true_label=0)
     assert isinstance(record, visualization.VisualizationDataRecord)
     rendered = visualization.visualize_text([record], legend=False).data    # Captum's own renderer takes it

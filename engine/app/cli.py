@@ -261,7 +261,7 @@ def cmd_attribute(args) -> int:
     print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens, records_per_text=per_text)
     print(run_line(result))
     if args.out:
-        _write_result(args, result, {str(k): v for k, v in engine.model.config.id2label.items()})
+        _write_result(args, result)
     return 0
 
 
@@ -285,7 +285,7 @@ def _check_output_file(path: Path) -> None:
     output_folder(path.parent, "--out's folder")
 
 
-def _write_result(args, result, labels: dict) -> None:
+def _write_result(args, result) -> None:
     """result.json and its report. Nothing computed is lost to a write that fails: the result goes to a
     temporary file instead, and the error says where."""
     import tempfile
@@ -294,7 +294,7 @@ def _write_result(args, result, labels: dict) -> None:
     from .report import Source, write_report
 
     source = Source({**_source_facts(args), "output": result.output})     # --output left out: what it meant
-    text = to_json({**result.to_dict(args.top_k), "labels": labels, "source": source.facts})
+    text = to_json({**result.to_dict(args.top_k), "source": source.facts})
     try:
         write_atomically(args.out, text)
     except OSError as err:
@@ -306,8 +306,8 @@ def _write_result(args, result, labels: dict) -> None:
         where = f"the result is kept in {kept}" if kept else "and no temporary file could be written either"
         raise OutputError(f"--out {str(args.out)!r}: cannot write it ({err.strerror or err}); {where}") from err
     try:
-        index = write_report(result.documents, labels, args.out.with_suffix(".report"), f"fastig: {args.out.name}",
-                             source=source)
+        index = write_report(result.documents, result.labels, args.out.with_suffix(".report"),
+                             f"fastig: {args.out.name}", source=source)
     except OSError as err:
         raise OutputError(f"wrote {args.out}, but not its HTML report ({err.strerror or err}); "
                           f"`fastig report {args.out} --out FOLDER` writes it elsewhere") from err

