@@ -131,10 +131,11 @@ def _is_pair(text) -> bool:
     return isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(part, str) for part in text)
 
 
-def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int | None, why: str) -> Encoded:
+def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int | None,
+                why: str) -> tuple[Encoded, str | None]:
     """Texts A and B by the tokenizer's pair template, their tokens cut longest first to max_length together
     (and the template's to `positions`); shown as one text, A, a blank line, B (offsets and words of B after
-    A's)."""
+    A's). With what was cut, said (None: nothing)."""
     first, second = pair
     for part in pair:
         if not tokenizer(part, add_special_tokens=False)["input_ids"]:
@@ -149,10 +150,8 @@ def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int 
         max_length=keep)
     ids, special = encoding["input_ids"], encoding["special_tokens_mask"]
     dropped = len(whole["input_ids"]) - len(ids)
-    if dropped:
-        warnings.warn(f"texts[{i}]: a pair of {len(whole['input_ids']) - template} tokens, {len(ids) - template} "
-                      f"kept and {dropped} dropped, from the longer text first ({why})", TruncationWarning,
-                      stacklevel=5)
+    cut = (f"texts[{i}]: a pair of {len(whole['input_ids']) - template} tokens, {len(ids) - template} kept and "
+           f"{dropped} dropped, from the longer text first ({why})") if dropped else None
     text = first + PAIR_SEPARATOR + second
     offsets = word_ids = None
     if fast:
@@ -165,7 +164,7 @@ def encode_pair(i: int, pair, tokenizer, max_length: int | None, positions: int 
             word_ids.append(None if is_special or word is None else word + next_word * part)
     types = encoding.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
     return Encoded(torch.tensor(ids), [p for p, is_special in enumerate(special) if is_special], dropped, text,
-                   offsets, word_ids, types)
+                   offsets, word_ids, types), cut
 
 
 def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_length",
@@ -176,10 +175,12 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
     if tokenizer is None:
         raise InputError("texts need a tokenizer; pass one to Engine(...) or give input ids [B, L]")
     before, after = special_tokens_around(tokenizer)
-    encoded = []
+    encoded, cuts = [], []
     for i, text in enumerate(texts):
         if _is_pair(text):
-            encoded.append(encode_pair(i, text, tokenizer, max_length, positions, why))
+            pair, cut = encode_pair(i, text, tokenizer, max_length, positions, why)
+            encoded.append(pair)
+            cuts += [cut] if cut else []
             continue
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str or a pair (str, str)")
@@ -193,15 +194,26 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
             raise EmptyTextError(f"texts[{i}]={text[:40]!r} holds no token; give a non-empty text")
         dropped = max(0, len(ids) - max_length) if max_length is not None else 0
         if dropped:
-            warnings.warn(f"texts[{i}]: {len(ids)} tokens, the first {max_length} kept and {dropped} dropped ({why})",
-                          TruncationWarning, stacklevel=4)
+            cuts.append(f"texts[{i}]: {len(ids)} tokens, the first {max_length} kept and {dropped} dropped ({why})")
         if offsets is not None:     # CLS and SEP are in no word and at no place of the text
             offsets = [None] * len(before) + list(map(list, offsets[:max_length])) + [None] * len(after)
             word_ids = [None] * len(before) + word_ids[:max_length] + [None] * len(after)
         ids = torch.tensor(before + ids[:max_length] + after)
         kept = list(range(len(before))) + list(range(len(ids) - len(after), len(ids)))
         encoded.append(Encoded(ids, kept, dropped, text, offsets, word_ids))
+    warn_cut(cuts, len(texts))
     return encoded
+
+
+def warn_cut(cuts: list[str], texts: int, shown: int = 3) -> None:
+    """One TruncationWarning for the texts of a call that were cut, the first `shown` of them said: one a
+    text made a data set of IMDB reviews print thousands of lines. Each record's truncated_tokens keeps its count."""
+    if len(cuts) > 1:
+        more = f"; and {len(cuts) - shown} more" if len(cuts) > shown else ""
+        cuts = [f"{len(cuts)} of {texts} texts were cut (each record's truncated_tokens says by how much): "
+                + "; ".join(cuts[:shown]) + more]
+    if cuts:
+        warnings.warn(cuts[0], TruncationWarning, stacklevel=6)     # the caller of Engine.attribute
 
 
 def display_tokens(tokens: list[str], encoded: Encoded, tokenizer, special: list[int]) -> list[str]:

@@ -191,6 +191,18 @@ def test_truncation_is_said_and_recorded(models, tokenizer):
     assert result.documents[0].truncated_tokens == 7 and len(result.tokens[0]) == 7
 
 
+def test_texts_cut_in_one_call_are_said_in_one_warning(models, tokenizer):
+    """A warning a text made a data set of long reviews print thousands of lines: the texts of a call that
+    were cut are said once, with their count and the first three; each record keeps its own count."""
+    texts = [make_text(12, 1), make_text(3, 2), make_text(9, 3), make_text(14, 4), make_text(8, 5), make_text(7, 6)]
+    with pytest.warns(fastig.TruncationWarning) as said:
+        result = fastig.Engine(models("bert"), tokenizer).attribute(texts, max_length=6, n_steps=4)
+    assert len(said) == 1 and str(said[0].message).startswith("5 of 6 texts were cut")
+    assert "texts[0]: 12 tokens" in str(said[0].message) and str(said[0].message).endswith("; and 2 more")
+    assert said[0].filename == __file__        # said at the caller's line
+    assert [d.truncated_tokens for d in result.documents] == [6, 0, 3, 8, 2, 1]
+
+
 def test_truncation_warning_is_one_line_on_the_command_line(model_dir, capsys):
     assert exit_code(["attribute", "--model", str(model_dir), "--text", make_text(12), "--max-length", "5",
                       "--n-steps", "4"]) == 0

@@ -276,6 +276,20 @@ def test_bad_data_is_refused_before_any_work(model_dir, data_files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_documents_cut_to_the_models_length_are_counted_not_said_one_by_one(model_dir, data_files, tmp_path,
+                                                                             capsys):
+    """A data set of long reviews printed a warning line per document cut (naming its place in a shard's
+    batch, not its id): the closing line counts them and documents.csv gives each one's truncated_tokens."""
+    assert exit_code(_args(model_dir, data_files / "docs.jsonl", tmp_path / "out", "--max-length", "20")) == 0
+    said = capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "documents.csv")))
+    cut = [row for row in rows if int(row["truncated_tokens"]) > 0]
+    assert 0 < len(cut) < len(rows) and "warning" not in said.err
+    assert f", {len(cut)} cut to the model's length (documents.csv's truncated_tokens);" in said.out.splitlines()[-1]
+    lengths = {r["id"]: len(r["tokens"]) for r in _records(tmp_path / "out")}
+    assert all(lengths[int(row["id"])] == 22 for row in cut)     # CLS + 20 + SEP
+
+
 def test_a_csvs_lists_of_labels_read_as_a_multi_label_data_sets():
     import transformers
     from fastig.app.dataset import Row, class_ids

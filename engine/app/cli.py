@@ -411,9 +411,10 @@ def cmd_dataset(args) -> int:
     if state is not None and not state.is_main_process:
         return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
+    cut = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" if summary["cut"] else ""
     print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now "
           f"({rate:.0f} token-steps/s), {summary['resumed_with']} from before, {summary['skipped']} skipped "
-          "(skipped.csv); documents.jsonl, documents.csv")
+          f"(skipped.csv){cut}; documents.jsonl, documents.csv")
     return 0
 
 

@@ -26,12 +26,14 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, NonFiniteError
+from ..inputs import TruncationWarning
 from ..models import hub_quiet, label_ids
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
@@ -333,8 +335,10 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
 
 def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attribute_kwargs) -> list:
     try:
-        result = engine.attribute([row.text for row in batch], target=targets, progress=progress,
-                                  keep_attributions=False, **attribute_kwargs)     # shards hold the records
+        with warnings.catch_warnings():     # texts cut: counted from the records at the end, not said per shard
+            warnings.simplefilter("ignore", TruncationWarning)
+            result = engine.attribute([row.text for row in batch], target=targets, progress=progress,
+                                      keep_attributions=False, **attribute_kwargs)     # shards hold the records
         broken = set()
     except NonFiniteError as error:
         result, broken = error.result, set(error.documents)
@@ -369,10 +373,10 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
     return token_steps
 
 
-def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, int]:
+def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, int, int]:
     """index.json, documents.jsonl (every document's records once, by id), documents.csv and skipped.csv from
-    the sound shards; returns the documents merged and skipped. A document of the data set that no shard holds
-    is an error, not a missing line."""
+    the sound shards; returns the documents merged, skipped and cut to the model's length. A document of the
+    data set that no shard holds is an error, not a missing line."""
     by_shard = sound_shards(out, move_corrupt=True)
     records, skipped = {}, dict(skipped)
     for entries in by_shard.values():
@@ -394,13 +398,15 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, i
     write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens"))
-    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens)) for r in ordered)
+    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens", "truncated_tokens"))
+    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens), r.truncated_tokens)
+                     for r in ordered)
     write_atomically(out / "documents.csv", buffer.getvalue())
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
     write_atomically(out / "skipped.csv", buffer.getvalue())
-    return sum(row.id in records for row in rows), len(skipped)
+    cut = sum(row.id in records and records[row.id][0].truncated_tokens > 0 for row in rows)
+    return sum(row.id in records for row in rows), len(skipped), cut
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, target,
@@ -443,5 +449,5 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
         wait()
         if rank != 0:
             return summary
-        documents, skipped = merge(out, rows, plan.skipped, top_k)     # skipped: before and while running
-        return {**summary, "documents": documents, "skipped": skipped}
+        documents, skipped, cut = merge(out, rows, plan.skipped, top_k)     # skipped: before and while running
+        return {**summary, "documents": documents, "skipped": skipped, "cut": cut}
