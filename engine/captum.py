@@ -140,7 +140,8 @@ class LayerIntegratedGradients(CaptumLayerIntegratedGradients):
             attributions, _ = kernels.finalize(path.difference, path.gradient_sum)
         else:
             attributions = path.gradient_sum
-        attributions = attributions.view(examples, *layer_shape).to(layer_dtype)
+        # Captum's dtype: a half layer's gradients times its float32 step sizes are float32 (so is its delta).
+        attributions = attributions.view(examples, *layer_shape).to(torch.promote_types(layer_dtype, torch.float32))
         seconds = path.seconds
         seconds.endpoints, seconds.finalize = t0 - started, time.perf_counter() - t1
         seconds.total = time.perf_counter() - started

@@ -129,6 +129,27 @@ def test_multiply_by_inputs_false_gives_the_integrated_gradient():
     assert fast.multiplies_by_inputs is False and fast.has_convergence_delta()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_a_half_precision_model_gets_captums_float32_result(dtype, multiply_by_inputs):
+    """Captum sums a half model's gradients with float32 step sizes, so its attributions and delta are
+    float32; fastig's rounded them back to the layer's dtype (a bf16 delta of exactly 0 where Captum's was
+    2.5e-3 on a BERT). Values within half precision's rounding of the path points (Captum forms them in the
+    layer's dtype, fastig in fp32)."""
+    model = Bag().to(dtype)
+    captum, fast = _both(model, model.words, multiply_by_inputs)
+    ids = _ids(2)
+    expected = captum.attribute(ids, target=1, n_steps=8, return_convergence_delta=True)
+    actual = fast.attribute(ids, target=1, n_steps=8, return_convergence_delta=True)
+    assert fast.last_path == "fastig"
+    # Measured: attributions within 3.6e-3 of their largest, deltas (differences of O(1) outputs the half
+    # model rounds) within 4.7e-4.
+    for e, a, what, atol in zip(expected, actual, ("attributions", "delta"), (1e-2 * float(expected[0].abs().max()),
+                                                                                2e-3)):
+        assert a.dtype == e.dtype == torch.float32, what
+        assert_close(a, e, rtol=0, atol=atol, what=what)
+
+
 @pytest.mark.parametrize("case", ["layer list", "layer input", "grad_kwargs"])
 def test_what_the_fast_path_does_not_cover_is_captums_result_and_counted(case, caplog):
     model = Bag()
