@@ -361,8 +361,9 @@ def refuse_padding(rows: list[torch.Tensor], config, tokenizer=None) -> None:
     none of the ids a text holds (GPT-2's PAD is often its EOS, Llama's its UNK)."""
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad = config.pad_token_id if pad is None else pad
+    named = ("unk", "mask", "bos", "eos")
     others = template_ids(config, tokenizer) | {getattr(source, f"{name}_token_id", None)
-                                                for source in (config, tokenizer) for name in ("unk", "mask", "bos", "eos")}
+                                                for source in (config, tokenizer) for name in named}
     if pad is None or pad in others:
         return
     for i, row in enumerate(rows):
