@@ -270,10 +270,11 @@ class Engine:
                     for i, (record, attributions) in zip(slots, results):
                         records[i] = (record, attributions)
         except KeyboardInterrupt as stop:   # a notebook's interrupt: the documents done are kept, named by index
-            done = [(replace(pair[0], id=i // per_document) if pair[0].id is None else pair[0], pair[1])
+            per_text = 1 if several is None else len(several[0])    # records are text-major either way
+            done = [(replace(pair[0], id=i // per_text) if pair[0].id is None else pair[0], pair[1])
                     for i, pair in enumerate(records) if pair is not None]
-            raise Interrupted(f"{len(done) // per_document} of {len(docs)} documents were done before the "
-                              "interrupt: their records (each with its document's index as .id) are in this "
+            raise Interrupted(f"{len(done) // per_text} of {len(records) // per_text} documents were done before "
+                              "the interrupt: their records (each with its document's index as .id) are in this "
                               "exception's .result", build(done, groups, seconds, retains_memory) if done else None
                               ) from stop
         finally:

@@ -285,7 +285,11 @@ def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
     assert len(done.documents) == first_group and done.stats.model_calls > 0
     for record, attributions in zip(done.documents, done.attributions):
         assert_close(attributions, whole.attributions[record.id], rtol=1e-5, atol=1e-7, what="attributions")
-    calls.clear()
+    calls.clear()       # several targets: a record per (document, class), named by its document
+    with pytest.raises(fastig.Interrupted, match=f"{first_group} of 4 documents") as stop:
+        engine.attribute(texts, n_steps=6, baseline=baselines, target="all")
+    ids = [record.id for record in stop.value.result.documents]
+    assert len(ids) == 3 * first_group and all(ids.count(i) == 3 for i in set(ids))
     monkeypatch.setattr(fastig.Engine, "_attribute_group", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(fastig.Interrupted, match="0 of 4") as stop:
         engine.attribute(texts, n_steps=6)
