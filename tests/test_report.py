@@ -182,6 +182,20 @@ def test_report_command_on_a_result_json(saved_model, tmp_path, capsys):
     assert labels == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
 
 
+def test_a_result_saved_from_python_is_reported_with_its_label_names(models, tokenizer, tmp_path, monkeypatch):
+    """json.dump(res.to_dict()) is the file `fastig report` reads, label names included (a notebook's result
+    had no way to its report but through the command line's attribute)."""
+    import fastig
+
+    model = models("bert")
+    monkeypatch.setattr(model.config, "id2label", {0: "sad", 1: "calm", 2: "glad"})
+    result = fastig.Engine(model, tokenizer).attribute(["the good movie", "a bad plot"], n_steps=4)
+    (tmp_path / "result.json").write_text(json.dumps(result.to_dict()))
+    assert exit_code(["report", str(tmp_path / "result.json"), "--out", str(tmp_path / "report")]) == 0
+    index = (tmp_path / "report" / "index.html").read_text()
+    assert f"{result.labels[str(int(result.prediction[0]))]} ({int(result.prediction[0])})" in index
+
+
 def test_report_of_something_else_is_refused(tmp_path, capsys):
     (tmp_path / "x.json").write_text("[1, 2]")
     assert exit_code(["report", str(tmp_path / "x.json"), "--out", str(tmp_path / "r")]) == 2
