@@ -71,6 +71,27 @@ def test_a_decoder_classifier_without_special_tokens(gpt2_tokenizer):
     assert all(d.tolerance_met for d in engine.attribute(CORPUS[:2]).documents)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_decoders_left_padded_batch_explains_its_texts(gpt2_tokenizer, llama_tokenizer, family):
+    """A decoder's batch is padded on the left, with a PAD that is also its EOS (so ids alone cannot tell
+    padding from text): the attention mask leaves it out, and the records are the texts' own."""
+    tokenizer = gpt2_tokenizer if family == "gpt2" else llama_tokenizer
+    engine = fastig.Engine(_gpt2(tokenizer) if family == "gpt2" else _llama(tokenizer), tokenizer)
+    texts = [CORPUS[0], CORPUS[1][:30]]
+    expected = engine.attribute(texts, n_steps=N_STEPS)
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = "right"
+    got = engine.attribute(batch, n_steps=N_STEPS)
+    assert bool((batch["attention_mask"][1] == 0).any()) and got.tokens == expected.tokens
+    for ours, theirs in zip(got.documents, expected.documents):
+        assert ours.special_positions == theirs.special_positions
+        assert torch.allclose(ours.probs, theirs.probs, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(ours.token_scores, theirs.token_scores, rtol=1e-4, atol=1e-6)
+
+
 def test_a_tokenizer_template_puts_its_own_special_tokens_around_the_text(llama_tokenizer):
     """Llama's BOS before the text: kept in the baseline, counted in the position limit (64 here)."""
     engine = fastig.Engine(_llama(llama_tokenizer), llama_tokenizer)
