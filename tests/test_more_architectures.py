@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 import fastig
 from fastig.reference import MAX_REL_L2, captum_attribute, compare
 
-from conftest import CORPUS, byte_level_bpe, make_text
+from conftest import CORPUS, assert_close, byte_level_bpe, make_text
 
 N_STEPS = 12
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=2)
@@ -88,8 +88,8 @@ def test_a_decoders_left_padded_batch_explains_its_texts(gpt2_tokenizer, llama_t
     assert bool((batch["attention_mask"][1] == 0).any()) and got.tokens == expected.tokens
     for ours, theirs in zip(got.documents, expected.documents):
         assert ours.special_positions == theirs.special_positions
-        assert torch.allclose(ours.probs, theirs.probs, rtol=1e-5, atol=1e-7)
-        assert torch.allclose(ours.token_scores, theirs.token_scores, rtol=1e-4, atol=1e-6)
+        assert_close(ours.probs, theirs.probs, rtol=1e-5, atol=1e-7, what="probabilities")
+        assert_close(ours.token_scores, theirs.token_scores, rtol=1e-4, atol=1e-6, what="token scores")
 
 
 def test_a_tokenizer_template_puts_its_own_special_tokens_around_the_text(llama_tokenizer):
