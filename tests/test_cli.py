@@ -45,6 +45,22 @@ def test_attribute_prints_and_writes_json(model_dir, tmp_path, capsys):
     assert table.count("good") == 1 and table.count("film") == 1
 
 
+def test_a_document_from_standard_input(model_dir, tmp_path, capsys, monkeypatch):
+    """`--file -` reads a document from standard input (`cat paper.txt | fastig attribute ...`), UTF-8, as
+    --text gives it; with --processes it is refused, as only one process could read it."""
+    import io
+
+    text = make_text(12) + " caf\u00e9"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8"))))
+    for source, out in ((["--file", "-"], "a.json"), (["--text", text], "b.json")):
+        assert main(["attribute", "--model", model_dir, *source, "--n-steps", "4", "--out", str(tmp_path / out)]) == 0
+    from_stdin, from_text = (json.loads((tmp_path / name).read_text())["documents"][0] for name in ("a.json", "b.json"))
+    assert from_stdin["text"] == text and from_stdin["token_scores"] == from_text["token_scores"]
+    capsys.readouterr()
+    assert exit_code(["attribute", "--model", model_dir, "--file", "-", "--processes", "2"]) == 2
+    assert "--file - (standard input) with --processes" in capsys.readouterr().err
+
+
 def test_attribute_takes_a_target_by_its_label_name(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, make_text(7), "--target", "LABEL_2", "--n-steps", "4"]) == 0
     assert "attributed class LABEL_2" in capsys.readouterr().out

@@ -96,7 +96,8 @@ def _add_attribution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT",
                    help="documents to explain, in order (then --text, --file, --pair)")
     p.add_argument("--text", action="append", help="a document (repeat for several)")
-    p.add_argument("--file", action="append", type=Path, help="a UTF-8 text file holding one document (repeatable)")
+    p.add_argument("--file", action="append", type=Path,
+                   help="a UTF-8 text file holding one document, - for standard input (repeatable)")
     p.add_argument("--pair", action="append", nargs=2, metavar=("FIRST", "SECOND"),
                    help="a pair of texts as one document, for pair classifiers (premise and hypothesis, query "
                         "and passage): the tokenizer's pair template and token types (repeatable)")
@@ -188,7 +189,7 @@ def _texts(args) -> list:
     texts = list(args.texts) + list(args.text or [])
     for path in args.file or []:
         try:
-            raw = path.read_bytes()
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
         except OSError as err:
             raise InputError(f"--file {str(path)!r}: {err.strerror}") from err
         if b"\0" in raw:
@@ -507,6 +508,9 @@ def main(argv=None) -> int:
 
                     if launched():
                         raise InputError("--processes inside accelerate launch: give one or the other")
+                    if any(str(path) == "-" for path in getattr(args, "file", None) or []):
+                        raise InputError("--file - (standard input) with --processes: every process reads the "
+                                         "documents; save it to a file and give its path")
                     return relaunch(_without_processes(argv), processes)
                 if args.command != "bench":     # the benchmarks give every provider the same allocator setting
                     retain_freed_cpu_memory()
