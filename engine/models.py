@@ -38,13 +38,15 @@ def hub_quiet(bars: bool = False):
             hf_logging.enable_progress_bar()
 
 
-def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None):
+def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None, trust_remote_code: bool = False):
     """Load (model, tokenizer) from a local folder or a hub name; the model in eval mode.
 
     `tokenizer` names another folder or hub name for the tokenizer (the seed's
     Longformer uses allenai/longformer-base-4096's tokenizer). A checkpoint without its
     classification head (a base model: the head would be random) is refused, as is one
     whose files cannot be read (corrupt weights, a pickle torch refuses to load).
+    trust_remote_code: run the model's own Python code where its config names some (transformers'
+    trust_remote_code; never asked interactively), for code you trust.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -57,9 +59,13 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
         with hub_quiet():
             # fp32 weights, whatever dtype the checkpoint was saved in (transformers 5 keeps that one: a
             # float16 checkpoint loaded as float16 failed in the first model call); see check_weights.
-            model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True,
-                                                                             dtype=torch.float32)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, output_loading_info=True, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except Exception as err:     # OSError, ValueError, safetensors' and pickle's own errors: all mean unreadable
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            raise ModelLoadError(f"model {name_or_path!r} runs Python code of its own (its config names it): load "
+                                 "it with trust_remote_code=True (the commands' --trust-remote-code) if you trust "
+                                 "that code") from err
         raise ModelLoadError(f"model {name_or_path!r}: cannot load a sequence classifier from this {where}: "
                              f"{type(err).__name__}: {err}") from err
     missing = sorted(info.get("missing_keys", ()))
@@ -67,13 +73,13 @@ def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None
         raise ModelLoadError(f"model {name_or_path!r} has no weights for {', '.join(missing[:4])}"
                              f"{' ...' if len(missing) > 4 else ''}: it is not a trained sequence classifier (a base "
                              "model gets a random classification head); give a fine-tuned classifier")
-    tok = load_tokenizer(tokenizer or name_or_path)
+    tok = load_tokenizer(tokenizer or name_or_path, trust_remote_code)
     if device is not None:
         model.to(device)
     return model.eval(), tok
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """A tokenizer from a local folder or a hub name."""
     from transformers import AutoTokenizer
 
@@ -81,7 +87,7 @@ def load_tokenizer(name_or_path: str):
         raise ModelLoadError(f"tokenizer {name_or_path!r}: no such folder (a hub name is NAME or OWNER/NAME)")
     try:
         with hub_quiet():
-            return AutoTokenizer.from_pretrained(name_or_path)
+            return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as err:
         raise ModelLoadError(f"tokenizer {name_or_path!r}: cannot load a tokenizer: {type(err).__name__}: "
                              f"{err}") from err

@@ -61,6 +61,34 @@ def test_a_document_from_standard_input(model_dir, tmp_path, capsys, monkeypatch
     assert "--file - (standard input) with --processes" in capsys.readouterr().err
 
 
+def test_a_model_with_code_of_its_own_runs_only_when_trusted(tokenizer, tmp_path, capsys):
+    """A classifier whose config names Python code of its own (auto_map) is refused in one line naming
+    --trust-remote-code (transformers asked y/N on a terminal, else failed with its long message), and
+    explained with it."""
+    from conftest import make_model
+
+    folder = tmp_path / "custom"
+    make_model("bert").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "configuration_tiny.py").write_text(
+        "from transformers import BertConfig\n\n\nclass TinyConfig(BertConfig):\n    model_type = 'tiny-custom-bert'\n")
+    (folder / "modeling_tiny.py").write_text(
+        "from transformers import BertForSequenceClassification\n\nfrom .configuration_tiny import TinyConfig\n\n\n"
+        "class TinyForSequenceClassification(BertForSequenceClassification):\n    config_class = TinyConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tiny-custom-bert", auto_map={
+        "AutoConfig": "configuration_tiny.TinyConfig",
+        "AutoModelForSequenceClassification": "modeling_tiny.TinyForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()     # save_pretrained's bars
+    command = ["attribute", "--model", str(folder), make_text(6), "--n-steps", "4"]
+    assert exit_code(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs Python code of its own" in err and "--trust-remote-code" in err
+    assert exit_code([*command, "--trust-remote-code"]) == 0
+    assert "predicted" in capsys.readouterr().out
+
+
 def test_attribute_takes_a_target_by_its_label_name(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, make_text(7), "--target", "LABEL_2", "--n-steps", "4"]) == 0
     assert "attributed class LABEL_2" in capsys.readouterr().out

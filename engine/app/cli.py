@@ -54,6 +54,9 @@ _dataset_target = _int_or("--target", {"label": "label", "predicted": "predicted
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="local folder or hub name of a sequence classifier")
     p.add_argument("--tokenizer", help="tokenizer folder or hub name, if not the model's")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model's own Python code, where its config names some (transformers' "
+                        "trust_remote_code), for code you trust")
     p.add_argument("--layer", help="dotted module name to attribute to (default: the embeddings)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--attention", default="banded", choices=ATTENTIONS,
@@ -217,7 +220,7 @@ def _engine(args, state=None, share_steps: bool = False):
     device = resolve_device(args.device, "--device ")
     if state is not None and device.type == "cuda":
         device = torch.device(f"cuda:{state.local_process_index}")
-    model, tokenizer = load_classifier(args.model, args.tokenizer, device)
+    model, tokenizer = load_classifier(args.model, args.tokenizer, device, args.trust_remote_code)
     return Engine(model, tokenizer, layer=args.layer, precision=args.precision, memory_budget=args.memory_budget,
                   attention=args.attention, processes=AllProcesses(state) if share_steps else None,
                   compile=args.compile)
