@@ -203,6 +203,33 @@ def test_a_stopped_attribute_says_its_documents_are_not_kept(model_dir, tmp_path
     assert not out.exists()
 
 
+def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after some documents were done: --out stays absent (whole or absent), the documents done go to
+    OUT.partial.json, marked, which `fastig report` reads; the closing line says where. They were lost before."""
+    import fastig
+
+    run_group, calls = fastig.Engine._attribute_group, []
+
+    def stopped_at_the_second_group(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_group(*args)
+
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped_at_the_second_group)
+    out = tmp_path / "r.json"
+    texts = [make_text(40, seed=1), make_text(6, seed=2), make_text(7, seed=3)]     # two groups by length
+    assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)]) == 130
+    partial = tmp_path / "r.partial.json"
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"fastig attribute: interrupted; the 1 of 3 documents done are in {partial} (fastig report "
+                       "reads it)")
+    saved = json.loads(partial.read_text())
+    assert not out.exists() and saved["interrupted"] == "1 of 3 documents done"
+    assert [d["id"] for d in saved["documents"]] == [0] and saved["documents"][0]["text"] == texts[0]
+    assert main(["report", str(partial), "--out", str(tmp_path / "report")]) == 0
+
+
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
     code = main(["check", "--model", model_dir, "--text", make_text(40), "--n-steps", "10",
                  "--method", "riemann_middle", "--internal-batch-size", "3"])

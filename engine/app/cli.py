@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
 from ..engine import ATTENTIONS, uses_default_path
-from ..errors import BaselineError, FastIGError, InputError, OutputError
+from ..errors import BaselineError, FastIGError, InputError, Interrupted, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
@@ -254,8 +254,13 @@ def cmd_attribute(args) -> int:
         _check_output_file(args.out)
     engine = _engine(args, state, share_steps=state is not None)
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
-    result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
-                              **_attribution_kwargs(args, engine.model.config, len(texts)))
+    try:
+        result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
+                                  **_attribution_kwargs(args, engine.model.config, len(texts)))
+    except Interrupted as stop:     # --out stays whole or absent; the documents done go beside it
+        if main_process and args.out and stop.result is not None:
+            stop.kept = _keep_partial(args, stop.result, len(texts))
+        raise
     if not main_process:
         return 0
     # --target all: each text's records, one per class, follow each other; a record's id is its text's number
@@ -267,6 +272,18 @@ def cmd_attribute(args) -> int:
     if args.out:
         _write_result(args, result)
     return 0
+
+
+def _keep_partial(args, result, texts: int) -> str:
+    """The documents an interrupted attribute finished, written to OUT.partial.json (marked "interrupted"),
+    which `fastig report` reads; what the closing line says of them."""
+    from .files import to_json, write_atomically
+
+    path = args.out.with_name(f"{args.out.stem}.partial.json")
+    done = len({record.id for record in result.documents})
+    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": f"{done} of {texts} documents done",
+                                    "source": _source_facts(args)}))
+    return f"the {done} of {texts} documents done are in {path} (fastig report reads it)"
 
 
 def _source_facts(args) -> dict:
@@ -523,9 +540,10 @@ def main(argv=None) -> int:
         except OSError as err:      # a file or folder of the user's: unreadable, unwritable, a full disk
             where = f"{err.filename}: " if err.filename else ""
             return _error(args.command, f"{where}{err.strerror or err}{resume}")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if os.environ.get("RANK", "0") == "0":     # one line for the processes of --processes N, not one each
-                print(f"fastig {args.command}: interrupted{after_stop}", file=sys.stderr)
+                kept = getattr(stop, "kept", None)
+                print(f"fastig {args.command}: interrupted{f'; {kept}' if kept else after_stop}", file=sys.stderr)
             return 130
 
 
