@@ -215,6 +215,23 @@ def record(**values):
     return DocumentResult.from_json({**defaults, **values})
 
 
+def stop_at_group(monkeypatch, group: int = 2) -> list:
+    """Ctrl-C as Engine.attribute starts its `group`-th group of documents (those before it done); the list
+    of calls returned may be cleared to stop a later call the same way."""
+    import fastig
+
+    run_group, calls = fastig.Engine._attribute_group, []
+
+    def stopped(*args):
+        calls.append(1)
+        if len(calls) == group:
+            raise KeyboardInterrupt
+        return run_group(*args)
+
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped)
+    return calls
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, what: str = "tensor"):
     """allclose that says how many elements differ, the worst one and where."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"

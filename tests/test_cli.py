@@ -10,7 +10,7 @@ import pytest
 from fastig.app import demo
 from fastig.app.cli import main
 
-from conftest import make_text
+from conftest import make_text, stop_at_group
 
 
 def exit_code(argv) -> int:
@@ -206,17 +206,7 @@ def test_a_stopped_attribute_says_its_documents_are_not_kept(model_dir, tmp_path
 def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C after some documents were done: --out stays absent (whole or absent), the documents done go to
     OUT.partial.json, marked, which `fastig report` reads; the closing line says where. They were lost before."""
-    import fastig
-
-    run_group, calls = fastig.Engine._attribute_group, []
-
-    def stopped_at_the_second_group(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return run_group(*args)
-
-    monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped_at_the_second_group)
+    stop_at_group(monkeypatch)
     out = tmp_path / "r.json"
     texts = [make_text(40, seed=1), make_text(6, seed=2), make_text(7, seed=3)]     # two groups by length
     assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)]) == 130

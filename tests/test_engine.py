@@ -7,7 +7,7 @@ import fastig
 from fastig.models import output_captured, output_replaced
 from fastig.summarize import token_scores
 
-from conftest import FAMILIES, assert_close, make_model, make_text
+from conftest import FAMILIES, assert_close, make_model, make_text, stop_at_group
 
 N_STEPS = 9
 
@@ -268,15 +268,7 @@ def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
     engine = fastig.Engine(models("bert"), tokenizer)
     texts, baselines = [make_text(12, seed) for seed in range(4)], ["pad", "zeros", "pad", "zeros"]
     whole = engine.attribute(texts, n_steps=6, baseline=baselines)
-    run_group, calls = fastig.Engine._attribute_group, []
-
-    def stopped_at_the_second_group(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return run_group(*args)
-
-    monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped_at_the_second_group)
+    calls = stop_at_group(monkeypatch)
     first_group = whole.stats.documents_per_group[0]
     with pytest.raises(fastig.Interrupted, match=f"{first_group} of 4 documents were done") as stop:
         engine.attribute(texts, n_steps=6, baseline=baselines)
