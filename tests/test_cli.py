@@ -205,7 +205,8 @@ def test_a_stopped_attribute_says_its_documents_are_not_kept(model_dir, tmp_path
 
 def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C after some documents were done: --out stays absent (whole or absent), the documents done go to
-    OUT.partial.json, marked, which `fastig report` reads; the closing line says where. They were lost before."""
+    OUT.partial.json, marked, which `fastig report` reads; the closing line says where. They were lost before.
+    A whole run later removes the stopped run's file, so no stale documents sit beside its result."""
     stop_at_group(monkeypatch)
     out = tmp_path / "r.json"
     texts = [make_text(40, seed=1), make_text(6, seed=2), make_text(7, seed=3)]     # two groups by length
@@ -218,6 +219,9 @@ def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, 
     assert not out.exists() and saved["interrupted"] == "1 of 3 documents done"
     assert [d["id"] for d in saved["documents"]] == [0] and saved["documents"][0]["text"] == texts[0]
     assert main(["report", str(partial), "--out", str(tmp_path / "report")]) == 0
+    monkeypatch.undo()      # the whole run again: its result, and no stopped run's documents beside it
+    assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)]) == 0
+    assert out.exists() and not partial.exists()
 
 
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):

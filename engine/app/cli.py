@@ -274,12 +274,16 @@ def cmd_attribute(args) -> int:
     return 0
 
 
+def _partial_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.partial.json")
+
+
 def _keep_partial(args, result, texts: int) -> str:
     """The documents an interrupted attribute finished, written to OUT.partial.json (marked "interrupted"),
     which `fastig report` reads; what the closing line says of them."""
     from .files import to_json, write_atomically
 
-    path = args.out.with_name(f"{args.out.stem}.partial.json")
+    path = _partial_path(args.out)
     done = len({record.id for record in result.documents})
     write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": f"{done} of {texts} documents done",
                                     "source": _source_facts(args)}))
@@ -326,6 +330,7 @@ def _write_result(args, result) -> None:
             kept = None
         where = f"the result is kept in {kept}" if kept else "and no temporary file could be written either"
         raise OutputError(f"--out {str(args.out)!r}: cannot write it ({err.strerror or err}); {where}") from err
+    _partial_path(args.out).unlink(missing_ok=True)     # an earlier stopped run's documents: not beside this one
     try:
         index = write_report(result.documents, result.labels, args.out.with_suffix(".report"),
                              f"fastig: {args.out.name}", source=source)
