@@ -267,7 +267,7 @@ def cmd_attribute(args) -> int:
     per_text = len(result) // len(texts)
     for i, record in enumerate(result.documents):
         record.id = i // per_text
-    print_result(result, engine.model.config.id2label, args.top_k, tokens=args.tokens, records_per_text=per_text)
+    print_result(result, args.top_k, tokens=args.tokens, records_per_text=per_text)
     print(run_line(result))
     if args.out:
         _write_result(args, result)

@@ -183,7 +183,7 @@ def run_demo(out: Path, n_steps: int | None = None, n_documents: int = 5, k: int
 
     for i, text in enumerate(texts):
         print(f"\n[{LABELS[labels[i]]}] {text}")
-        print_result(result, LABELS, k, documents=[i])
+        print_result(result, k, documents=[i])
     evaluations = [d.evaluations for d in result.documents]
     rule = "its default call" if n_steps is None else f"{n_steps} gausslegendre steps"
     print(f"\n{n_documents} reviews: fastig, {rule} ({min(evaluations)}-{max(evaluations)} model evaluations per "

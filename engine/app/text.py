@@ -8,21 +8,26 @@ from ..display import shown_units, top_bottom_words
 from ..result import Attribution, RunStats
 
 
-def print_result(result: Attribution, labels: dict, k: int, documents=None, file=None, tokens: bool = False,
+def print_result(result: Attribution, k: int, documents=None, file=None, tokens: bool = False,
                  records_per_text: int = 1) -> None:
     """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each record
-    (default: all). Words as the text has them: a byte-level BPE's "bor" + "ing" is "boring".
-    records_per_text: several targets of each text (records in a row per text), numbered by their text."""
+    (default: all), classes by the result's label names. Words as the text has them: a byte-level BPE's
+    "bor" + "ing" is "boring". records_per_text: several targets of each text (records in a row per text),
+    numbered by their text."""
     file = file or sys.stdout
     unit = "tokens" if tokens else "words"
+
+    def name(class_id):
+        return result.labels.get(str(class_id), class_id)
+
     for i in range(len(result)) if documents is None else documents:
         d = result.documents[i]
         # another class than the predicted one: its own probability (a multi-label model's sigmoid)
-        attributed = labels.get(d.target, d.target)
+        attributed = name(d.target)
         if d.target != d.prediction:
             attributed = f"{attributed} (p={float(d.probs[d.target]):.3f})"
         print(f"document {i // records_per_text}: {len(d.tokens)} tokens | "
-              f"predicted {labels.get(d.prediction, d.prediction)} "
+              f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = top_bottom_words(shown_units(d, tokens), k)
         print(f"  {'top ' + unit:<28}{'bottom ' + unit:<28}", file=file)
