@@ -252,13 +252,27 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
     assert " 0 attributed now" in capsys.readouterr().out and (out / "documents.jsonl").read_bytes() == before
 
 
+def test_the_label_column_is_found_by_its_usual_names(model_dir, tmp_path):
+    """imdb, sst2 and ag_news call their column "label", go_emotions "labels": either is read without
+    --label-column (a default of "labels" alone ran imdb-like sets without their labels, saying nothing);
+    '' reads none; the manifest names the column read."""
+    data = tmp_path / "imdb.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(TEXTS[:4], LABELS[:4])))
+    assert exit_code(_args(model_dir, data, tmp_path / "found", "--target", "label")) == 0
+    assert [r["label"] for r in _records(tmp_path / "found")] == LABELS[:4]
+    assert json.loads((tmp_path / "found" / "manifest.json").read_text())["settings"]["label_column"] == "label"
+    assert exit_code(_args(model_dir, data, tmp_path / "none", "--label-column", "")) == 0
+    assert [r["label"] for r in _records(tmp_path / "none")] == [None] * 4
+
+
 @pytest.mark.parametrize("content, extra, fragment", [
     (None, ["--text-column", "body"], "--text-column 'body' is not a column"),
     (None, ["--pair-column", "hypothesis"], "--pair-column 'hypothesis' is not a column"),
     ("text,labels\na b,7\n", ["--target", "label"], "label 7 is not a class id"),
     ("text,labels\na b,good\n", [], "label 'good' is not a class id"),
     ('{"text": "a b", "labels": [0, 7]}\n', [], "label [0, 7] is not a class id"),
-    ("text\na b\n", ["--target", "label"], "--label-column 'labels' is not a column"),
+    ("text\na b\n", ["--target", "label"], "has no 'labels' or 'label' column (--target label needs labels)"),
+    (None, ["--label-column", "sentiment"], "--label-column 'sentiment' is not a column"),
     ("missing", [], "no such file"),
     ("text\n", [], "holds no document"),
     (None, ["--target", "positive"], "--target 'positive' is not a class index, a label of this model"),
@@ -494,7 +508,7 @@ def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_p
     from fastig.app.dataset import read_rows
     from fastig.errors import DataError
 
-    expected, _ = read_rows(str(data_files / "docs.csv"), limit=5)
+    expected, _, _ = read_rows(str(data_files / "docs.csv"), limit=5)
     pd.DataFrame({"text": TEXTS, "labels": LABELS}).to_parquet(tmp_path / "docs.parquet")
     assert read_rows(str(tmp_path / "docs.parquet"), limit=5)[0] == expected
     datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": TEXTS, "labels": LABELS})}).save_to_disk(

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--pair-column", help="a second text per document, for pair classifiers (premise and "
                                          "hypothesis, query and passage): each document is the pair")
-    p.add_argument("--label-column", default="labels", help="class ids or label names ('' for none; default: labels)")
+    p.add_argument("--label-column", help="class ids or label names ('' for none; default: the data's 'labels' or "
+                                          "'label' column, if it has one)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default), all (every class, a record "
@@ -403,8 +404,9 @@ def cmd_dataset(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
-    rows, data_fingerprint = read_rows(args.data, args.split, args.text_column, args.label_column or None,
-                                       args.limit, need_labels=args.target == "label", pair_column=args.pair_column)
+    label_column = "" if args.label_column is None else args.label_column or None     # "": found by its name
+    rows, data_fingerprint, label_column = read_rows(args.data, args.split, args.text_column, label_column, args.limit,
+                                                     need_labels=args.target == "label", pair_column=args.pair_column)
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
@@ -419,7 +421,7 @@ def cmd_dataset(args) -> int:
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
                 "pair_column": args.pair_column,
-                "label_column": args.label_column, "limit": args.limit, "target": args.target,
+                "label_column": label_column, "limit": args.limit, "target": args.target,
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
                 "accuracy": args.accuracy if default_path else None,
                 "max_steps": args.max_steps if args.n_steps == "auto" or default_path else None,

@@ -93,28 +93,37 @@ def _columns_of(data: str, split: str, text_columns: list[str]):
     return loaded.to_dict(), fingerprint(path) if path.is_dir() else loaded._fingerprint
 
 
-def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = "labels",
+# The label column when none is named: multi-label sets (go_emotions) call it "labels", most others (imdb,
+# sst2, ag_news, tweet_eval) "label"; a default of "labels" alone left those sets' runs without labels.
+LABEL_COLUMNS = ("labels", "label")
+
+
+def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = "",
               limit: int | None = None, need_labels: bool = False,
-              pair_column: str | None = None) -> tuple[list[Row], str]:
-    """The first `limit` documents (all by default) of the data set, checked before any work starts,
-    and the data's fingerprint; with `pair_column` each document is the pair (text, its pair's text)."""
+              pair_column: str | None = None) -> tuple[list[Row], str, str | None]:
+    """The first `limit` documents (all by default) of the data set, checked before any work starts, the
+    data's fingerprint and the label column read; with `pair_column` each document is the pair (text, its
+    pair's text). label_column "": the first of LABEL_COLUMNS the data has (or none); None: none; a name the
+    data lacks is refused."""
     text_columns = {"--text-column": text_column, "--pair-column": pair_column}
     columns, data_fingerprint = _columns_of(data, split, [c for c in text_columns.values() if c is not None])
     for option, column in text_columns.items():
         if column is not None and column not in columns:
             raise DataError(f"{option} {column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
-    if label_column is not None and label_column not in columns:
-        if need_labels:
-            raise DataError(f"--label-column {label_column!r} is not a column of {data!r} (--target label needs "
-                            f"one); columns: {', '.join(columns)}")
-        label_column = None
+    if label_column == "":
+        label_column = next((column for column in LABEL_COLUMNS if column in columns), None)
+        if label_column is None and need_labels:
+            raise DataError(f"{data!r} has no {' or '.join(map(repr, LABEL_COLUMNS))} column (--target label needs "
+                            f"labels): name it with --label-column; columns: {', '.join(columns)}")
+    elif label_column is not None and label_column not in columns:
+        raise DataError(f"--label-column {label_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
     texts = columns[text_column][:limit]
     if pair_column is not None:
         texts = list(zip(texts, columns[pair_column][:limit]))
     labels = columns[label_column][:limit] if label_column is not None else [None] * len(texts)
     if not texts:
         raise DataError(f"--data {data!r} holds no document")
-    return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint
+    return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint, label_column
 
 
 def class_ids(rows: list[Row], config, need_labels: bool = False) -> list[Row]:
