@@ -255,7 +255,7 @@ def test_changed_data_or_model_is_refused_and_the_same_elsewhere_accepted(model_
 def test_the_label_column_is_found_by_its_usual_names(model_dir, tmp_path):
     """imdb, sst2 and ag_news call their column "label", go_emotions "labels": either is read without
     --label-column (a default of "labels" alone ran imdb-like sets without their labels, saying nothing);
-    '' reads none; the manifest names the column read."""
+    '' reads none; the manifest names the column read (else the one asked for)."""
     data = tmp_path / "imdb.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(TEXTS[:4], LABELS[:4])))
     assert exit_code(_args(model_dir, data, tmp_path / "found", "--target", "label")) == 0
@@ -263,6 +263,8 @@ def test_the_label_column_is_found_by_its_usual_names(model_dir, tmp_path):
     assert json.loads((tmp_path / "found" / "manifest.json").read_text())["settings"]["label_column"] == "label"
     assert exit_code(_args(model_dir, data, tmp_path / "none", "--label-column", "")) == 0
     assert [r["label"] for r in _records(tmp_path / "none")] == [None] * 4
+    # as runs before this version wrote it, so that they resume
+    assert json.loads((tmp_path / "none" / "manifest.json").read_text())["settings"]["label_column"] == ""
 
 
 @pytest.mark.parametrize("content, extra, fragment", [

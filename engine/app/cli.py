@@ -399,7 +399,7 @@ def cmd_dataset(args) -> int:
     from .. import __version__
     from ..models import check_target, resolve_output
     from ..processes import launched, process_state
-    from .dataset import class_ids, read_rows, run_dataset
+    from .dataset import LABEL_COLUMNS, class_ids, read_rows, run_dataset
     from .files import output_folder
 
     if args.limit is not None and args.limit < 1:
@@ -421,7 +421,9 @@ def cmd_dataset(args) -> int:
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
                 "data": args.data, "split": args.split, "text_column": args.text_column,
                 "pair_column": args.pair_column,
-                "label_column": label_column, "limit": args.limit, "target": args.target,
+                # the column found, else as given (an absent "labels" reads as runs before this version wrote it)
+                "label_column": label_column or (LABEL_COLUMNS[0] if args.label_column is None else args.label_column),
+                "limit": args.limit, "target": args.target,
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
                 "accuracy": args.accuracy if default_path else None,
                 "max_steps": args.max_steps if args.n_steps == "auto" or default_path else None,
