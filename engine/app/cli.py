@@ -404,9 +404,9 @@ def cmd_dataset(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
-    label_column = "" if args.label_column is None else args.label_column or None     # "": found by its name
-    rows, data_fingerprint, label_column = read_rows(args.data, args.split, args.text_column, label_column, args.limit,
-                                                     need_labels=args.target == "label", pair_column=args.pair_column)
+    rows, data_fingerprint, label_column = read_rows(args.data, args.split, args.text_column, args.label_column,
+                                                     args.limit, need_labels=args.target == "label",
+                                                     pair_column=args.pair_column)
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config

@@ -98,24 +98,26 @@ def _columns_of(data: str, split: str, text_columns: list[str]):
 LABEL_COLUMNS = ("labels", "label")
 
 
-def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = "",
+def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = None,
               limit: int | None = None, need_labels: bool = False,
               pair_column: str | None = None) -> tuple[list[Row], str, str | None]:
     """The first `limit` documents (all by default) of the data set, checked before any work starts, the
     data's fingerprint and the label column read; with `pair_column` each document is the pair (text, its
-    pair's text). label_column "": the first of LABEL_COLUMNS the data has (or none); None: none; a name the
+    pair's text). label_column None: the first of LABEL_COLUMNS the data has (or none); "": none; a name the
     data lacks is refused."""
     text_columns = {"--text-column": text_column, "--pair-column": pair_column}
     columns, data_fingerprint = _columns_of(data, split, [c for c in text_columns.values() if c is not None])
     for option, column in text_columns.items():
         if column is not None and column not in columns:
             raise DataError(f"{option} {column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
-    if label_column == "":
+    if label_column is None:
         label_column = next((column for column in LABEL_COLUMNS if column in columns), None)
         if label_column is None and need_labels:
             raise DataError(f"{data!r} has no {' or '.join(map(repr, LABEL_COLUMNS))} column (--target label needs "
                             f"labels): name it with --label-column; columns: {', '.join(columns)}")
-    elif label_column is not None and label_column not in columns:
+    elif label_column == "":
+        label_column = None
+    elif label_column not in columns:
         raise DataError(f"--label-column {label_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
     texts = columns[text_column][:limit]
     if pair_column is not None:
