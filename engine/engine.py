@@ -26,9 +26,9 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, check_weights, find_layer, model_and_tokenizer, model_length,
-                     named_classes, output_values, probability_output, recomputable_layers, resolve_output,
-                     several_targets)
+from .models import (check_target, check_vocabulary, check_weights, find_layer, label_names, model_and_tokenizer,
+                     model_length, named_classes, output_values, probability_output, recomputable_layers,
+                     resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -314,7 +314,7 @@ class Engine:
         return Attribution(documents=documents, attributions=attributions,
                            n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
                            output=output, stats=stats,
-                           labels={str(k): v for k, v in (self.model.config.id2label or {}).items()})
+                           labels=label_names(self.model.config))
 
     def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
         """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory

@@ -255,6 +255,12 @@ def check_target(target, n_docs: int, n_classes: int) -> list[int | None]:
     return targets
 
 
+def label_names(config) -> dict[str, str]:
+    """The model's class names by id as a string ({"0": "negative", ...}: config.id2label), as results and
+    data-set runs record them."""
+    return {str(i): name for i, name in (getattr(config, "id2label", None) or {}).items()}
+
+
 def label_ids(config) -> dict[str, int]:
     """The model's label names and their class ids: config.id2label's, the names every output shows
     ("positive", "LABEL_1"), and label2id's where it names others. transformers 5 derives neither from the

@@ -397,7 +397,7 @@ def cmd_dataset(args) -> int:
     import transformers
 
     from .. import __version__
-    from ..models import check_target, resolve_output
+    from ..models import check_target, label_names, resolve_output
     from ..processes import launched, process_state
     from .dataset import LABEL_COLUMNS, class_ids, read_rows, run_dataset
     from .files import output_folder
@@ -430,7 +430,7 @@ def cmd_dataset(args) -> int:
                 "method": args.method, "baseline": args.baseline,
                 "output": resolve_output(args.output, config),     # as runs before the default was None
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
-                "top_k": args.top_k, "labels": {str(k): v for k, v in config.id2label.items()}}
+                "top_k": args.top_k, "labels": label_names(config)}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     fingerprints = {"data": data_fingerprint, "model": _model_fingerprint(args, engine)}
     summary = run_dataset(engine, rows, args.out, settings, fingerprints, versions, args.target, args.top_k,
