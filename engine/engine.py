@@ -87,6 +87,19 @@ class Rule:
         return INITIAL_POINTS if self.auto else len(self.alphas)
 
 
+@dataclass
+class GroupCalls:
+    """What a call keeps of a group of documents besides its records: its size, model calls and times.
+
+    Not the group's PathIntegral: its [G, L, H] tensors (on the device) kept to the end of the call grew the
+    call's memory by two attribution sizes a document (3.4 GB over 768 documents of 512 tokens, hidden 768,
+    with keep_attributions=False too), outside the memory budget."""
+    documents: int
+    sequences_per_call: list
+    fallbacks: int
+    seconds: TimeSplit
+
+
 class Progress:
     """A progress bar in documents, with the model evaluations done so far moving after every model call,
     so that a long document shows its progress too."""
@@ -248,6 +261,9 @@ class Engine:
 
         bar = Progress(len(docs)) if progress else None
         records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
+        # Where every (document, target) pair has one length, their attributions are written into one tensor
+        # as each group ends: stacked at the end of the call, they were held twice.
+        same_length, stacked = keep_attributions and len({len(doc.input_ids) for doc in docs}) == 1, None
         build = partial(self._result, rule=rule, n_steps=n_steps, output=output, per_document=per_document,
                         keep_attributions=keep_attributions)
         try:
@@ -260,14 +276,19 @@ class Engine:
                 for group in self._groups(docs, rule, chunk_size):
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
-                    results, path = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
-                                                          rule, output, chunk_size, bar, keep_attributions)
+                    results, calls = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
+                                                           rule, output, chunk_size, bar, keep_attributions)
                     if bar is not None:
                         bar.documents_done(len(group))
-                    groups.append((len(group), path))
-                    seconds.add(path.seconds)
+                    groups.append(calls)
+                    seconds.add(calls.seconds)
                     slots = [i * per_document + t for i in group for t in range(per_document)]
                     for i, (record, attributions) in zip(slots, results):
+                        if same_length:
+                            if stacked is None:
+                                stacked = attributions.new_empty((len(records), *attributions.shape))
+                            stacked[i] = attributions
+                            attributions = stacked[i]
                         records[i] = (record, attributions)
         except KeyboardInterrupt as stop:   # a notebook's interrupt: the documents done are kept, named by index
             per_text = 1 if several is None else len(several[0])    # records are text-major either way
@@ -281,7 +302,7 @@ class Engine:
             if bar is not None:
                 bar.close()
 
-        result = build(records, groups, seconds, retains_memory)
+        result = build(records, groups, seconds, retains_memory, stacked=stacked)
         not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
         if not_finite:
             if several is not None:     # results are per (document, target) pair
@@ -293,15 +314,17 @@ class Engine:
         return result
 
     def _result(self, records: list, groups: list, seconds: TimeSplit, retains_memory: bool, rule: Rule,
-                n_steps, output: str, per_document: int, keep_attributions: bool) -> Attribution:
-        """The Attribution of these (record, attributions) pairs, with the stats of the groups that made them."""
+                n_steps, output: str, per_document: int, keep_attributions: bool,
+                stacked: torch.Tensor | None = None) -> Attribution:
+        """The Attribution of these (record, attributions) pairs, with the stats of the groups that made them;
+        stacked: all of the call's attributions in one tensor, where records are all of them."""
         documents = [record for record, _ in records]
         token_steps = sum(len(d.tokens) * d.evaluations for d in documents) / per_document  # the model's
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
-                         retains_cpu_memory=retains_memory, fallbacks=sum(path.fallbacks for _, path in groups),
-                         documents_per_group=[count for count, _ in groups],
-                         chunk_size=[max(path.sequences_per_call) for _, path in groups],
-                         model_calls=sum(len(path.sequences_per_call) for _, path in groups),
+                         retains_cpu_memory=retains_memory, fallbacks=sum(group.fallbacks for group in groups),
+                         documents_per_group=[group.documents for group in groups],
+                         chunk_size=[max(group.sequences_per_call) for group in groups],
+                         model_calls=sum(len(group.sequences_per_call) for group in groups),
                          memory=self.scheduler.run_stats(), seconds=seconds,
                          token_steps_per_s=token_steps / max(seconds.total, 1e-12),
                          tolerance=rule.tolerance, accuracy=rule.accuracy, max_steps=rule.max_steps,
@@ -309,7 +332,9 @@ class Engine:
         attributions = [a for _, a in records]
         if not keep_attributions:
             attributions = None
-        elif len({a.shape for a in attributions}) == 1:
+        elif stacked is not None:
+            attributions = stacked
+        elif len({a.shape for a in attributions}) == 1:    # those done before an interrupt
             attributions = torch.stack(attributions)
         return Attribution(documents=documents, attributions=attributions,
                            n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,
@@ -317,24 +342,22 @@ class Engine:
                            labels=label_names(self.model.config))
 
     def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
-        """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory
-        (twice where they are stacked into one tensor at the end): it would die at its end, its work lost.
+        """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory:
+        it would die at its end, its work lost.
         The layer's width H is measured (a forward of one document up to the layer) only where a bound on it
         leaves the question open."""
         available = host_memory_available()
         tokens = sum(len(doc.input_ids) for doc in docs) * per_document
-        copies = 2 if len({len(doc.input_ids) for doc in docs}) == 1 else 1
-        if available is None or tokens * WIDEST_LAYER * 4 * copies <= available:
+        if available is None or tokens * WIDEST_LAYER * 4 <= available:
             return
         width = layer_width(self.model, self.layer, min(docs, key=lambda doc: len(doc.input_ids)))
-        needed = tokens * width * 4 * copies
+        needed = tokens * width * 4
         if needed > available:
             raise MemoryBudgetError(
-                f"the attributions of these {len(docs)} documents ({tokens:,} tokens x {width} values, fp32"
-                f"{', twice while stacked' if copies == 2 else ''}) need about {needed / 2**30:.3g} GiB of host "
-                f"memory and {available / 2**30:.3g} GiB is available: pass keep_attributions=False (the records "
-                "and token scores without them), attribute fewer documents per call, or use `fastig dataset` "
-                "(written shard by shard, resumable)")
+                f"the attributions of these {len(docs)} documents ({tokens:,} tokens x {width} values, fp32) need "
+                f"about {needed / 2**30:.3g} GiB of host memory and {available / 2**30:.3g} GiB is available: pass "
+                "keep_attributions=False (the records and token scores without them), attribute fewer documents "
+                "per call, or use `fastig dataset` (written shard by shard, resumable)")
 
     def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None):
         """Indices of the documents that share model calls, group by group, longest first.
@@ -357,7 +380,7 @@ class Engine:
 
     def _attribute_group(self, docs: list[Document], targets: list, rule: Rule, output: str, chunk_size, bar,
                          keep_attributions: bool = True):
-        """[(DocumentResult, attributions [L, H] fp32 or None)] for a group of documents, and its path integral."""
+        """[(DocumentResult, attributions [L, H] fp32 or None)] for a group of documents, and its GroupCalls."""
         t0 = time.perf_counter()
         batch = batch_of(docs, self.model.config.pad_token_id or 0, self.device)
         ends = endpoints(self.model, self.layer, batch, docs, targets, output)
@@ -402,11 +425,14 @@ class Engine:
                     "precision_error": path.precision_error[row]} if rule.targeted else {}),
                 truncated_tokens=doc.truncated_tokens, display_tokens=doc.display_tokens, text=doc.text,
                 offsets=doc.offsets, word_ids=doc.word_ids)
-            results.append((record, attributions[row, :length] if keep_attributions else None))
+            kept = attributions[row, :length] if keep_attributions else None
+            # A row narrower than its group's tensor is copied out: as a view it kept that tensor, padding and
+            # all, to the end of the call (a 100-token document under Longformer's 512 window: 5x its size).
+            results.append((record, kept.clone() if kept is not None and length < attributions.shape[1] else kept))
         path.seconds.endpoints = t1 - t0
         path.seconds.finalize = time.perf_counter() - t2
         path.seconds.total = time.perf_counter() - t0
-        return results, path
+        return results, GroupCalls(len(docs), path.sequences_per_call, path.fallbacks, path.seconds)
 
     def _integrate(self, step: ModelStep, ends: Endpoints, rule: Rule, chunk_size, on_chunk) -> PathIntegral:
         """The fixed rule along every document's path; each process takes its share of the steps, and every

@@ -238,6 +238,29 @@ def test_the_names_outputs_show_are_targets_whatever_label2id_holds(models, toke
     assert result.target.tolist() == [2, 0]
 
 
+@pytest.mark.parametrize("keep_attributions", [False, True])
+def test_a_finished_groups_working_tensors_are_freed(models, tokenizer, monkeypatch, keep_attributions):
+    """A call's memory is bounded by its groups', not by its documents: once a group's records are made, its
+    [G, L, H] path tensors (end - start and the weighted gradient sum, on the device) are freed. They were held
+    to the end of the call, two attribution sizes a document outside the memory budget."""
+    import weakref
+
+    import fastig.kernels
+
+    finalize, earlier = fastig.kernels.finalize, []
+
+    def watched(difference, gradient_sum):
+        alive = [ref for ref in earlier if ref() is not None]
+        assert not alive, f"{len(alive)} tensors of an earlier group are still held"
+        earlier.extend((weakref.ref(difference), weakref.ref(gradient_sum)))
+        return finalize(difference, gradient_sum)
+
+    monkeypatch.setattr(fastig.kernels, "finalize", watched)
+    texts = [make_text(n, seed=n) for n in (40, 25, 12, 6)]
+    result = fastig.Engine(models("bert"), tokenizer).attribute(texts, chunk_size=2, keep_attributions=keep_attributions)
+    assert len(result.stats.documents_per_group) > 1 and len(earlier) == 2 * len(result.stats.documents_per_group)
+
+
 @pytest.mark.parametrize("family", ["bert", "longformer"])
 def test_many_documents_without_their_hidden_size_attributions(models, tokenizer, monkeypatch, family):
     """A call whose [L, H] attributions cannot fit in host memory is refused before any work, naming
@@ -259,6 +282,30 @@ def test_many_documents_without_their_hidden_size_attributions(models, tokenizer
     for ours, theirs in zip(lean.documents, kept.documents):      # to fp32 rounding: calls of other sizes
         assert_close(ours.token_scores, theirs.token_scores, rtol=0, atol=1e-5, what="token scores")
         assert ours.delta == pytest.approx(theirs.delta, abs=1e-5) and ours.target == theirs.target
+
+
+@pytest.mark.parametrize("family", ["bert", "longformer"])
+def test_kept_attributions_take_host_memory_once(models, tokenizer, monkeypatch, family):
+    """A call's kept attributions hold their own size of host memory, no more: documents of one length are
+    written into one [B, L, H] tensor as their groups end (stacked at the end of the call they were held
+    twice, and a call that fit once was refused), and a shorter document's [L, H] is its own tensor, not a
+    view keeping its group's padded one (Longformer pads to its window) to the end of the call."""
+    import fastig.engine
+
+    engine = fastig.Engine(models(family), tokenizer)
+    same = fastig.Engine(models(family), tokenizer).documents([make_text(20, seed) for seed in range(3)])
+    ids = torch.stack([doc.input_ids for doc in same])
+    whole = engine.attribute(ids, n_steps=4, chunk_size=4)
+    monkeypatch.setattr(fastig.engine, "WIDEST_LAYER", 2**20)     # the bound leaves it open: H is measured
+    monkeypatch.setattr(fastig.engine, "host_memory_available", lambda: int(1.5 * whole.attributions.numel() * 4))
+    fitting = engine.attribute(ids, n_steps=4, chunk_size=4)
+    assert len(fitting.stats.documents_per_group) > 1, "one group: nothing to write as groups end"
+    assert torch.equal(fitting.attributions, whole.attributions)
+    assert fitting.attributions.untyped_storage().nbytes() == fitting.attributions.numel() * 4
+    monkeypatch.undo()
+    mixed = engine.attribute([make_text(n, seed=n) for n in (30, 9, 24, 5)], n_steps=4)
+    assert isinstance(mixed.attributions, list)
+    assert all(a.untyped_storage().nbytes() == a.numel() * 4 for a in mixed.attributions)
 
 
 def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
