@@ -32,8 +32,8 @@ from .models import (check_target, check_vocabulary, check_weights, find_layer, 
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
-from .scheduler import (DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained,
-                        host_memory_available, pack, retained_cpu_memory)
+from .scheduler import (DEFAULT_MEMORY_BUDGET, RetainedHeapBound, Scheduler, chunk_size_override,
+                        cpu_memory_retained, host_memory_available, pack, retained_cpu_memory)
 from .summarize import normalized
 from .targeted import FIRST_ROUND, check_accuracy, integrate_to_accuracy
 
@@ -204,6 +204,8 @@ class Engine:
         self.scheduler = Scheduler(self.device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget,
                                    recomputable_layers=len(recomputable_layers(model)))
         self.processes = processes or OneProcess()
+        # Across calls: where glibc keeps freed memory for good (the commands), the heap grows from call to call.
+        self.heap = RetainedHeapBound() if self.device.type == "cpu" else None
 
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
@@ -282,6 +284,8 @@ class Engine:
                         bar.documents_done(len(group))
                     groups.append(calls)
                     seconds.add(calls.seconds)
+                    if self.heap is not None:
+                        self.heap.group_done()
                     slots = [i * per_document + t for i in group for t in range(per_document)]
                     for i, (record, attributions) in zip(slots, results):
                         if same_length:
