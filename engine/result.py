@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from .display import RankedWord, Word, shown_units, top_bottom_words
 from .scheduler import MemoryStats
 from .summarize import RankedToken, top_bottom
 
@@ -80,6 +81,18 @@ class DocumentResult:
         """The k most positive and k most negative tokens as shown, special tokens left out; with unique,
         each token text once (at its highest, or lowest, score)."""
         return top_bottom(self.shown_tokens, self.token_scores, k, self.special_positions, unique)
+
+    def words(self, tokens: bool = False) -> list[Word]:
+        """What a person reads of the document, special tokens left out: its words as the text has them (a
+        WordPiece's "un" "##work" "##ably" is "unworkably"), each a fastig.display.Word (text, score: the sum
+        of its pieces' token scores, positions, start and end in `text`); with tokens, each token as shown."""
+        return shown_units(self, tokens)
+
+    def top_bottom_words(self, k: int = 20, tokens: bool = False) -> tuple[list[RankedWord], list[RankedWord]]:
+        """The two ends of the ranking of `words(tokens)`: up to k texts scoring toward the target, highest
+        first, and up to k away from it, lowest first, each text once (RankedWord: text, score, count), as
+        `fastig attribute` prints them and the report lists them."""
+        return top_bottom_words(self.words(tokens), k)
 
     def to_json(self, k: int = 20) -> dict:
         """A JSON-ready dict of every field, plus the probability of the prediction and the top and
@@ -269,6 +282,16 @@ class Attribution:
     def top_bottom(self, doc: int = 0, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
         """The k most positive and k most negative tokens of document `doc`."""
         return self.documents[doc].top_bottom(k)
+
+    def words(self, doc: int = 0, tokens: bool = False) -> list[Word]:
+        """Document `doc`'s words, each scoring the sum of its pieces (DocumentResult.words)."""
+        return self.documents[doc].words(tokens)
+
+    def top_bottom_words(self, doc: int = 0, k: int = 20,
+                         tokens: bool = False) -> tuple[list[RankedWord], list[RankedWord]]:
+        """The k words of document `doc` scoring most toward its target and the k most away from it, as
+        `fastig attribute` prints them (DocumentResult.top_bottom_words)."""
+        return self.documents[doc].top_bottom_words(k, tokens)
 
     def to_captum_record(self, doc: int = 0, true_label=None):
         """Document `doc` as captum.attr.visualization.VisualizationDataRecord, for visualize_text."""

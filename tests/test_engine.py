@@ -7,7 +7,8 @@ import fastig
 from fastig.models import output_captured, output_replaced
 from fastig.summarize import token_scores
 
-from conftest import FAMILIES, assert_close, make_model, make_text, stop_at_group
+from conftest import (FAMILIES, assert_close, byte_level_text, make_byte_level_model, make_model, make_text,
+                      stop_at_group)
 
 N_STEPS = 9
 
@@ -176,6 +177,35 @@ def test_top_and_bottom_of_a_short_text_never_share_a_token(models, tokenizer):
     assert top and bottom and len(top) + len(bottom) <= len(scores) - 2
     assert not {t.position for t in top} & {t.position for t in bottom}
     assert all(t.score > 0 for t in top) and all(t.score < 0 for t in bottom)
+
+
+def test_a_results_words_are_its_texts_words_as_the_commands_rank_them(byte_level_tokenizer):
+    """A notebook gets what the commands print, not vocabulary pieces: the text's words in order, each as the
+    text has it and scoring the sum of its pieces' token scores, and their two ends are the table `fastig
+    attribute` prints (before, the Python API ranked vocabulary pieces only)."""
+    import io
+
+    from fastig.app.text import print_result
+
+    text = byte_level_text(3, seed=1)
+    engine = fastig.Engine(make_byte_level_model("roberta", byte_level_tokenizer), byte_level_tokenizer)
+    result = engine.attribute(text, n_steps=4)
+    document, words = result.documents[0], result.words(0)
+    scores = document.token_scores.tolist()
+    assert "".join(w.text for w in words) == "".join(text.split())
+    assert all(text[w.start:w.end] == w.text for w in words)
+    assert all(w.score == pytest.approx(sum(scores[p] for p in w.positions), abs=1e-6) for w in words)
+    positions = [p for w in words for p in w.positions]
+    assert sorted(positions) == [p for p in range(len(scores)) if p not in document.special_positions]
+    assert max(len(w.positions) for w in words) > 1, "no word of several pieces: nothing merged"
+    top, bottom = result.top_bottom_words(0, k=5)
+    assert top and bottom and all(t.score > 0 for t in top) and all(b.score < 0 for b in bottom)
+    assert {t.text for t in top + bottom} <= {w.text for w in words}
+    printed = io.StringIO()
+    print_result(result, 5, file=printed)
+    rows = printed.getvalue().splitlines()[2:]
+    assert [row[2:18].strip() for row in rows] == [t.text for t in top] + [""] * (len(rows) - len(top))
+    assert result.top_bottom_words(0, k=5, tokens=True) == document.top_bottom_words(5, tokens=True)
 
 
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):

@@ -4,7 +4,6 @@ and one line on how the run went."""
 import sys
 from itertools import zip_longest
 
-from ..display import shown_units, top_bottom_words
 from ..result import Attribution, RunStats
 
 
@@ -29,7 +28,7 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
         print(f"document {i // records_per_text}: {len(d.tokens)} tokens | "
               f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
-        top, bottom = top_bottom_words(shown_units(d, tokens), k)
+        top, bottom = d.top_bottom_words(k, tokens)
         print(f"  {'top ' + unit:<28}{'bottom ' + unit:<28}", file=file)
         print_columns([(t.text, t.score) for t in top], [(b.text, b.score) for b in bottom], 16, file)
 
