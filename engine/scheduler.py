@@ -112,7 +112,7 @@ class MemoryMeter:
     def in_use(self) -> int:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device)
-        return _proc_kib("/proc/self/status", "VmRSS") * 1024 if self.works else 0
+        return _resident() if self.works else 0
 
     def peak(self) -> int:
         if self.device.type == "cuda":
@@ -406,13 +406,13 @@ class RetainedHeapBound:
     """Where glibc keeps freed memory (cpu_memory_retained), the process's resident memory, bounded: at most
     twice what a group of documents has been seen to take, or HEAP_SLACK, above what the last trim left.
 
-    The small records made as a group ends split the blocks it frees, so later groups' blocks come from
-    fresh memory and the retained heap grew by ~10 MB a group without bound (a BERT of hidden 384, reviews
-    of 20-300 tokens: +390 MB over 800 reviews in the commands' process-wide setting, ~12 GB at 25,000).
-    After each group `group_done` reads the resident set; past the bound, malloc_trim hands the freed memory
-    back, and the next group faults its working memory in again (~23 ms a trim, one every ~60 groups there:
-    40-41 s without the bound, 41-42 s with it, medians alike; at 256 MB of slack a trim every ~10 groups cost
-    ~5%).
+    The freed heap fragments (the small records made as each group ends stay between its freed blocks), so
+    later groups' blocks come from fresh memory: malloc's memory in use stayed flat while what it held free
+    grew by ~2-10 MB a group without bound (a BERT of hidden 384, reviews of 20-300 tokens: +390 MB over 800
+    reviews in the commands' process-wide setting, ~12 GB at 25,000). After each group `group_done` reads the
+    resident set; past the bound, malloc_trim hands the freed memory back, and the next group faults its
+    working memory in again (~23 ms a trim, one every ~100 groups there: 40-41 s without the bound, 41-42 s
+    with it; at 256 MB of slack a trim every ~12 groups cost ~5%).
     What a group takes is measured after the first group following the start and each trim. Memory in use
     (attributions kept) also counts: a trim then returns little, and the bound moves up with it. One for an
     Engine's life, as the heap lives across its calls; nothing is done without glibc or /proc.
