@@ -61,12 +61,17 @@ def test_a_document_from_standard_input(model_dir, tmp_path, capsys, monkeypatch
     assert "--file - (standard input) with --processes" in capsys.readouterr().err
 
 
-def test_a_model_with_code_of_its_own_runs_only_when_trusted(tokenizer, tmp_path, capsys):
+def test_a_model_with_code_of_its_own_runs_only_when_trusted(tokenizer, tmp_path, capsys, monkeypatch):
     """A classifier whose config names Python code of its own (auto_map) is refused in one line naming
     --trust-remote-code (transformers asked y/N on a terminal, else failed with its long message), and
     explained with it."""
+    import transformers.dynamic_module_utils as dynamic_modules
+
     from conftest import make_model
 
+    # transformers copies the model's code into a package of its own: here, not under the user's ~/.cache.
+    monkeypatch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
     folder = tmp_path / "custom"
     make_model("bert").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
