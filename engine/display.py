@@ -36,25 +36,6 @@ def highlighted(pairs) -> str:
                     for text, score in pairs)
 
 
-def token_pairs(document) -> list[tuple[str, float]]:
-    """(shown token, score) of each token but the special ones."""
-    special = set(document.special_positions)
-    return [(token, score) for p, (token, score) in enumerate(zip(document.shown_tokens, document.token_scores.tolist()))
-            if p not in special and token]
-
-
-def captum_record_table(documents: list, labels: dict, pairs_of=token_pairs) -> str:
-    """Captum's visualize_text table for these DocumentResults (one row each); pairs_of(document) gives
-    the (text, score) pairs to highlight (by default every token)."""
-    rows = "".join(
-        f"<tr><td>{html.escape(label_name(d.label, labels))}</td>"
-        f"<td>{html.escape(label_name(d.prediction, labels))} ({d.probability:.2f})</td>"
-        f"<td>{html.escape(label_name(d.target, labels))}</td><td>{float(d.token_scores.sum()):.2f}</td>"
-        f"<td class=\"words\">{highlighted(pairs_of(d))}</td></tr>" for d in documents)
-    return ("<table class=\"record\"><tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
-            f"<th>Attribution Score</th><th>Word Importance</th></tr>{rows}</table>")
-
-
 WORD_START_MARKERS = ("Ġ", "▁")       # byte-level BPE (RoBERTa, Longformer, GPT-2) and SentencePiece
 CONTINUATION_MARKER = "##"            # WordPiece (BERT, DistilBERT, ELECTRA)
 
@@ -166,6 +147,18 @@ def top_bottom_words(units: list[Word], k: int) -> tuple[list[RankedWord], list[
     top, bottom = ends(sorted(units, key=lambda u: -u.score), lambda u: u.score, k, lambda u: u.text)
     return ([RankedWord(u.text, u.score, counts[u.text]) for u in top],
             [RankedWord(u.text, u.score, counts[u.text]) for u in bottom])
+
+
+def captum_record_table(documents: list, labels: dict) -> str:
+    """Captum's visualize_text table for these DocumentResults (one row each), each document's words
+    highlighted (`words`: a WordPiece's "un" "##work" "##ably" is one "unworkably", as in the reports)."""
+    rows = "".join(
+        f"<tr><td>{html.escape(label_name(d.label, labels))}</td>"
+        f"<td>{html.escape(label_name(d.prediction, labels))} ({d.probability:.2f})</td>"
+        f"<td>{html.escape(label_name(d.target, labels))}</td><td>{float(d.token_scores.sum()):.2f}</td>"
+        f"<td class=\"words\">{highlighted((w.text, w.score) for w in words(d))}</td></tr>" for d in documents)
+    return ("<table class=\"record\"><tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
+            f"<th>Attribution Score</th><th>Word Importance</th></tr>{rows}</table>")
 
 
 def _place(word: Word, text: str, start: int, end: int) -> None:

@@ -213,14 +213,13 @@ def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, 
     attributed, ranked, highlighted and aggregated as the characters it stands for, not left out as the
     tokenizer's special-token mask (which counts UNK) would have it."""
     from fastig.app.aggregate import _units
-    from fastig.display import token_pairs
 
     document = fastig.Engine(models("bert"), tokenizer).attribute("the film \u2603 good", n_steps=4).documents[0]
     assert document.tokens[3] == "[UNK]" and document.shown_tokens[3] == "\u2603"
     assert document.special_positions == [0, 5] and float(document.token_scores[3]) != 0
     top, bottom = document.top_bottom(k=10)
     assert 3 in [t.position for t in top + bottom]
-    assert ("\u2603", float(document.token_scores[3])) in token_pairs(document)
+    assert ("\u2603", float(document.token_scores[3])) in [(w.text, w.score) for w in document.words()]
     assert "\u2603" in [text for text, _ in _units(document, merge_subwords=True)]
 
 

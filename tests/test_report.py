@@ -224,6 +224,28 @@ def test_attribution_renders_in_notebooks_and_as_a_captum_record(models, tokeniz
     assert record.attr_score == pytest.approx(float(result.token_scores[1].sum()))
 
 
+def test_a_notebook_highlights_words_not_vocabulary_pieces(tmp_path):
+    """A notebook's table reads as the text: a WordPiece's "un" "##work" "##ably" is one highlighted
+    "unworkably" scoring its pieces' sum, as in the reports and printed tables (it showed "un work ably")."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    import fastig
+    from conftest import COMMON
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "un", "##work",
+                                "##ably"]))
+    tokenizer = BertTokenizerFast(vocab=str(vocab))
+    model = BertForSequenceClassification(BertConfig(**{**COMMON, "vocab_size": 11})).eval()
+    result = fastig.Engine(model, tokenizer).attribute("the film was unworkably", n_steps=4)
+    assert result.tokens[0][4:7] == ["un", "##work", "##ably"]
+    word = result.words(0)[-1]
+    assert word.text == "unworkably" and word.score == pytest.approx(float(result.token_scores[0, 4:7].sum()))
+    markup = result._repr_html_()
+    assert f'title="{word.score:+.4f}">unworkably</mark>' in markup
+    assert ">work</mark>" not in markup and ">un</mark>" not in markup
+
+
 # The seed's case: a Longformer with a byte-level BPE tokenizer explaining documents of 2,000+ tokens.
 MARKERS = ("\u0120", "\u010a", "\u00e2\u0122", "\u00c3\u00a9", "\u2581", "##", "<s>", "</s>")    # Ġ Ċ âĢ Ã© ▁
 
