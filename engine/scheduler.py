@@ -398,21 +398,23 @@ def retained_cpu_memory():
             libc.malloc_trim(0)
 
 
-# Resident memory within this of what the last trim left is never handed back early: not worth the page faults.
+# Resident memory up to this above what a group takes is never handed back: not worth the page faults.
 HEAP_SLACK = 512 * 2**20
 
 
 class RetainedHeapBound:
     """Where glibc keeps freed memory (cpu_memory_retained), the process's resident memory, bounded: at most
-    twice what a group of documents has been seen to take, or HEAP_SLACK, above what the last trim left.
+    what a group of documents has been seen to take, plus HEAP_SLACK, above what the last trim left.
 
     The freed heap fragments (the small records made as each group ends stay between its freed blocks), so
     later groups' blocks come from fresh memory: malloc's memory in use stayed flat while what it held free
     grew by ~2-10 MB a group without bound (a BERT of hidden 384, reviews of 20-300 tokens: +390 MB over 800
     reviews in the commands' process-wide setting, ~12 GB at 25,000). After each group `group_done` reads the
     resident set; past the bound, malloc_trim hands the freed memory back, and the next group faults its
-    working memory in again (~23 ms a trim, one every ~100 groups there: 40-41 s without the bound, 41-42 s
-    with it; at 256 MB of slack a trim every ~12 groups cost ~5%).
+    working memory in again (~23 ms a trim, about one in 400 groups there: 8 calls of 100 reviews took 40-41 s
+    without the bound, 39-42 s with it; a bound of 256 MB above what the last trim left trimmed every ~12
+    groups and cost ~5%). Not twice what a group takes: a call the budget sizes can take GBs, and as much
+    again of waste is more than a bound should allow.
     What a group takes is measured after the first group following the start and each trim. Memory in use
     (attributions kept) also counts: a trim then returns little, and the bound moves up with it. One for an
     Engine's life, as the heap lives across its calls; nothing is done without glibc or /proc.
@@ -429,7 +431,7 @@ class RetainedHeapBound:
         resident = _resident()
         if self.limit is None:
             self.reused = max(self.reused, resident - self.after_trim)
-            self.limit = self.after_trim + max(2 * self.reused, HEAP_SLACK)
+            self.limit = self.after_trim + self.reused + HEAP_SLACK
         elif resident > self.limit:
             _release_freed_cpu_memory()
             self.trims += 1
