@@ -422,7 +422,7 @@ class RetainedHeapBound:
 
     def __init__(self):
         self.works = _libc() is not None and os.access("/proc/self/status", os.R_OK)
-        self.trims, self.limit, self.reused = 0, None, 0
+        self.trims, self.limit, self.group_bytes = 0, None, 0
         self.after_trim = _resident() if self.works else None     # the start counts as a trim
 
     def group_done(self) -> None:
@@ -430,8 +430,8 @@ class RetainedHeapBound:
             return
         resident = _resident()
         if self.limit is None:
-            self.reused = max(self.reused, resident - self.after_trim)
-            self.limit = self.after_trim + self.reused + HEAP_SLACK
+            self.group_bytes = max(self.group_bytes, resident - self.after_trim)
+            self.limit = self.after_trim + self.group_bytes + HEAP_SLACK
         elif resident > self.limit:
             _release_freed_cpu_memory()
             self.trims += 1
