@@ -358,6 +358,10 @@ def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
         engine.attribute(texts, n_steps=6, baseline=baselines, target="all")
     ids = [record.id for record in stop.value.result.documents]
     assert len(ids) == 3 * first_group and all(ids.count(i) == 3 for i in set(ids))
+    calls.clear()       # n_steps="auto" runs each (document, class) pair alone, and a new engine's first group
+    with pytest.raises(fastig.Interrupted, match="0 of 4 documents") as stop:   # is one pair: no document done
+        fastig.Engine(models("bert"), tokenizer).attribute(texts, n_steps="auto", max_steps=8, target="all")
+    assert stop.value.result is None
     monkeypatch.setattr(fastig.Engine, "_attribute_group", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(fastig.Interrupted, match="0 of 4") as stop:
         engine.attribute(texts, n_steps=6)
