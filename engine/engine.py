@@ -296,11 +296,12 @@ class Engine:
                         records[i] = (record, attributions)
         except KeyboardInterrupt as stop:   # a notebook's interrupt: the documents done are kept, named by index
             per_text = 1 if several is None else len(several[0])    # records are text-major either way
-            # Whole texts only: n_steps="auto" runs each (text, target) pair alone, and a group may end
-            # between a text's pairs.
+            # Whole texts only (n_steps="auto" runs each (text, target) pair alone, and a group may end
+            # between a text's pairs), and finite ones: a nan is never a result.
             texts = [records[k:k + per_text] for k in range(0, len(records), per_text)]
             done = [(replace(record, id=k) if record.id is None else record, attributions)
-                    for k, pairs in enumerate(texts) if None not in pairs for record, attributions in pairs]
+                    for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)
+                    for record, attributions in pairs]
             raise Interrupted(f"{len(done) // per_text} of {len(records) // per_text} documents were done before "
                               "the interrupt: their records (each with its document's index as .id) are in this "
                               "exception's .result", build(done, groups, seconds, retains_memory) if done else None

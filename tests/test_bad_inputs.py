@@ -13,7 +13,7 @@ import torch
 
 import fastig
 
-from conftest import assert_close, make_model, make_text
+from conftest import assert_close, make_model, make_text, stop_at_group
 from test_cli import exit_code
 
 
@@ -215,12 +215,17 @@ def _nan_classifier(model):
         model.classifier.bias.fill_(float("nan"))
 
 
-def test_a_model_giving_nan_is_an_error_naming_the_documents(models, tokenizer, tmp_path, capsys):
+def test_a_model_giving_nan_is_an_error_naming_the_documents(models, tokenizer, tmp_path, capsys, monkeypatch):
     model = make_model("bert")
     _nan_classifier(model)
     with pytest.raises(fastig.NonFiniteError, match=r"documents \[0, 1\]") as info:
         fastig.Engine(model, tokenizer).attribute(["good film", "bad plot"], n_steps=4)
     assert info.value.documents == [0, 1] and len(info.value.result) == 2
+    stop_at_group(monkeypatch)      # an interrupt's result holds no nan either (a new engine: one text a group)
+    with pytest.raises(fastig.Interrupted, match="0 of 2 documents") as stop:
+        fastig.Engine(model, tokenizer).attribute(["good film", "bad plot"], n_steps=4)
+    assert stop.value.result is None
+    monkeypatch.undo()
     folder = _model_folder(tmp_path, tokenizer, change=_nan_classifier)
     out = tmp_path / "r.json"
     assert exit_code(["attribute", "--model", str(folder), "--text", "good film", "--out", str(out)]) == 2
