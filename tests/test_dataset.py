@@ -13,7 +13,7 @@ import pytest
 
 from fastig.app.aggregate import class_rankings, per_document, ranked
 
-from conftest import hanging_after_shards, make_text, record
+from conftest import hanging_after_shards, make_text, record, stop_at_group
 from test_cli import exit_code
 
 TEXTS = [make_text(5 + 3 * i, seed=i) for i in range(12)]
@@ -157,6 +157,27 @@ def _close_records(a: dict, b: dict) -> bool:
     return ({k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
             and a["token_scores"] == pytest.approx(b["token_scores"], abs=1e-5)
             and a["delta"] == pytest.approx(b["delta"], abs=1e-6))
+
+
+def test_a_stop_amid_a_shard_keeps_its_documents_done(model_dir, data_files, csv_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C or a SIGTERM amid a shard writes the documents finished before it (whole groups) as a shard of
+    their own, and the resume does only the rest: the shard's work was lost before (~30 s by default, a
+    whole --shard-size of documents)."""
+    out = tmp_path / "run"
+    args = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
+    args[args.index("--shard-size") + 1] = "11"     # one shard of every document
+    stop_at_group(monkeypatch)                      # after the first group: the longest document, alone
+    assert exit_code(args) == 130
+    kept = [json.loads(line) for path in (out / "shards").glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert [r["id"] for r in kept] == [11]
+    assert "run the same command again to continue" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert exit_code(args) == 0
+    assert "10 attributed now" in capsys.readouterr().out
+    by_label = {r["id"]: r for r in _records(csv_run)}
+    resumed = _records(out)
+    assert [r["id"] for r in resumed] == list(by_label) and _close_records(kept[0], by_label[11])
+    assert all(_close_records(r, by_label[r["id"]]) for r in resumed)
 
 
 def test_a_target_by_its_label_name_is_that_class(model_dir, data_files, tmp_path):
@@ -315,7 +336,7 @@ def test_a_csvs_lists_of_labels_read_as_a_multi_label_data_sets():
     assert [r.label for r in class_ids(rows, config)] == [[0, 2], [], [1]]
 
 
-def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path, capsys):
+def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_path, capsys, monkeypatch):
     """Labels as lists (go_emotions' kind), by id or name: --target label gives a record per label of each
     document, each the Python API's for that label (its sigmoid); a document with no label is skipped, said
     in skipped.csv; reports name every label; rankings --by label are refused, --by target given."""
@@ -350,6 +371,17 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     assert "label joy (0), fear (2)" in (tmp_path / "report" / "document-0-target-2.html").read_text()
     assert exit_code(["aggregate", str(out), "--by", "label"]) == 2
     assert exit_code(["aggregate", str(out), "--by", "target"]) == 0
+    # documents of 1, 2 and 3 labels run in calls of their own: a stop in the third keeps the first two's
+    stopped, args = tmp_path / "stopped", _args(str(model_dir), data, tmp_path / "stopped", "--target", "label")
+    args[args.index("--shard-size") + 1] = "4"
+    stop_at_group(monkeypatch, 3)
+    assert exit_code(args) == 130
+    kept = [json.loads(line) for path in (stopped / "shards").glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert sorted((r["id"], r.get("target", r.get("skipped"))) for r in kept) == [
+        (0, 0), (0, 2), (1, 1), (2, "no label to explain (--target label)")]
+    monkeypatch.undo()
+    assert exit_code(args) == 0
+    assert all(_close_records(a, b) for a, b in zip(_records(stopped), records, strict=True))
 
 
 def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):

@@ -11,7 +11,8 @@ out/
   skipped.csv       the documents left out with the reason: written once every document is done
 
 A run stopped at any point (Ctrl-C, kill -9, a full disk) continues where it stopped when the
-same command runs again. A shard is whole or absent, and it is read only if its content matches
+same command runs again; Ctrl-C (or a SIGTERM) amid a shard first writes the documents of it that were
+done as a shard of their own. A shard is whole or absent, and it is read only if its content matches
 its name: the documents done are the ids in sound shards, a missing, truncated or edited shard's
 documents are redone, and a document in two shards is merged once. Data and model are compared
 by content, not by path: a changed file or model at the same path is refused, the same one at
@@ -32,7 +33,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import DataError, NonFiniteError
+from ..errors import DataError, Interrupted, NonFiniteError
 from ..inputs import TruncationWarning
 from ..models import hub_quiet, label_ids
 from ..result import DocumentResult
@@ -298,7 +299,7 @@ def plan_run(engine, rows: list[Row], out: Path, settings: dict, fingerprints: d
 
 
 # Without --shard-size each shard is sized to take about SHARD_SECONDS by the time per document so
-# far: a stop loses at most about that much work, and the progress bar moves at least as often.
+# far: a kill -9 loses at most about that much work, and the progress bar moves at least as often.
 SHARD_SECONDS = 30.0
 SHARD_DOCUMENTS = (1, 256)     # the fewest and most documents per shard then
 FIRST_SHARD = 1        # then sized by the time it took
@@ -330,10 +331,18 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
         # A multi-label data set: each document's labels. The engine takes one count of targets per call, so
         # documents of as many labels share calls.
         entries = {row.id: [(row.id, "no label to explain (--target label)")] for row in batch if not row.label}
-        for count in sorted({len(row.label) for row in batch} - {0}):
-            rows = [row for row in batch if len(row.label) == count]
-            for entry in _attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs):
+
+        def add(found: list) -> None:
+            for entry in found:
                 entries.setdefault(_entry_id(entry), []).append(entry)
+        try:
+            for count in sorted({len(row.label) for row in batch} - {0}):
+                rows = [row for row in batch if len(row.label) == count]
+                add(_attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs))
+        except Interrupted as stop:     # the rows done in the calls before it, too
+            add(stop.entries)
+            stop.entries = [entry for row in batch for entry in entries.get(row.id, ())]
+            raise
         return [entry for row in batch for entry in entries[row.id]]
     if target == "label":
         targets = [row.label for row in batch]
@@ -353,6 +362,11 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
         broken = set()
     except NonFiniteError as error:
         result, broken = error.result, set(error.documents)
+    except Interrupted as stop:     # its result: the whole, finite rows done before it, each named by its index
+        done = stop.result.documents if stop.result is not None else []
+        stop.entries = [replace(document, id=batch[document.id].id, label=batch[document.id].label)
+                        for document in done]
+        raise
     per_row = len(result.documents) // len(batch)
     entries = []
     for i, row in enumerate(batch):
@@ -364,6 +378,12 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
     return entries
 
 
+def _write_shard(out: Path, rank: int, entries: list, top_k: int) -> None:
+    content = "".join(to_json({"id": e[0], "skipped": e[1]} if isinstance(e, tuple) else e.to_json(top_k)) + "\n"
+                      for e in entries)
+    write_atomically(out / "shards" / shard_name(content, rank), content)
+
+
 def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: int, shard_size: int | None, bar,
                      **attribute_kwargs) -> int:
     """Attribute the plan's documents shard by shard, each shard written whole; returns the token-steps done."""
@@ -372,10 +392,13 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
         batch = plan.pending[first:first + sizes.next()]
         first += len(batch)
         shard_started = time.perf_counter()
-        entries = _attribute(engine, batch, target, bar is not None and not bar.disable, **attribute_kwargs)
-        content = "".join(to_json({"id": e[0], "skipped": e[1]} if isinstance(e, tuple) else e.to_json(top_k)) + "\n"
-                          for e in entries)
-        write_atomically(out / "shards" / shard_name(content, rank), content)
+        try:
+            entries = _attribute(engine, batch, target, bar is not None and not bar.disable, **attribute_kwargs)
+        except Interrupted as stop:     # a stop amid a shard keeps its documents done: a shard of their own
+            if stop.entries:
+                _write_shard(out, rank, stop.entries, top_k)
+            raise
+        _write_shard(out, rank, entries, top_k)
         sizes.took(len(batch), time.perf_counter() - shard_started)
         token_steps += sum(len(e.tokens) * e.evaluations for e in entries if not isinstance(e, tuple))
         if bar is not None:
