@@ -10,12 +10,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .display import RankedWord, Word, shown_units, top_bottom_words
+from .display import RankedWord, Word, label_name, shown_units, top_bottom_words
 from .scheduler import MemoryStats
 from .summarize import RankedToken, top_bottom
 
 
-@dataclass
+SUMMARY_TEXT = 60      # characters of a document's text in its one-line summary
+
+
+@dataclass(repr=False)
 class DocumentResult:
     """One document's attribution, on CPU.
 
@@ -60,6 +63,22 @@ class DocumentResult:
     word_ids: list | None = None
     id: int | str | None = None
     label: int | list[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"DocumentResult({self.summary()})"
+
+    def summary(self, labels: dict | None = None) -> str:
+        """The record in one line, classes named by `labels` ({"0": "negative", ...}) where given: the
+        dataclass's own repr printed every tensor (1,700 characters for a review of 44 tokens)."""
+        def name(value):
+            return label_name(value, labels or {})
+        text = " ".join((self.text if self.text is not None else " ".join(self.shown_tokens)).split())
+        shown = text if len(text) <= SUMMARY_TEXT else text[:SUMMARY_TEXT - 1] + "\u2026"
+        return ", ".join([*([f"id={self.id!r}"] if self.id is not None else []),
+                          *([f"label={name(self.label)}"] if self.label is not None else []),
+                          f"tokens={len(self.tokens)}", f"prediction={name(self.prediction)}",
+                          f"probability={self.probability:.3f}", f"target={name(self.target)}",
+                          f"delta={self.delta:.1e}", f"evaluations={self.evaluations}", f"text={shown!r}"])
 
     @property
     def probability(self) -> float:
@@ -221,6 +240,8 @@ class RunStats:
         return {k: v for k, v in values.items() if v is not None or k not in ("tolerance", "accuracy", "max_steps")}
 
 
+# repr() shows this many documents, a line each; IPython computes it for every result it displays, with the HTML.
+REPR_DOCUMENTS = 5
 # A notebook shows this many documents' rows: a row is ~78 bytes of HTML a token (23.7 KB for 300 tokens),
 # so a table of 25,000 reviews would send ~590 MB to the browser.
 NOTEBOOK_ROWS = 50
@@ -230,7 +251,7 @@ def _stack_if_even(rows: list[torch.Tensor]):
     return torch.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution:
     """The result of `Engine.attribute` for B documents, all on CPU.
 
@@ -278,6 +299,18 @@ class Attribution:
 
     def __len__(self) -> int:
         return len(self.documents)
+
+    def __repr__(self) -> str:
+        """The call in one line and its first REPR_DOCUMENTS documents in one each (DocumentResult.summary)."""
+        kept = self.attributions
+        shape = (None if kept is None else list(kept.shape) if isinstance(kept, torch.Tensor)
+                 else f"{len(kept)} tensors [L_i, {kept[0].shape[-1]}]")
+        lines = [f"Attribution(documents={len(self)}, n_steps={self.n_steps!r}, method={self.method!r}, "
+                 f"output={self.output!r}, attributions={shape}, seconds={self.stats.seconds.total:.2f})"]
+        lines += [f"  [{i}] {d.summary(self.labels)}" for i, d in enumerate(self.documents[:REPR_DOCUMENTS])]
+        if len(self) > REPR_DOCUMENTS:
+            lines.append(f"  ... and {len(self) - REPR_DOCUMENTS} more: result.documents")
+        return "\n".join(lines)
 
     def top_bottom(self, doc: int = 0, k: int = 20) -> tuple[list[RankedToken], list[RankedToken]]:
         """The k most positive and k most negative tokens of document `doc`."""

@@ -208,6 +208,34 @@ def test_a_results_words_are_its_texts_words_as_the_commands_rank_them(byte_leve
     assert result.top_bottom_words(0, k=5, tokens=True) == document.top_bottom_words(5, tokens=True)
 
 
+def test_a_result_prints_as_a_short_summary_of_its_documents(tokenizer):
+    """`res` at a prompt, or print(res), shows what a person reads: the call and each document on one line,
+    the first few only. The dataclass's own repr printed every tensor (674,000 characters for 200 reviews,
+    computed again for each notebook display of the result)."""
+    model = make_model("bert")
+    model.config.id2label = {0: "negative", 1: "positive", 2: "neutral"}
+    texts = [make_text(5 + 4 * i, seed=i) for i in range(7)] + [("a premise", "its\nhypothesis")]
+    result = fastig.Engine(model, tokenizer).attribute(texts, n_steps=4, target=1)
+    lines = repr(result).splitlines()
+    hidden = model.config.hidden_size
+    assert lines[0].startswith("Attribution(documents=8, n_steps=4, method='gausslegendre', output='probs', "
+                               f"attributions=8 tensors [L_i, {hidden}], seconds=")
+    assert len(lines) == 1 + fastig.result.REPR_DOCUMENTS + 1 and lines[-1] == "  ... and 3 more: result.documents"
+    for line, document in zip(lines[1:-1], result.documents):
+        assert f"target=positive (1), delta={document.delta:.1e}" in line
+        assert f"prediction={model.config.id2label[document.prediction]} ({document.prediction})" in line
+        assert f"tokens={len(document.tokens)}" in line
+    assert lines[1].endswith(f"text={texts[0]!r}") and len(lines[5]) < 250 and lines[5].endswith("\u2026'")
+    pair = repr(result.documents[-1])
+    assert pair.startswith("DocumentResult(tokens=") and "text='a premise its hypothesis'" in pair
+    assert "\n" not in pair and len(pair) < 250
+    engine, same_length = fastig.Engine(model, tokenizer), [make_text(6, seed=1), make_text(6, seed=2)]
+    length = len(engine.documents(same_length[0])[0].input_ids)
+    assert f"attributions=[2, {length}, {hidden}]" in repr(engine.attribute(same_length, n_steps=4))
+    kept_none = repr(engine.attribute(same_length, n_steps=4, keep_attributions=False))
+    assert "attributions=None" in kept_none and len(kept_none.splitlines()) == 3
+
+
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
     """An emoji or a character an English WordPiece vocabulary lacks is [UNK], a token of the text: it is
     attributed, ranked, highlighted and aggregated as the characters it stands for, not left out as the
