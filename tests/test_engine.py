@@ -236,6 +236,30 @@ def test_a_result_prints_as_a_short_summary_of_its_documents(tokenizer):
     assert "attributions=None" in kept_none and len(kept_none.splitlines()) == 3
 
 
+def test_a_calls_bar_tells_the_time_left_by_tokens(models, tokenizer, monkeypatch):
+    """A long call's bar (progress=True, as `fastig attribute` runs) counts documents and tells the time left
+    by tokens: groups go longest first, so tqdm's own estimate, by documents, overstated it. On a clock where
+    time goes with tokens, the time left is right from the first group on."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    clock, run_group, shown = [0.0], fastig.Engine._attribute_group, []
+
+    def group_on_the_clock(engine, docs, *args):       # a second a token
+        result = run_group(engine, docs, *args)
+        clock[0] += sum(len(doc.input_ids) for doc in docs)
+        return result
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", group_on_the_clock)
+    monkeypatch.setattr(fastig.engine, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(tqdm, "set_postfix_str", lambda bar, text, refresh=True: shown.append(text))
+    texts = [make_text(38, seed=1)] + [make_text(3, seed=2 + i) for i in range(8)]     # 40 tokens, then 8 x 5
+    fastig.Engine(models("bert"), tokenizer).attribute(texts, n_steps=4, progress=True)
+    left = [text.split(", ")[1] for text in shown]
+    told = [text for text in left if text != "? left"]     # before the first group ends, nothing to tell
+    assert left[0] == "? left" and told[0] == "00:40 left" and told[-1] == "00:00 left"
+
+
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
     """An emoji or a character an English WordPiece vocabulary lacks is [UNK], a token of the text: it is
     attributed, ranked, highlighted and aggregated as the characters it stands for, not left out as the
