@@ -218,8 +218,8 @@ def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, 
     assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)]) == 130
     partial = tmp_path / "r.partial.json"
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == (f"fastig attribute: interrupted; the 1 of 3 documents done are in {partial} (fastig report "
-                       "reads it)")
+    assert err[-1] == (f"fastig attribute: interrupted; the 1 of 3 documents done are printed above and in {partial} "
+                       "(fastig report reads it)")
     saved = json.loads(partial.read_text())
     assert not out.exists() and saved["interrupted"] == "1 of 3 documents done"
     assert [d["id"] for d in saved["documents"]] == [0] and saved["documents"][0]["text"] == texts[0]
@@ -227,6 +227,21 @@ def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, 
     monkeypatch.undo()      # the whole run again: its result, and no stopped run's documents beside it
     assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)]) == 0
     assert out.exists() and not partial.exists()
+
+
+def test_a_stopped_attribute_prints_the_documents_done(model_dir, monkeypatch, capsys):
+    """Without --out, the documents finished before Ctrl-C are printed as a whole run prints them, numbered
+    by their place among the texts, and the closing line says so: they were computed and then lost."""
+    texts = [make_text(40, seed=1), make_text(6, seed=2), make_text(7, seed=3)]     # two groups by length
+    assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4"]) == 0
+    whole = capsys.readouterr().out.split("document 1:")[0]
+    stop_at_group(monkeypatch)
+    assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4"]) == 130
+    printed = capsys.readouterr()
+    assert printed.err.splitlines()[-1] == ("fastig attribute: interrupted; the 1 of 3 documents done are printed "
+                                            "above (`fastig dataset` keeps each finished one and resumes)")
+    assert printed.out.startswith("document 0: ") and "document 1:" not in printed.out
+    assert printed.out.splitlines()[:4] == whole.splitlines()[:4]
 
 
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):

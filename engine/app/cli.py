@@ -258,9 +258,13 @@ def cmd_attribute(args) -> int:
     try:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
                                   **_attribution_kwargs(args, engine.model.config, len(texts)))
-    except Interrupted as stop:     # --out stays whole or absent; the documents done go beside it
-        if main_process and args.out and stop.result is not None:
-            stop.kept = _keep_partial(args, stop.result, len(texts))
+    except Interrupted as stop:     # the documents done are printed, and go beside --out (whole or absent)
+        if main_process and stop.result is not None:
+            print_result(stop.result, args.top_k, tokens=args.tokens)
+            done = f"the {len({record.id for record in stop.result.documents})} of {len(texts)} documents done"
+            stop.kept = (f"{done} are printed above and in {_keep_partial(args, stop.result, done)} (fastig report "
+                         "reads it)" if args.out else f"{done} are printed above (`fastig dataset` keeps each "
+                         "finished one and resumes)")
         raise
     if not main_process:
         return 0
@@ -279,16 +283,15 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.partial.json")
 
 
-def _keep_partial(args, result, texts: int) -> str:
-    """The documents an interrupted attribute finished, written to OUT.partial.json (marked "interrupted"),
-    which `fastig report` reads; what the closing line says of them."""
+def _keep_partial(args, result, done: str) -> Path:
+    """The documents an interrupted attribute finished (`done` says how many of how many), written to
+    OUT.partial.json (marked "interrupted"), which `fastig report` reads; its path."""
     from .files import to_json, write_atomically
 
     path = _partial_path(args.out)
-    done = len({record.id for record in result.documents})
-    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": f"{done} of {texts} documents done",
+    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": done.removeprefix("the "),
                                     "source": _source_facts(args)}))
-    return f"the {done} of {texts} documents done are in {path} (fastig report reads it)"
+    return path
 
 
 def _source_facts(args) -> dict:

@@ -11,8 +11,8 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
                  records_per_text: int = 1) -> None:
     """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each record
     (default: all), classes by the result's label names. Words as the text has them: a byte-level BPE's
-    "bor" + "ing" is "boring". records_per_text: several targets of each text (records in a row per text),
-    numbered by their text."""
+    "bor" + "ing" is "boring". Each is numbered by its id, or without one by its place (records_per_text:
+    several targets of each text, records in a row per text, numbered by their text)."""
     file = file or sys.stdout
     unit = "tokens" if tokens else "words"
 
@@ -25,7 +25,7 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
         attributed = name(d.target)
         if d.target != d.prediction:
             attributed = f"{attributed} (p={float(d.probs[d.target]):.3f})"
-        print(f"document {i // records_per_text}: {len(d.tokens)} tokens | "
+        print(f"document {i // records_per_text if d.id is None else d.id}: {len(d.tokens)} tokens | "
               f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = d.top_bottom_words(k, tokens)
