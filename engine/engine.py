@@ -330,12 +330,15 @@ class Engine:
             # Whole texts only (n_steps="auto" runs each (text, target) pair alone, and a group may end
             # between a text's pairs), and finite ones: a nan is never a result.
             texts = [records[k:k + per_text] for k in range(0, len(records), per_text)]
+            whole = [k for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)]
             done = [(replace(record, id=k) if record.id is None else record, attributions)
-                    for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)
-                    for record, attributions in pairs]
-            raise Interrupted(f"{len(done) // per_text} of {len(records) // per_text} documents were done before "
-                              "the interrupt: their records (each with its document's index as .id) are in this "
-                              "exception's .result", build(done, groups, seconds, retains_memory) if done else None
+                    for k in whole for record, attributions in texts[k]]
+            # Documents of one length are done in order: their rows lead the call's tensor, given as a view of it
+            # (a copy could need more host memory than the call had left).
+            first_rows = stacked[:len(done)] if stacked is not None and whole == list(range(len(whole))) else None
+            raise Interrupted(f"{len(whole)} of {len(texts)} documents were done before the interrupt: their records "
+                              "(each with its document's index as .id) are in this exception's .result",
+                              build(done, groups, seconds, retains_memory, stacked=first_rows) if done else None
                               ) from stop
         finally:
             if bar is not None:
@@ -356,7 +359,7 @@ class Engine:
                 n_steps, output: str, per_document: int, keep_attributions: bool,
                 stacked: torch.Tensor | None = None) -> Attribution:
         """The Attribution of these (record, attributions) pairs, with the stats of the groups that made them;
-        stacked: all of the call's attributions in one tensor, where records are all of them."""
+        stacked: their attributions in one tensor, where they are in one."""
         documents = [record for record, _ in records]
         token_steps = sum(len(d.tokens) * d.evaluations for d in documents) / per_document  # the model's
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
@@ -373,7 +376,7 @@ class Engine:
             attributions = None
         elif stacked is not None:
             attributions = stacked
-        elif len({a.shape for a in attributions}) == 1:    # those done before an interrupt
+        elif len({a.shape for a in attributions}) == 1:    # those done before an interrupt, not in order
             attributions = torch.stack(attributions)
         return Attribution(documents=documents, attributions=attributions,
                            n_steps=len(rule.alphas) if rule.alphas is not None else n_steps, method=rule.method,

@@ -405,6 +405,8 @@ def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
     assert len(done.documents) == first_group and done.stats.model_calls > 0
     for record, attributions in zip(done.documents, done.attributions):
         assert_close(attributions, whole.attributions[record.id], rtol=1e-5, atol=1e-7, what="attributions")
+    # the rows done of documents of one length: a view of the call's tensor, no copy of them on top of it
+    assert done.attributions.untyped_storage().nbytes() == whole.attributions.numel() * 4
     calls.clear()       # several targets: a record per (document, class), named by its document
     with pytest.raises(fastig.Interrupted, match=f"{first_group} of 4 documents") as stop:
         engine.attribute(texts, n_steps=6, baseline=baselines, target="all")
