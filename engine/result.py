@@ -67,6 +67,13 @@ class DocumentResult:
     def __repr__(self) -> str:
         return f"DocumentResult({self.summary()})"
 
+    def _repr_html_(self) -> str:
+        """Its row of Captum's visualize_text table, its words highlighted, for notebooks (classes by id: a
+        record holds no label names; the Attribution's table names them)."""
+        from .display import captum_record_table
+
+        return captum_record_table([self], {})
+
     def summary(self, labels: dict | None = None) -> str:
         """The record in one line, classes named by `labels` ({"0": "negative", ...}) where given: the
         dataclass's own repr printed every tensor (1,700 characters for a review of 44 tokens)."""

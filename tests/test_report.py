@@ -241,9 +241,9 @@ def test_a_notebook_highlights_words_not_vocabulary_pieces(tmp_path):
     assert result.tokens[0][4:7] == ["un", "##work", "##ably"]
     word = result.words(0)[-1]
     assert word.text == "unworkably" and word.score == pytest.approx(float(result.token_scores[0, 4:7].sum()))
-    markup = result._repr_html_()
-    assert f'title="{word.score:+.4f}">unworkably</mark>' in markup
-    assert ">work</mark>" not in markup and ">un</mark>" not in markup
+    for markup in result._repr_html_(), result.documents[0]._repr_html_():     # a result, and one record of it
+        assert f'title="{word.score:+.4f}">unworkably</mark>' in markup
+        assert ">work</mark>" not in markup and ">un</mark>" not in markup
 
 
 # The seed's case: a Longformer with a byte-level BPE tokenizer explaining documents of 2,000+ tokens.
