@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .display import RankedWord, Word, label_name, shown_units, top_bottom_words
+from .display import RankedWord, Word, captum_record_table, label_name, shown_units, top_bottom_words
 from .scheduler import MemoryStats
 from .summarize import RankedToken, top_bottom
 
@@ -70,8 +70,6 @@ class DocumentResult:
     def _repr_html_(self) -> str:
         """Its row of Captum's visualize_text table, its words highlighted, for notebooks (classes by id: a
         record holds no label names; the Attribution's table names them)."""
-        from .display import captum_record_table
-
         return captum_record_table([self], {})
 
     def summary(self, labels: dict | None = None) -> str:
@@ -343,8 +341,6 @@ class Attribution:
 
     def _repr_html_(self) -> str:
         """Captum's visualize_text table of the documents (the first NOTEBOOK_ROWS), for notebooks."""
-        from .display import captum_record_table
-
         table = captum_record_table(self.documents[:NOTEBOOK_ROWS], self.labels)
         more = len(self.documents) - NOTEBOOK_ROWS
         return table + (f"<p>and {more} more documents: <code>result.documents</code>, or "

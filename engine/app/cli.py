@@ -261,10 +261,10 @@ def cmd_attribute(args) -> int:
     except Interrupted as stop:     # the documents done are printed, and go beside --out (whole or absent)
         if main_process and stop.result is not None:
             print_result(stop.result, args.top_k, tokens=args.tokens)
-            done = f"the {len({record.id for record in stop.result.documents})} of {len(texts)} documents done"
-            stop.kept = (f"{done} are printed above and in {_keep_partial(args, stop.result, done)} (fastig report "
-                         "reads it)" if args.out else f"{done} are printed above (`fastig dataset` keeps each "
-                         "finished one and resumes)")
+            done = f"{len({record.id for record in stop.result.documents})} of {len(texts)} documents done"
+            stop.kept = (f"the {done} are printed above and in {_keep_partial(args, stop.result, done)} (fastig "
+                         "report reads it)" if args.out else f"the {done} are printed above (`fastig dataset` keeps "
+                         "each finished one and resumes)")
         raise
     if not main_process:
         return 0
@@ -284,12 +284,12 @@ def _partial_path(out: Path) -> Path:
 
 
 def _keep_partial(args, result, done: str) -> Path:
-    """The documents an interrupted attribute finished (`done` says how many of how many), written to
-    OUT.partial.json (marked "interrupted"), which `fastig report` reads; its path."""
+    """The documents an interrupted attribute finished (`done`: "N of M documents done"), written to
+    OUT.partial.json (marked "interrupted" with it), which `fastig report` reads; its path."""
     from .files import to_json, write_atomically
 
     path = _partial_path(args.out)
-    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": done.removeprefix("the "),
+    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": done,
                                     "source": _source_facts(args)}))
     return path
 
