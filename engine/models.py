@@ -120,7 +120,9 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Mod
 
     None picks the embeddings module of the model (BertEmbeddings, LongformerEmbeddings, ...):
     the parent of `get_input_embeddings()` when that parent is an embeddings module,
-    otherwise the token embedding itself. A string is a dotted module name.
+    otherwise the token embedding itself; an encoder-decoder's (BART, T5): its encoder's token embedding,
+    as the shared one `get_input_embeddings()` names never runs in transformers 5 (the default was refused,
+    naming the encoder's). A string is a dotted module name.
     """
     if isinstance(layer, nn.Module):
         return layer
@@ -132,6 +134,10 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Mod
                                      f"for example: {_example_names(model)}") from err
     if layer is not None:
         raise LayerNotFoundError(f"layer={layer!r} must be None, a dotted module name or an nn.Module")
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        encoder_tokens = getattr(model.get_encoder(), "embed_tokens", None)
+        if isinstance(encoder_tokens, nn.Module):
+            return encoder_tokens
     token_embedding = _input_embeddings(model)
     if token_embedding is None:
         raise LayerNotFoundError(f"{type(model).__name__} has no input embeddings; pass layer='dotted.module.name'")

@@ -124,8 +124,9 @@ def test_no_padding_token_is_a_clear_error(gpt2_tokenizer):
 
 
 def test_an_encoder_decoder_takes_its_encoders_embeddings(tokenizer):
-    """BART's shared embedding never runs (the encoder and decoder have their own): a clear error naming the
-    encoder's. With that layer the decoder reads the input's ids at every point of the path, and at F(b) too."""
+    """BART's shared embedding never runs (the encoder and decoder have their own): by default the encoder's
+    is the layer (the default was refused, naming it), and a layer that does not run is a clear error naming
+    it. The decoder reads the input's ids at every point of the path, and at F(b) too."""
     torch.manual_seed(0)
     config = transformers.BartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=1, decoder_layers=1,
                                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
@@ -134,8 +135,9 @@ def test_an_encoder_decoder_takes_its_encoders_embeddings(tokenizer):
                                      init_std=0.3)
     model = transformers.BartForSequenceClassification(config).eval()
     with pytest.raises(fastig.LayerNotFoundError, match=r"ran 0 times .* layer='model.encoder.embed_tokens'"):
-        fastig.Engine(model, tokenizer).attribute(make_text(10))
-    engine = fastig.Engine(model, tokenizer, layer="model.encoder.embed_tokens")
+        fastig.Engine(model, tokenizer, layer="model.shared").attribute(make_text(10))
+    engine = fastig.Engine(model, tokenizer)
+    assert engine.layer is model.model.encoder.embed_tokens
     text = make_text(20, seed=3)
     ours = engine.attribute(text, n_steps=N_STEPS)
     assert compare(ours, captum_attribute(engine, text, n_steps=N_STEPS, internal_batch_size=5)).rel_l2 <= MAX_REL_L2
@@ -156,8 +158,9 @@ def test_t5_its_eos_after_the_text_and_its_encoders_embeddings():
     config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
                                    num_labels=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
                                    decoder_start_token_id=tokenizer.pad_token_id, initializer_factor=0.5)
-    engine = fastig.Engine(transformers.T5ForSequenceClassification(config).eval(), tokenizer,
-                           layer="transformer.encoder.embed_tokens")
+    model = transformers.T5ForSequenceClassification(config).eval()
+    engine = fastig.Engine(model, tokenizer)
+    assert engine.layer is model.transformer.encoder.embed_tokens
     (doc,) = engine.documents(CORPUS[0])
     assert doc.tokens[-1] == "</s>"
     assert doc.baseline_ids.tolist() == [tokenizer.pad_token_id] * (len(doc.tokens) - 1) + [eos_id]
