@@ -77,6 +77,8 @@ def test_documents_split_over_two_processes_give_the_single_process_files(model_
     assert exit_code([*args, "--out", str(tmp_path / "one")]) == 0
     launched = _fastig(*args, "--processes", "2", "--out", str(tmp_path / "two"))
     assert launched.returncode == 0, launched.stderr[-2000:]
+    # the closing line counts both processes' documents (it counted the main process's share alone)
+    assert f": {len(TEXTS)} attributed now by 2 processes (" in launched.stdout, launched.stdout
     shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
     assert {name[0] for name in shards} == {"0", "1"}          # both processes wrote
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")

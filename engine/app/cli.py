@@ -445,8 +445,11 @@ def cmd_dataset(args) -> int:
         return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
     cut = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" if summary["cut"] else ""
-    print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now "
-          f"({rate:.0f} token-steps/s), {summary['resumed_with']} from before, {summary['skipped']} skipped "
+    # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
+    by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
+        if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"
+    print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now{by}, "
+          f"{summary['resumed_with']} from before, {summary['skipped']} skipped "
           f"(skipped.csv){cut}; documents.jsonl, documents.csv")
     return 0
 

@@ -277,6 +277,7 @@ class Plan:
     done: int
     skipped: list
     tokens: dict        # the text tokens of each pending document (by id), as far as the model keeps them
+    pending_in_all: int     # the documents still to attribute, every process's share
 
 
 def plan_run(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, rank: int,
@@ -299,7 +300,7 @@ def plan_run(engine, rows: list[Row], out: Path, settings: dict, fingerprints: d
     pending.sort(key=lambda row: (-lengths[row.id], row.id))
     mine = pending[rank::processes]
     kept = max_length or max_text_tokens(engine.model.config, engine.tokenizer) or math.inf
-    return Plan(mine, len(done), skipped, {row.id: min(lengths[row.id], kept) for row in mine})
+    return Plan(mine, len(done), skipped, {row.id: min(lengths[row.id], kept) for row in mine}, len(pending))
 
 
 # Without --shard-size each shard is sized to take about SHARD_SECONDS by the time per document so
@@ -461,7 +462,7 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
     shard_size: documents per shard (None: about SHARD_SECONDS of work each). state: accelerate's
     PartialState when several processes share the rows (fastig.app.launcher): each takes every N-th of the
     pending rows, longest first, and writes its own shards; the main process holds the run's lock and merges.
-    Returns counts and timings of this call (this process's share).
+    Returns counts of this call (attributed_now: by every process) and this process's timings.
     """
     if shard_size is not None and shard_size < 1:
         raise DataError(f"--shard-size {shard_size}: give at least 1 document per shard")
@@ -489,8 +490,8 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
             if bar is not None:
                 bar.close()
         summary = {"documents": None, "skipped": len(plan.skipped), "resumed_with": plan.done,
-                   "attributed_now": len(plan.pending), "seconds": time.perf_counter() - started,
-                   "token_steps": token_steps}
+                   "attributed_now": plan.pending_in_all, "processes": processes,
+                   "seconds": time.perf_counter() - started, "token_steps": token_steps}
         wait()
         if rank != 0:
             return summary
