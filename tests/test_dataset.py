@@ -452,7 +452,8 @@ def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, c
     assert int(top["count"]) == len(occurrences) and int(top["documents"]) == len({i for i, _ in occurrences})
     assert float(top["document_mean"]) == pytest.approx(float(top["sum"]) / int(top["documents"]))
     printed = capsys.readouterr().out
-    assert "target LABEL_0 (0):" in printed
+    documents = sum(r["target"] == 0 for r in _records(csv_run))    # the tokens it counts: distinct ones, the rows
+    assert f"target LABEL_0 (0): {documents} documents, {len(ranking)} distinct tokens (" in printed
     # Each group's two columns: the highest sums, all positive, and the lowest, all negative (30 characters each).
     rows = [line for line in printed.splitlines() if line.startswith("  ") and "highest" not in line]
     highest = [float(line[20:29]) for line in rows if line[2:20].strip()]

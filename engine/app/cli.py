@@ -474,7 +474,8 @@ def cmd_aggregate(args) -> int:
         name = (f"target {label_name(group, labels)}" if args.by == "target" else
                 f"label {label_name(group[0], labels)}, target {label_name(group[1], labels)}")
         order = ranked(rows, args.rank, args.min_count)
-        print(f"{name}: {documents} documents, {len(rows)} tokens ({len(order)} ranked by {args.rank})")
+        unit = "words" if args.merge_subwords else "tokens"
+        print(f"{name}: {documents} documents, {len(rows)} distinct {unit} ({len(order)} ranked by {args.rank})")
         print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
         highest, lowest = ends(order, lambda r: getattr(r, args.rank), args.top)
         print_columns([(r.token, getattr(r, args.rank)) for r in highest],
