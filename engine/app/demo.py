@@ -113,8 +113,9 @@ def fine_tune(out: Path, progress: bool = True) -> dict:
                "held_out": len(held_out), "train": len(train), "seconds": time.perf_counter() - start,
                "recipe": RECIPE, "base_weights_sha256": WEIGHTS_SHA256}
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with hub_quiet():         # transformers' bar of one shard written, between the fine-tuning's and the demo's
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     (tmp / "fastig_demo.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)   # a cache folder exists only when complete
     return metrics
