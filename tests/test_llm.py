@@ -34,6 +34,21 @@ def test_every_generated_token_in_one_sweep_equals_captum(causal_lm, family, cas
         assert float((mine - captums).norm() / captums.norm()) <= 1e-5, name
 
 
+def test_a_model_in_training_is_explained_without_dropout_and_left_training(causal_lm):
+    """GPT-2's dropout (0.1) is off while generating and attributing; the model is left in training after."""
+    from transformers import GPT2LMHeadModel
+
+    eval_model, tokenizer = causal_lm("gpt2")
+    model = GPT2LMHeadModel(eval_model.config)
+    model.load_state_dict(eval_model.state_dict())
+    expected = attribute_generation(eval_model, tokenizer, PROMPT, generation={"max_new_tokens": 3}, n_steps=8)
+    model.train()
+    actual = attribute_generation(model, tokenizer, PROMPT, generation={"max_new_tokens": 3}, n_steps=8)
+    assert model.training and all(module.training for module in model.modules())
+    assert actual.output_text == expected.output_text
+    assert_close(actual.token_attr, expected.token_attr, rtol=1e-5, atol=1e-7, what="token_attr")
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_each_tokens_attributions_add_up_to_its_change_in_log_probability(causal_lm, family):
     """Completeness, against log-probabilities the model gives for the prompt and for baseline ids."""
