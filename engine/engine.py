@@ -27,8 +27,8 @@ from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
 from .models import (check_target, check_vocabulary, check_weights, eval_mode, find_layer, label_names,
-                     model_and_tokenizer, model_length, named_classes, output_values, probability_output, recomputable_layers,
-                     resolve_output, several_targets)
+                     model_and_tokenizer, model_length, named_classes, output_values, probability_output,
+                     recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
 from .processes import OneProcess
 from .result import Attribution, DocumentResult, RunStats, TimeSplit
@@ -242,6 +242,7 @@ class Engine:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)
 
+    @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
                   baseline="pad", output: str | None = None, chunk_size: int | None = None,
                   max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
@@ -300,8 +301,9 @@ class Engine:
         build = partial(self._result, rule=rule, n_steps=n_steps, output=output, per_document=per_document,
                         keep_attributions=keep_attributions)
         try:
-            # On CPU glibc keeps freed memory for reuse during the call only (scheduler.retained_cpu_memory);
-            # the last layer computes only the first token, which the classifier reads (fastig.first_token).
+            # The model without dropout (eval_mode); on CPU glibc keeps freed memory for reuse during the call
+            # only (scheduler.retained_cpu_memory); the last layer computes only the first token, which the
+            # classifier reads (fastig.first_token).
             with (eval_mode(self.model), retained_cpu_memory() if self.device.type == "cpu" else nullcontext(),
                   banded_attention(self.model) if self.attention == "banded" else nullcontext(),
                   block_sparse_kept(self.model), first_token_only(self.model, self.layer)):

@@ -65,6 +65,7 @@ def _ids(tokenizer, text_or_ids, name: str, add_special_tokens: bool) -> torch.T
     raise InputError(f"{name} must be a str or a LongTensor of ids [n] (or [1, n]); got {type(text_or_ids).__name__}")
 
 
+@torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
 def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_steps: int = 50,
                          method: str = "gausslegendre", generation: dict | None = None, baseline_token_id: int = 0,
                          skip_tokens=None, memory_budget=None, chunk_size: int | None = None

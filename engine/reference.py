@@ -24,6 +24,7 @@ class CaptumResult:
     seconds: float
 
 
+@torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
 def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
                      baseline="pad", output: str | None = None, internal_batch_size: int | None = None,
                      max_length: int | None = None, progress: bool = False) -> CaptumResult:

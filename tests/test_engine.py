@@ -309,6 +309,23 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(toke
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
+@pytest.mark.parametrize("n_steps", [N_STEPS, None, "auto"])
+def test_a_call_inside_inference_mode_is_the_call_outside_it(models, tokenizer, n_steps):
+    """An evaluation loop's torch.inference_mode (ids made in it too) gives the attributions made outside it,
+    and so does the Captum reference; before, a raw RuntimeError ("does not require grad")."""
+    from fastig.reference import captum_attribute
+
+    engine, text = fastig.Engine(models("bert"), tokenizer), make_text(30)
+    expected = engine.attribute(tokenizer(text, return_tensors="pt")["input_ids"], n_steps=n_steps)
+    with torch.inference_mode():
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        actual = engine.attribute(ids, n_steps=n_steps)
+        captum = captum_attribute(engine, ids, n_steps=N_STEPS) if n_steps == N_STEPS else None
+    assert_close(actual.attributions, expected.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+    if captum is not None:
+        assert_close(captum.attributions[0], expected.attributions[0], rtol=1e-4, atol=1e-6, what="Captum's")
+
+
 @pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1], "LABEL_1", ["LABEL_1"]])
 def test_target_forms_are_equivalent(models, tokenizer, target):
     """An int in any form, or the label's name in the model's config (its label2id), is the same target."""
