@@ -26,7 +26,7 @@ from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
-from .models import (check_target, check_vocabulary, check_weights, eval_mode, find_layer, label_names,
+from .models import (attributing, check_target, check_vocabulary, check_weights, find_layer, label_names,
                      model_and_tokenizer, model_length, named_classes, output_values, probability_output,
                      recomputable_layers, resolve_output, several_targets)
 from .precision import Precision, default_path_precision, resolve
@@ -301,10 +301,10 @@ class Engine:
         build = partial(self._result, rule=rule, n_steps=n_steps, output=output, per_document=per_document,
                         keep_attributions=keep_attributions)
         try:
-            # The model without dropout (eval_mode); on CPU glibc keeps freed memory for reuse during the call
-            # only (scheduler.retained_cpu_memory); the last layer computes only the first token, which the
-            # classifier reads (fastig.first_token).
-            with (eval_mode(self.model), retained_cpu_memory() if self.device.type == "cpu" else nullcontext(),
+            # The model without dropout or a caller's autocast (attributing); on CPU glibc keeps freed memory for
+            # reuse during the call only (scheduler.retained_cpu_memory); the last layer computes only the first
+            # token, which the classifier reads (fastig.first_token).
+            with (attributing(self.model), retained_cpu_memory() if self.device.type == "cpu" else nullcontext(),
                   banded_attention(self.model) if self.attention == "banded" else nullcontext(),
                   block_sparse_kept(self.model), first_token_only(self.model, self.layer)):
                 retains_memory = self.device.type == "cpu" and cpu_memory_retained()

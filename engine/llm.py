@@ -20,7 +20,7 @@ from torch import nn
 from . import kernels, quadrature
 from .errors import InputError, TargetError
 from .integrate import integrate_path
-from .models import eval_mode, output_replaced
+from .models import attributing, output_replaced
 from .result import RunStats
 from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained
 
@@ -86,7 +86,7 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
     if len(prompt_ids) == 0:
         raise InputError("prompt holds no token")
     if target is None:
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), attributing(model):
             generated = model.generate(prompt_ids[None].to(device), attention_mask=torch.ones(1, len(prompt_ids),
                                        dtype=torch.long, device=device), **(generation or DEFAULT_GENERATION))
         output_ids = generated[0, len(prompt_ids):].cpu()
@@ -123,7 +123,7 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
 
     scheduler = Scheduler(device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     scheduler.start_run()
-    with eval_mode(model):      # no dropout; the model's mode as it was after
+    with attributing(model):      # no dropout, no caller's autocast; the model's mode as it was after
         with torch.no_grad():
             f_x, f_b = log_probs(end)[0], log_probs(start)[0]
         t0 = time.perf_counter()

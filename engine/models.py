@@ -39,14 +39,16 @@ def hub_quiet(bars: bool = False):
 
 
 @contextmanager
-def eval_mode(model: nn.Module):
+def attributing(model: nn.Module):
     """Inside: the model in eval mode (no dropout: an attribution of a model in training mode was random, its
-    delta -0.37 on a small BERT); after: each module's mode as it was, so that explaining a model mid-training
-    leaves its training as it was."""
+    delta -0.37 on a small BERT), and no autocast of the caller's (fastig's precision decides: a caller's bf16
+    autocast made the endpoints bf16 and failed in the accumulation); after: each module's mode as it was, so
+    that explaining a model mid-training leaves its training as it was."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        yield
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):
+            yield
     finally:
         for module, training in modes.items():
             module.training = training

@@ -7,7 +7,7 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import check_target, eval_mode, named_classes, output_values, resolve_output, several_targets
+from .models import attributing, check_target, named_classes, output_values, resolve_output, several_targets
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -55,7 +55,7 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
 
         ids = doc.input_ids.to(engine.device).unsqueeze(0)
         extra = tuple(doc.model_kwargs[n].to(engine.device).unsqueeze(0) for n in names)
-        with eval_mode(engine.model), block_sparse_kept(engine.model):     # the model as given (fastig.big_bird)
+        with attributing(engine.model), block_sparse_kept(engine.model):     # the model as given (fastig.big_bird)
             if tgt is None:
                 with torch.no_grad():
                     tgt = int(forward(ids, *extra).argmax())

@@ -309,15 +309,21 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(toke
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
+CALLERS_CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+                    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+
+
+@pytest.mark.parametrize("context", CALLERS_CONTEXTS)
 @pytest.mark.parametrize("n_steps", [N_STEPS, None, "auto"])
-def test_a_call_inside_inference_mode_is_the_call_outside_it(models, tokenizer, n_steps):
-    """An evaluation loop's torch.inference_mode (ids made in it too) gives the attributions made outside it,
-    and so does the Captum reference; before, a raw RuntimeError ("does not require grad")."""
+def test_a_callers_context_changes_nothing(models, tokenizer, n_steps, context):
+    """An evaluation loop's no_grad or inference mode (ids made in it too), or a caller's bf16 autocast, gives
+    the attributions made outside it (fastig's precision decides), and so does the Captum reference. Before,
+    inference mode raised torch's "does not require grad", autocast a dtype mismatch in the accumulation."""
     from fastig.reference import captum_attribute
 
     engine, text = fastig.Engine(models("bert"), tokenizer), make_text(30)
     expected = engine.attribute(tokenizer(text, return_tensors="pt")["input_ids"], n_steps=n_steps)
-    with torch.inference_mode():
+    with CALLERS_CONTEXTS[context]():
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         actual = engine.attribute(ids, n_steps=n_steps)
         captum = captum_attribute(engine, ids, n_steps=N_STEPS) if n_steps == N_STEPS else None

@@ -36,7 +36,7 @@ def test_every_generated_token_in_one_sweep_equals_captum(causal_lm, family, cas
 
 def test_a_model_in_training_is_explained_without_dropout_and_left_training(causal_lm):
     """GPT-2's dropout (0.1) is off while generating and attributing; the model is left in training after; inside
-    torch.inference_mode the attributions are the same."""
+    torch.inference_mode or a caller's bf16 autocast the attributions are the same."""
     from transformers import GPT2LMHeadModel
 
     eval_model, tokenizer = causal_lm("gpt2")
@@ -48,9 +48,10 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(caus
     assert model.training and all(module.training for module in model.modules())
     assert actual.output_text == expected.output_text
     assert_close(actual.token_attr, expected.token_attr, rtol=1e-5, atol=1e-7, what="token_attr")
-    with torch.inference_mode():    # an evaluation loop's context: gradients all the same
-        inside = attribute_generation(model, tokenizer, PROMPT, generation={"max_new_tokens": 3}, n_steps=8)
-    assert_close(inside.token_attr, expected.token_attr, rtol=1e-5, atol=1e-7, what="token_attr in inference mode")
+    for context in (torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16)):   # a caller's contexts
+        with context:
+            inside = attribute_generation(model, tokenizer, PROMPT, generation={"max_new_tokens": 3}, n_steps=8)
+        assert_close(inside.token_attr, expected.token_attr, rtol=1e-5, atol=1e-7, what=f"token_attr in {context}")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
