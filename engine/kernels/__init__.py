@@ -32,25 +32,31 @@ def backend(device: torch.device) -> str:
 MODULES = {"interpolate": "interpolation", "accumulate": "accumulation", "finalize": "finalization"}
 
 
-def _op(name: str, device: torch.device):
+def _run(name: str, device: torch.device, *arguments):
+    """The op for tensors on `device`, run with no autocast: its sums are fp32 whatever context a caller
+    runs in (the Captum drop-in's forward runs in the caller's autocast, as Captum's does; the torch
+    reference's matmul in a bf16 autocast failed on its fp32 output)."""
     module = importlib.import_module(f"{__name__}.{MODULES[name]}")
     if backend(device) == "torch":
-        return getattr(module, f"{name}_reference")
-    if module.triton is None:
+        op = getattr(module, f"{name}_reference")
+    elif module.triton is None:
         raise InputError("FASTIG_KERNELS=triton but triton is not installed: pip install triton, or unset it")
-    return getattr(module, name)
+    else:
+        op = getattr(module, name)
+    with torch.autocast(device.type, enabled=False):
+        return op(*arguments)
 
 
 def interpolate(start, difference, docs, alphas, dtype=torch.float32):
     """z [c, L, H] = start[docs] + alphas * difference[docs]; see engine/kernels/interpolation.py."""
-    return _op("interpolate", start.device)(start, difference, docs, alphas, dtype)
+    return _run("interpolate", start.device, start, difference, docs, alphas, dtype)
 
 
 def accumulate(gradient_sum, integrand, grads, difference, docs, steps, weights) -> None:
     """gradient_sum[docs] += w[steps] * grads and integrand[docs, steps] = <grads, difference[docs]>; see engine/kernels/accumulation.py."""
-    _op("accumulate", grads.device)(gradient_sum, integrand, grads, difference, docs, steps, weights)
+    _run("accumulate", grads.device, gradient_sum, integrand, grads, difference, docs, steps, weights)
 
 
 def finalize(difference, gradient_sum):
     """attributions = difference * gradient_sum and their token sums; see engine/kernels/finalization.py."""
-    return _op("finalize", difference.device)(difference, gradient_sum)
+    return _run("finalize", difference.device, difference, gradient_sum)
