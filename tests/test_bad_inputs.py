@@ -201,6 +201,9 @@ def test_texts_cut_in_one_call_are_said_in_one_warning(models, tokenizer):
     assert "texts[0]: 12 tokens" in str(said[0].message) and str(said[0].message).endswith("; and 2 more")
     assert said[0].filename == __file__        # said at the caller's line
     assert [d.truncated_tokens for d in result.documents] == [6, 0, 3, 8, 2, 1]
+    with pytest.warns(fastig.TruncationWarning) as said:
+        fastig.Engine(models("bert"), tokenizer).documents(texts, max_length=6)
+    assert said[0].filename == __file__        # Engine.documents too
 
 
 def test_truncation_warning_is_one_line_on_the_command_line(model_dir, capsys):
