@@ -327,7 +327,9 @@ class Engine:
                             stacked[i] = attributions
                             attributions = stacked[i]
                         records[i] = (record, attributions)
-        except KeyboardInterrupt as stop:   # a notebook's interrupt: the documents done are kept, named by index
+        except (KeyboardInterrupt, Exception) as stop:
+            # A notebook's interrupt, or an error after some groups (memory, the model failing on one document):
+            # the documents done are kept, named by index; hours of a call's work were lost with it before.
             per_text = 1 if several is None else len(several[0])    # records are text-major either way
             # Whole texts only (n_steps="auto" runs each (text, target) pair alone, and a group may end
             # between a text's pairs), and finite ones: a nan is never a result.
@@ -338,10 +340,15 @@ class Engine:
             # Documents of one length are done in order: their rows lead the call's tensor, given as a view of it
             # (a copy could need more host memory than the call had left).
             first_rows = stacked[:len(done)] if stacked is not None and whole == list(range(len(whole))) else None
-            raise Interrupted(f"{len(whole)} of {len(texts)} documents were done before the interrupt: their records "
-                              "(each with its document's index as .id) are in this exception's .result",
-                              build(done, groups, seconds, retains_memory, stacked=first_rows) if done else None
-                              ) from stop
+            kept = build(done, groups, seconds, retains_memory, stacked=first_rows) if done else None
+            said = (f"{len(whole)} of {len(texts)} documents were done before the {{}}: their records (each with "
+                    "its document's index as .id) are in this exception's .result")
+            if isinstance(stop, KeyboardInterrupt):
+                raise Interrupted(said.format("interrupt"), kept) from stop
+            if kept is not None and getattr(stop, "result", None) is None:
+                stop.result = kept
+                stop.add_note(f"fastig: {said.format('error')}")
+            raise
         finally:
             if bar is not None:
                 bar.close()

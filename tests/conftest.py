@@ -215,9 +215,9 @@ def record(**values):
     return DocumentResult.from_json({**defaults, **values})
 
 
-def stop_at_group(monkeypatch, group: int = 2) -> list:
-    """Ctrl-C as Engine.attribute starts its `group`-th group of documents (those before it done); the list
-    of calls returned may be cleared to stop a later call the same way."""
+def stop_at_group(monkeypatch, group: int = 2, error=KeyboardInterrupt) -> list:
+    """Ctrl-C (or `error`) as Engine.attribute starts its `group`-th group of documents (those before it done);
+    the list of calls returned may be cleared to stop a later call the same way."""
     import fastig
 
     run_group, calls = fastig.Engine._attribute_group, []
@@ -225,7 +225,7 @@ def stop_at_group(monkeypatch, group: int = 2) -> list:
     def stopped(*args):
         calls.append(1)
         if len(calls) == group:
-            raise KeyboardInterrupt
+            raise error
         return run_group(*args)
 
     monkeypatch.setattr(fastig.Engine, "_attribute_group", stopped)

@@ -244,6 +244,28 @@ def test_a_stopped_attribute_prints_the_documents_done(model_dir, monkeypatch, c
     assert printed.out.splitlines()[:4] == whole.splitlines()[:4]
 
 
+def test_an_attribute_stopped_by_an_error_keeps_the_documents_done(model_dir, monkeypatch, capsys, tmp_path):
+    """An error after some documents (memory running out, the model failing on one text) prints them and
+    writes them beside --out, as an interrupt does; the error is said as before, with where they are."""
+    import fastig
+
+    texts, out = [make_text(40, seed=1), make_text(6, seed=2), make_text(7, seed=3)], tmp_path / "r.json"
+    partial = tmp_path / "r.partial.json"
+    calls = stop_at_group(monkeypatch, error=RuntimeError("DefaultCPUAllocator: not enough memory"))
+    with pytest.raises(RuntimeError, match="not enough memory") as failed:
+        main(["attribute", "--model", model_dir, *texts, "--n-steps", "4", "--out", str(out)])
+    assert capsys.readouterr().out.startswith("document 0: ") and not out.exists()
+    assert failed.value.__notes__[-1] == (f"fastig attribute: the 1 of 3 documents done are printed above and in "
+                                          f"{partial} (fastig report reads it)")
+    assert json.loads(partial.read_text())["interrupted"] == "1 of 3 documents done"
+    calls.clear()
+    stop_at_group(monkeypatch, error=fastig.MemoryBudgetError("memory_budget='1GB' is too small"))
+    assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4"]) == 2      # said in one line
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fastig attribute: error: memory_budget='1GB' is too small; the 1 of 3 documents done are printed above "
+        "(`fastig dataset` keeps each finished one and resumes)")
+
+
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
     code = main(["check", "--model", model_dir, "--text", make_text(40), "--n-steps", "10",
                  "--method", "riemann_middle", "--internal-batch-size", "3"])

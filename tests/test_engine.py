@@ -467,3 +467,25 @@ def test_an_interrupt_keeps_the_documents_done(models, tokenizer, monkeypatch):
     with pytest.raises(fastig.Interrupted, match="0 of 4") as stop:
         engine.attribute(texts, n_steps=6)
     assert stop.value.result is None
+
+
+def test_an_error_after_some_groups_keeps_the_documents_done(models, tokenizer, monkeypatch):
+    """An error in a late group (memory running out, the model failing on one document) is raised as it was,
+    with the documents finished before it in its .result and a note saying so; they were lost with it before."""
+    engine = fastig.Engine(models("bert"), tokenizer)
+    texts = [make_text(n, seed=n) for n in (30, 12, 30, 12, 21)]
+    whole = engine.attribute(texts, n_steps=6)
+    calls = stop_at_group(monkeypatch, error=RuntimeError("DefaultCPUAllocator: not enough memory"))
+    with pytest.raises(RuntimeError, match="not enough memory") as failed:
+        engine.attribute(texts, n_steps=6)
+    done = failed.value.result
+    assert 0 < len(done.documents) < 5 and len({record.id for record in done.documents}) == len(done.documents)
+    assert f"{len(done.documents)} of 5 documents were done before the error" in "".join(failed.value.__notes__)
+    for record, attributions in zip(done.documents, done.attributions):
+        assert_close(attributions, whole.attributions[record.id], rtol=1e-5, atol=1e-7, what="attributions")
+        assert record.tokens == whole.documents[record.id].tokens
+    calls.clear()
+    monkeypatch.setattr(fastig.Engine, "_attribute_group", lambda *args: (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(ValueError) as failed:     # nothing done: nothing added
+        engine.attribute(texts, n_steps=6)
+    assert not hasattr(failed.value, "result") and not getattr(failed.value, "__notes__", None)

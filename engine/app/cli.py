@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
 from ..engine import ATTENTIONS, uses_default_path
-from ..errors import BaselineError, FastIGError, InputError, Interrupted, OutputError
+from ..errors import BaselineError, FastIGError, InputError, Interrupted, NonFiniteError, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
@@ -258,13 +258,18 @@ def cmd_attribute(args) -> int:
     try:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
                                   **_attribution_kwargs(args, engine.model.config, len(texts)))
-    except Interrupted as stop:     # the documents done are printed, and go beside --out (whole or absent)
-        if main_process and stop.result is not None:
-            print_result(stop.result, args.top_k, tokens=args.tokens)
-            done = f"{len({record.id for record in stop.result.documents})} of {len(texts)} documents done"
-            stop.kept = (f"the {done} are printed above and in {_keep_partial(args, stop.result, done)} (fastig "
+    except (Interrupted, Exception) as stop:
+        # An interrupt's documents done, or an error's after some groups (the engine's .result of it), are
+        # printed and go beside --out (whole or absent); a NonFiniteError's result holds its nan documents too.
+        done_before = getattr(stop, "result", None) if not isinstance(stop, NonFiniteError) else None
+        if main_process and done_before is not None:
+            print_result(done_before, args.top_k, tokens=args.tokens)
+            done = f"{len({record.id for record in done_before.documents})} of {len(texts)} documents done"
+            stop.kept = (f"the {done} are printed above and in {_keep_partial(args, done_before, done)} (fastig "
                          "report reads it)" if args.out else f"the {done} are printed above (`fastig dataset` keeps "
                          "each finished one and resumes)")
+            if not isinstance(stop, (Interrupted, FastIGError, OSError)):    # those are said in one line
+                stop.add_note(f"fastig attribute: {stop.kept}")
         raise
     if not main_process:
         return 0
@@ -552,15 +557,21 @@ def main(argv=None) -> int:
                     retain_freed_cpu_memory()
                 return COMMANDS[args.command](args)
         except FastIGError as err:
-            return _error(args.command, str(err))
+            return _error(args.command, f"{err}{_kept(err)}")
         except OSError as err:      # a file or folder of the user's: unreadable, unwritable, a full disk
             where = f"{err.filename}: " if err.filename else ""
-            return _error(args.command, f"{where}{err.strerror or err}{resume}")
+            return _error(args.command, f"{where}{err.strerror or err}{_kept(err) or resume}")
         except KeyboardInterrupt as stop:
             if os.environ.get("RANK", "0") == "0":     # one line for the processes of --processes N, not one each
                 kept = getattr(stop, "kept", None)
                 print(f"fastig {args.command}: interrupted{f'; {kept}' if kept else after_stop}", file=sys.stderr)
             return 130
+
+
+def _kept(error) -> str:
+    """What a command kept of the work an error stopped ("; the 3 of 5 documents done are ..."), or ""."""
+    kept = getattr(error, "kept", None)
+    return f"; {kept}" if kept else ""
 
 
 @contextmanager
