@@ -160,18 +160,25 @@ def _close_records(a: dict, b: dict) -> bool:
             and a["delta"] == pytest.approx(b["delta"], abs=1e-6))
 
 
-def test_a_stop_amid_a_shard_keeps_its_documents_done(model_dir, data_files, csv_run, tmp_path, monkeypatch, capsys):
-    """Ctrl-C or a SIGTERM amid a shard writes the documents finished before it (whole groups) as a shard of
-    their own, and the resume does only the rest: the shard's work was lost before (~30 s by default, a
-    whole --shard-size of documents)."""
+@pytest.mark.parametrize("stop", ["interrupt", "error"])
+def test_a_stop_amid_a_shard_keeps_its_documents_done(model_dir, data_files, csv_run, tmp_path, monkeypatch, capsys,
+                                                      stop):
+    """Ctrl-C, a SIGTERM or an error (memory running out) amid a shard writes the documents finished before it
+    (whole groups) as a shard of their own, and the resume does only the rest: the shard's work was lost before
+    (~30 s by default, a whole --shard-size of documents)."""
     out = tmp_path / "run"
     args = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
     args[args.index("--shard-size") + 1] = "11"     # one shard of every document
-    stop_at_group(monkeypatch)                      # after the first group: the longest document, alone
-    assert exit_code(args) == 130
+    # after the first group: the longest document, alone
+    stop_at_group(monkeypatch, error=KeyboardInterrupt if stop == "interrupt" else RuntimeError("out of memory"))
+    if stop == "interrupt":
+        assert exit_code(args) == 130
+        assert "run the same command again to continue" in capsys.readouterr().err
+    else:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            exit_code(args)
     kept = [json.loads(line) for path in (out / "shards").glob("*.jsonl") for line in path.read_text().splitlines()]
     assert [r["id"] for r in kept] == [11]
-    assert "run the same command again to continue" in capsys.readouterr().err
     monkeypatch.undo()
     assert exit_code(args) == 0
     assert "10 attributed now" in capsys.readouterr().out
@@ -401,16 +408,23 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     assert exit_code(["aggregate", str(out), "--by", "label"]) == 2
     assert exit_code(["aggregate", str(out), "--by", "target"]) == 0
     # documents of 1, 2 and 3 labels run in calls of their own: a stop in the third keeps the first two's
-    stopped, args = tmp_path / "stopped", _args(str(model_dir), data, tmp_path / "stopped", "--target", "label")
-    args[args.index("--shard-size") + 1] = "4"
-    stop_at_group(monkeypatch, 3)
-    assert exit_code(args) == 130
-    kept = [json.loads(line) for path in (stopped / "shards").glob("*.jsonl") for line in path.read_text().splitlines()]
-    assert sorted((r["id"], r.get("target", r.get("skipped"))) for r in kept) == [
-        (0, 0), (0, 2), (1, 1), (2, "no label to explain (--target label)")]
+    for error, folder in ((RuntimeError("out of memory"), tmp_path / "failed"),
+                          (KeyboardInterrupt, tmp_path / "stopped")):
+        args = _args(str(model_dir), data, folder, "--target", "label")
+        args[args.index("--shard-size") + 1] = "4"
+        stop_at_group(monkeypatch, 3, error)
+        if error is KeyboardInterrupt:
+            assert exit_code(args) == 130
+        else:       # an error keeps them too
+            with pytest.raises(RuntimeError):
+                exit_code(args)
+        kept = [json.loads(line) for path in (folder / "shards").glob("*.jsonl")
+                for line in path.read_text().splitlines()]
+        assert sorted((r["id"], r.get("target", r.get("skipped"))) for r in kept) == [
+            (0, 0), (0, 2), (1, 1), (2, "no label to explain (--target label)")]
     monkeypatch.undo()
     assert exit_code(args) == 0
-    assert all(_close_records(a, b) for a, b in zip(_records(stopped), records, strict=True))
+    assert all(_close_records(a, b) for a, b in zip(_records(folder), records, strict=True))
 
 
 def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):

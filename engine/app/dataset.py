@@ -344,8 +344,8 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
             for count in sorted({len(row.label) for row in batch} - {0}):
                 rows = [row for row in batch if len(row.label) == count]
                 add(_attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs))
-        except Interrupted as stop:     # the rows done in the calls before it, too
-            add(stop.entries)
+        except (Interrupted, Exception) as stop:     # the rows done in the calls before it, too
+            add(getattr(stop, "entries", []))
             stop.entries = [entry for row in batch for entry in entries.get(row.id, ())]
             raise
         return [entry for row in batch for entry in entries[row.id]]
@@ -367,8 +367,10 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
         broken = set()
     except NonFiniteError as error:
         result, broken = error.result, set(error.documents)
-    except Interrupted as stop:     # its result: the whole, finite rows done before it, each named by its index
-        done = stop.result.documents if stop.result is not None else []
+    except (Interrupted, Exception) as stop:
+        # An interrupt's or an error's result (Engine.attribute): the whole, finite rows done before it, each
+        # named by its index.
+        done = stop.result.documents if getattr(stop, "result", None) is not None else []
         stop.entries = [replace(document, id=batch[document.id].id, label=batch[document.id].label)
                         for document in done]
         raise
@@ -401,8 +403,8 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
         shard_started = time.perf_counter()
         try:
             entries = _attribute(engine, batch, target, bar is not None and not bar.disable, **attribute_kwargs)
-        except Interrupted as stop:     # a stop amid a shard keeps its documents done: a shard of their own
-            if stop.entries:
+        except (Interrupted, Exception) as stop:    # a stop or an error amid a shard keeps its documents done:
+            if getattr(stop, "entries", None):        # a shard of their own
                 _write_shard(out, rank, stop.entries, top_k)
             raise
         _write_shard(out, rank, entries, top_k)
