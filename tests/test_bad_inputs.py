@@ -235,6 +235,28 @@ def test_a_model_giving_nan_is_an_error_naming_the_documents(models, tokenizer, 
     assert "not finite" in capsys.readouterr().err and not out.exists()
 
 
+def test_attribute_keeps_the_documents_that_are_finite(tokenizer, tmp_path, capsys):
+    """A text whose output is nan (a word's embedding broken) is named in the error; the other texts' results
+    are printed and kept beside --out, where all were lost with the error before."""
+    bad = tokenizer.convert_tokens_to_ids("bad")
+
+    def break_bad(model):
+        with torch.no_grad():
+            model.get_input_embeddings().weight[bad] = float("nan")
+
+    folder, out = _model_folder(tmp_path, tokenizer, change=break_bad), tmp_path / "r.json"
+    texts = ["good film", "bad plot", "great acting"]
+    assert exit_code(["attribute", "--model", str(folder), *texts, "--n-steps", "4", "--out", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert [line.split(":")[0] for line in printed.out.splitlines() if line.startswith("document")] == [
+        "document 0", "document 2"]
+    assert "documents [1]: the model's output or its gradient is not finite" in printed.err
+    assert printed.err.strip().endswith(f"the 2 of 3 documents done are printed above and in "
+                                        f"{tmp_path / 'r.partial.json'} (fastig report reads it)")
+    kept = json.loads((tmp_path / "r.partial.json").read_text())
+    assert [d["text"] for d in kept["documents"]] == ["good film", "great acting"] and not out.exists()
+
+
 def test_a_dataset_run_puts_nan_documents_in_skipped_csv(tmp_path, tokenizer):
     folder = _model_folder(tmp_path, tokenizer, change=_nan_classifier)
     (tmp_path / "d.csv").write_text("text\ngood film\nbad plot\n")

@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
@@ -258,10 +259,8 @@ def cmd_attribute(args) -> int:
     try:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
                                   **_attribution_kwargs(args, engine.model.config, len(texts)))
-    except (Interrupted, Exception) as stop:
-        # An interrupt's documents done, or an error's after some groups (the engine's .result of it), are
-        # printed and go beside --out (whole or absent); a NonFiniteError's result holds its nan documents too.
-        done_before = getattr(stop, "result", None) if not isinstance(stop, NonFiniteError) else None
+    except (Interrupted, Exception) as stop:    # the documents done are printed and go beside --out (whole or absent)
+        done_before = _done_before(stop, len(texts))
         if main_process and done_before is not None:
             print_result(done_before, args.top_k, tokens=args.tokens)
             done = f"{len({record.id for record in done_before.documents})} of {len(texts)} documents done"
@@ -282,6 +281,18 @@ def cmd_attribute(args) -> int:
     if args.out:
         _write_result(args, result)
     return 0
+
+
+def _done_before(stop: BaseException, texts: int):
+    """The documents a call finished before `stop`: an interrupt's or an error's .result (whole, finite texts,
+    each record's id its text's number), or the texts a NonFiniteError did not name; None if none."""
+    result = getattr(stop, "result", None)
+    if result is None or not isinstance(stop, NonFiniteError):
+        return result
+    per_text = len(result) // texts
+    finite = [replace(record, id=i // per_text) for i, record in enumerate(result.documents)
+              if i // per_text not in stop.documents]
+    return replace(result, documents=finite, attributions=None) if finite else None
 
 
 def _partial_path(out: Path) -> Path:
