@@ -191,13 +191,13 @@ def test_precision_and_memory_budget_are_opt_in(precision):
     assert fast.last_stats.model_calls == 1
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "longformer"])
-def test_hugging_face_classifiers_with_attention_mask(models, tokenizer, family):
+def _padded_classifier_call(model, tokenizer):
+    """(Captum's class, fastig's, ids, attribute's arguments) for two padded texts of a Hugging Face classifier
+    whose forward takes the attention mask, as tools call it."""
     from conftest import make_text
 
     from fastig.models import find_layer
 
-    model = models(family)
     encoded = tokenizer([make_text(12, seed=1), make_text(5, seed=2)], padding=True, return_tensors="pt")
 
     def forward(input_ids, attention_mask):
@@ -207,8 +207,14 @@ def test_hugging_face_classifiers_with_attention_mask(models, tokenizer, family)
     baselines = torch.full_like(encoded["input_ids"], tokenizer.pad_token_id)
     kwargs = dict(baselines=baselines, additional_forward_args=(encoded["attention_mask"],), target=[0, 2],
                   n_steps=20, internal_batch_size=8, return_convergence_delta=True)
-    expected, expected_delta = captum.attribute(encoded["input_ids"], **kwargs)
-    actual, delta = fast.attribute(encoded["input_ids"], **kwargs)
+    return captum, fast, encoded["input_ids"], kwargs
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "longformer"])
+def test_hugging_face_classifiers_with_attention_mask(models, tokenizer, family):
+    captum, fast, ids, kwargs = _padded_classifier_call(models(family), tokenizer)
+    expected, expected_delta = captum.attribute(ids, **kwargs)
+    actual, delta = fast.attribute(ids, **kwargs)
     _same(expected, actual)
     _same(expected_delta, delta, "delta")
     assert fast.last_path == "fastig"
@@ -218,24 +224,11 @@ def test_hugging_face_classifiers_with_attention_mask(models, tokenizer, family)
 def test_a_callers_autocast_runs_the_forward_as_in_captum(models, tokenizer, family):
     """Under a caller's bf16 autocast Captum's forward runs in bf16; so does the fast path's, its sums fp32 (they
     failed there: the accumulation's matmul gave bf16 into fp32)."""
-    from conftest import make_text
-
-    from fastig.models import find_layer
-
-    model = models(family)
-    encoded = tokenizer([make_text(12, seed=1), make_text(5, seed=2)], padding=True, return_tensors="pt")
-
-    def forward(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits.softmax(-1)
-
-    captum, fast = _both(forward, find_layer(model))
-    baselines = torch.full_like(encoded["input_ids"], tokenizer.pad_token_id)
-    kwargs = dict(baselines=baselines, additional_forward_args=(encoded["attention_mask"],), target=[0, 2],
-                  n_steps=20, internal_batch_size=8, return_convergence_delta=True)
-    fp32 = captum.attribute(encoded["input_ids"], **kwargs)[0]
+    captum, fast, ids, kwargs = _padded_classifier_call(models(family), tokenizer)
+    fp32 = captum.attribute(ids, **kwargs)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected, expected_delta = captum.attribute(encoded["input_ids"], **kwargs)
-        actual, delta = fast.attribute(encoded["input_ids"], **kwargs)
+        expected, expected_delta = captum.attribute(ids, **kwargs)
+        actual, delta = fast.attribute(ids, **kwargs)
     assert fast.last_path == "fastig" and actual.dtype == torch.float32
     # Measured: bf16 autocast 1.2e-2 and 2.2e-2 from fp32 (relative L2), the fast path 6e-4 and 9e-4 from
     # Captum in it (bf16 rounding of rows in other calls), deltas within 5e-4.
