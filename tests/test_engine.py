@@ -309,6 +309,22 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(toke
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
+def test_outputs_a_config_asks_for_are_left_out_of_the_steps(tokenizer, monkeypatch):
+    """A model loaded with output_attentions or output_hidden_states (for a visualization) is explained as
+    without them, and a Longformer's attention stays fastig's banded one: its maps sent it to Hugging Face's
+    slow attention (1.9x the time for 2,048 tokens) and were kept for the backward."""
+    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+    text = make_text(60)
+    expected = fastig.Engine(make_model("longformer"), tokenizer).attribute(text, n_steps=N_STEPS)
+    model = make_model("longformer")
+    model.config.output_attentions = model.config.output_hidden_states = True
+    monkeypatch.setattr(LongformerSelfAttention, "forward", lambda *args, **kwargs: pytest.fail("the model's own"))
+    actual = fastig.Engine(model, tokenizer).attribute(text, n_steps=N_STEPS)
+    assert_close(actual.attributions, expected.attributions, rtol=1e-5, atol=1e-7, what="attributions")
+    assert model.config.output_attentions and model.config.output_hidden_states      # the config left as it was
+
+
 CALLERS_CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
                     "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 
