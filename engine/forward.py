@@ -18,10 +18,8 @@ from torch import nn
 from .compiled import layers_compiled
 from .errors import BaselineError, InputError, LayerNotFoundError
 from .inputs import Document
-from .models import layers_recomputed, output_captured, output_replaced, score
+from .models import forward_overrides, layers_recomputed, output_captured, output_replaced, score
 from .scheduler import Scheduler
-
-EXTRA_OUTPUTS = ("output_attentions", "output_hidden_states")     # config flags of outputs F does not read
 
 
 @dataclass
@@ -56,16 +54,8 @@ def batch_of(docs: list[Document], pad_id: int, device: torch.device) -> Batch:
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    # An encoder-decoder's decoder caches the encoder's keys and values on the way, and a layer recomputed in the
-    # backward pass then finds its cache filled: torch refuses ("a different number of tensors was saved").
-    if getattr(model.config, "is_encoder_decoder", False):
-        kwargs = {**kwargs, "use_cache": False}
-    # Attention maps and hidden states a config asks for (loaded for a visualization) are no part of F: kept
-    # for the backward they took memory, and a Longformer's maps its slow attention (1.9x the step's time
-    # for 2,048 tokens on the 2-core EPYC).
-    kwargs = {**kwargs, **{name: False for name in EXTRA_OUTPUTS if getattr(model.config, name, False)}}
     try:
-        return model(input_ids=input_ids, **kwargs).logits
+        return model(input_ids=input_ids, **kwargs, **forward_overrides(model.config)).logits
     except ValueError as err:
         if "no padding token" not in str(err):
             raise

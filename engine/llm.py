@@ -20,7 +20,7 @@ from torch import nn
 from . import kernels, quadrature
 from .errors import InputError, TargetError
 from .integrate import integrate_path
-from .models import attributing, output_replaced
+from .models import attributing, forward_overrides, output_replaced
 from .result import RunStats
 from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained
 
@@ -117,7 +117,7 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
     def log_probs(z: torch.Tensor) -> torch.Tensor:
         """F [c, T]: each generated token's log-probability at the position that predicts it."""
         with output_replaced(layer, z.to(layer_dtype)):
-            logits = model(input_ids=sequence.expand(len(z), -1), **keep).logits
+            logits = model(input_ids=sequence.expand(len(z), -1), **keep, **forward_overrides(model.config)).logits
         logits = logits[:, -count:] if keep else logits[:, positions]
         return torch.log_softmax(logits.float(), -1).gather(-1, targets.expand(len(z), -1)[..., None])[..., 0]
 

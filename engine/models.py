@@ -41,17 +41,38 @@ def hub_quiet(bars: bool = False):
 @contextmanager
 def attributing(model: nn.Module):
     """Inside: the model in eval mode (no dropout: an attribution of a model in training mode was random, its
-    delta -0.37 on a small BERT), and no autocast of the caller's (fastig's precision decides: a caller's bf16
-    autocast made the endpoints bf16 and failed in the accumulation); after: each module's mode as it was, so
-    that explaining a model mid-training leaves its training as it was."""
+    delta -0.37 on a small BERT), no autocast of the caller's (fastig's precision decides: a caller's bf16
+    autocast made the endpoints bf16 and failed in the accumulation), and outputs with .logits (a config's
+    return_dict=False gave tuples; set on the config, as BigBird's classifier reads its own encoder's output
+    by name whatever return_dict its call is given); after: each module's mode and the config as they were,
+    so that explaining a model mid-training leaves its training as it was."""
     modes = {module: module.training for module in model.modules()}
+    config = getattr(model, "config", None)
+    tuples = config is not None and getattr(config, "return_dict", True) is False
     model.eval()
+    if tuples:
+        config.return_dict = True
     try:
         with torch.autocast(next(model.parameters()).device.type, enabled=False):
             yield
     finally:
         for module, training in modes.items():
             module.training = training
+        if tuples:
+            config.return_dict = False
+
+
+def forward_overrides(config) -> dict:
+    """Arguments of every model call an attribution makes, over what the model's config asks for: no attention maps or hidden states (a config's
+    output_attentions or output_hidden_states, for a visualization: no part of F, they were kept for the
+    backward, and a Longformer's maps sent it to Hugging Face's slow attention, 1.9x the step's time for 2,048
+    tokens on the 2-core EPYC); no cache in an encoder-decoder's decoder (it caches the encoder's keys and
+    values on the way, and a layer recomputed in the backward then found its cache filled: torch refused, "a
+    different number of tensors was saved")."""
+    overrides = {name: False for name in ("output_attentions", "output_hidden_states") if getattr(config, name, False)}
+    if getattr(config, "is_encoder_decoder", False):
+        overrides["use_cache"] = False
+    return overrides
 
 
 def load_classifier(name_or_path: str, tokenizer: str | None = None, device=None, trust_remote_code: bool = False):

@@ -7,7 +7,8 @@ import torch
 
 from .big_bird import block_sparse_kept
 from .errors import BaselineError
-from .models import attributing, check_target, named_classes, output_values, resolve_output, several_targets
+from .models import (attributing, check_target, forward_overrides, named_classes, output_values, resolve_output,
+                     several_targets)
 from .summarize import token_scores
 
 # The correctness contract of DESIGN.md: fp32, and bf16/fp16 (token ranking).
@@ -50,7 +51,8 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
         names = list(doc.model_kwargs)
 
         def forward(input_ids, *extra):
-            logits = engine.model(input_ids=input_ids, **dict(zip(names, extra))).logits
+            logits = engine.model(input_ids=input_ids, **dict(zip(names, extra)),
+                                  **forward_overrides(engine.model.config)).logits
             return output_values(logits, output)
 
         ids = doc.input_ids.to(engine.device).unsqueeze(0)

@@ -325,6 +325,24 @@ def test_outputs_a_config_asks_for_are_left_out_of_the_steps(tokenizer, monkeypa
     assert model.config.output_attentions and model.config.output_hidden_states      # the config left as it was
 
 
+@pytest.mark.parametrize("family", ["bert", "big-bird"])
+def test_a_config_giving_tuples_is_explained_as_one_giving_outputs(tokenizer, family):
+    """config.return_dict=False (older code, exports) made the model return tuples, and every call failed with
+    an AttributeError ('logits'); BigBird's classifier reads its encoder's output by name whatever its call
+    is given, so the config says it during the call, and is left as it was."""
+    from fastig.reference import captum_attribute
+
+    text, model = make_text(60), make_model(family)
+    engine = fastig.Engine(make_model(family), tokenizer)
+    expected, expected_captum = engine.attribute(text, n_steps=N_STEPS), captum_attribute(engine, text, n_steps=N_STEPS)
+    model.config.return_dict = False
+    engine = fastig.Engine(model, tokenizer)
+    assert_close(engine.attribute(text, n_steps=N_STEPS).attributions, expected.attributions, rtol=1e-5, atol=1e-7)
+    assert_close(captum_attribute(engine, text, n_steps=N_STEPS).attributions[0], expected_captum.attributions[0],
+                 rtol=1e-5, atol=1e-7)
+    assert engine.attribute(text).documents[0].evaluations > 0 and model.config.return_dict is False
+
+
 CALLERS_CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
                     "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 
