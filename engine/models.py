@@ -139,9 +139,15 @@ def model_and_tokenizer(model, tokenizer=None) -> tuple[nn.Module, object]:
         return model, loaded if tokenizer is None or named_tokenizer else tokenizer
     if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):   # a pipeline
         model, tokenizer = model.model, getattr(model, "tokenizer", None) if tokenizer is None else tokenizer
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module        # fastig sizes and runs the calls itself, on the module's device
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"model of type {type(model).__name__}: give a transformers sequence classifier (a "
                              "torch module), its folder or hub name, or a text-classification pipeline")
+    if getattr(model, "config", None) is None:      # an AttributeError at the first use of it before
+        raise ModelLoadError(f"model of type {type(model).__name__} has no .config: give a transformers sequence "
+                             "classifier; a module of your own goes through fastig.captum.LayerIntegratedGradients "
+                             "with its forward function")
     return model, load_tokenizer(str(tokenizer)) if named_tokenizer else tokenizer
 
 
