@@ -5,6 +5,7 @@ token rankings share these pieces; nothing here writes a file.
 """
 
 import html
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -53,33 +54,59 @@ class Word:
 
 def words(document) -> list[Word]:
     """A DocumentResult's words, special tokens left out: its tokens grouped by the tokenizer's words
-    (word_ids; punctuation is a word of its own), each word scoring the sum of its pieces.
+    (word_ids; punctuation is a word of its own), each word scoring the sum of its pieces; in a script
+    written without spaces, each piece (_unspaced_as_pieces).
 
     Records without word ids (ids given without a fast tokenizer) fall back on the vocabulary's
     markers: a piece joins the word before it after a "##" (WordPiece), or without a leading
     "Ġ"/"▁" where the tokenizer marks word starts.
     """
     special, scores = set(document.special_positions), document.token_scores.tolist()
-    if document.word_ids is not None:
-        found, last = [], None
-        for position, word_id in enumerate(document.word_ids):
-            if position in special or word_id is None:
-                last = None
-                continue
-            if word_id == last:
-                found[-1].positions.append(position)
-                found[-1].score += scores[position]
-            else:
-                found.append(Word("", scores[position], [position]))
-            last = word_id
-        for word in found:
-            if document.offsets is not None:
-                _place(word, document.text, document.offsets[word.positions[0]][0],
-                       document.offsets[word.positions[-1]][1])
-            else:
-                word.text = "".join(document.shown_tokens[p] for p in word.positions)
-        return _shown(found, lambda word: False)     # a trailing space's piece is a word of no text
-    return _marked_words(document.tokens, scores, special)
+    if document.word_ids is None:
+        return _unspaced_as_pieces(_marked_words(document.tokens, scores, special), document)
+    found, last = [], None
+    for position, word_id in enumerate(document.word_ids):
+        if position in special or word_id is None:
+            last = None
+            continue
+        if word_id == last:
+            found[-1].positions.append(position)
+            found[-1].score += scores[position]
+        else:
+            found.append(Word("", scores[position], [position]))
+        last = word_id
+    for word in found:
+        if document.offsets is not None:
+            _place(word, document.text, document.offsets[word.positions[0]][0],
+                   document.offsets[word.positions[-1]][1])
+        else:
+            word.text = "".join(document.shown_tokens[p] for p in word.positions)
+    # a trailing space's piece is a word of no text
+    return _unspaced_as_pieces(_shown(found, lambda word: False), document)
+
+
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer), with their punctuation
+# and fullwidth forms. Korean's Hangul is written with spaces.
+UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+                      "\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0002fa1f]")
+
+
+def _unspaced_as_pieces(found: list[Word], document) -> list[Word]:
+    """Each word holding a script written without spaces, as its pieces (token_words): tokenizers that split
+    words at spaces (SentencePiece's, XLM-R's and mDeBERTa's; a byte-level BPE's) made a Chinese clause one
+    word, the whole of a ranking's top. WordPiece already splits Han characters apart."""
+    if not any(UNSPACED.search(word.text) for word in found):
+        return found
+    pieces = {position: piece for piece in token_words(document) for position in piece.positions}
+    split = []
+    for word in found:
+        if not UNSPACED.search(word.text):
+            split.append(word)
+            continue
+        for position in word.positions:
+            if position in pieces and not (split and split[-1] is pieces[position]):
+                split.append(pieces[position])
+    return split
 
 
 def token_words(document) -> list[Word]:

@@ -109,8 +109,8 @@ def tokenizer(vocab_file):
     return BertTokenizerFast(vocab=str(vocab_file))
 
 
-def byte_level_bpe(special_tokens: list[str]):
-    """A byte-level BPE (as RoBERTa's, Longformer's and GPT-2's) of 420 pieces trained on CORPUS, offline."""
+def byte_level_bpe(special_tokens: list[str], corpus: list[str] = CORPUS):
+    """A byte-level BPE (as RoBERTa's, Longformer's and GPT-2's) of 420 pieces trained on `corpus`, offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
@@ -118,37 +118,44 @@ def byte_level_bpe(special_tokens: list[str]):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(CORPUS * 20, trainer)
+    bpe.train_from_iterator(corpus * 20, trainer)
     return bpe
 
 
-@pytest.fixture(scope="session")
-def byte_level_tokenizer():
+def roberta_kind_tokenizer(bpe):
+    """A tokenizers object as a transformers tokenizer with RoBERTa's special tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    bpe = byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
 
 
-@pytest.fixture(scope="session")
-def sentencepiece_tokenizer():
-    """A SentencePiece-style Unigram tokenizer (XLM-RoBERTa's, DeBERTa-v3's, ALBERT's kind: "\u2581" marks a word's
-    start) of 150 pieces trained on CORPUS, offline: small, so that words of rare characters start with a bare
-    "\u2581" piece."""
+def unigram_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 150):
+    """A SentencePiece-style Unigram tokenizer (XLM-RoBERTa's, DeBERTa-v3's, ALBERT's kind: "\u2581" marks a
+    word's start) trained on `corpus`, offline."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     unigram = Tokenizer(models.Unigram())
     unigram.normalizer = normalizers.NFKC()
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     unigram.decoder = decoders.Metaspace()
-    unigram.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(
-        vocab_size=150, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
+    unigram.train_from_iterator(corpus * 20, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
         show_progress=False))
     unigram.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=unigram, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    return roberta_kind_tokenizer(unigram)
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer():
+    return roberta_kind_tokenizer(byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A Unigram tokenizer of 150 pieces trained on CORPUS: small, so that words of rare characters start with
+    a bare "\u2581" piece."""
+    return unigram_tokenizer()
 
 
 @pytest.fixture(scope="session")

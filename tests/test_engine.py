@@ -208,6 +208,35 @@ def test_a_results_words_are_its_texts_words_as_the_commands_rank_them(byte_leve
     assert result.top_bottom_words(0, k=5, tokens=True) == document.top_bottom_words(5, tokens=True)
 
 
+UNSPACED_TEXTS = ["这部电影非常好看，演员的表演很精彩。", "我不喜欢这个故事，情节太无聊了！", "とても面白い映画でした。"]
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level"])
+def test_a_script_without_spaces_is_ranked_by_its_pieces(kind):
+    """Tokenizers that split words at spaces (XLM-R's and mDeBERTa's SentencePiece, a byte-level BPE) give a
+    Chinese or Japanese clause as one word, and it was the whole of a ranking's top: there each piece is a
+    word of its own, while the words of a spaced script stay whole; the scores still sum to the tokens'."""
+    from conftest import CORPUS, byte_level_bpe, roberta_kind_tokenizer, unigram_tokenizer
+
+    unspaced_characters = set("".join(UNSPACED_TEXTS))
+    corpus = CORPUS + UNSPACED_TEXTS
+    tokenizer = (unigram_tokenizer(corpus, vocab_size=300) if kind == "sentencepiece" else
+                 roberta_kind_tokenizer(byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], corpus)))
+    text = f"{UNSPACED_TEXTS[0]} The component works. {UNSPACED_TEXTS[2]}"
+    result = fastig.Engine(make_byte_level_model("roberta", tokenizer), tokenizer).attribute(text, n_steps=4)
+    document, words = result.documents[0], result.words(0)
+    unspaced = [w for w in words if unspaced_characters & set(w.text)]
+    assert "".join(w.text for w in unspaced) == "".join(c for c in text if c in unspaced_characters)
+    assert len(unspaced) >= 15 and max(len(w.text) for w in unspaced) <= 3, [w.text for w in unspaced]
+    assert "component" in [w.text for w in words]
+    assert all(text[w.start:w.end] == w.text for w in words)
+    scores = document.token_scores.tolist()
+    assert sum(w.score for w in words) == pytest.approx(
+        sum(score for p, score in enumerate(scores) if p not in document.special_positions), abs=1e-6)
+    top, bottom = result.top_bottom_words(0, k=3)
+    assert all(len(t.text) <= 9 for t in top + bottom)
+
+
 def test_a_result_prints_as_a_short_summary_of_its_documents(tokenizer):
     """`res` at a prompt, or print(res), shows what a person reads: the call and each document on one line,
     the first few only. The dataclass's own repr printed every tensor (674,000 characters for 200 reviews,
