@@ -246,6 +246,26 @@ def test_a_notebook_highlights_words_not_vocabulary_pieces(tmp_path):
         assert ">work</mark>" not in markup and ">un</mark>" not in markup
 
 
+def test_a_chinese_page_shows_its_text_as_written_and_passages_by_sentence(tmp_path):
+    """A Chinese review through an XLM-R-kind tokenizer: the page shows the text as written (no spaces put
+    between its pieces, each piece highlighted), and its passages end at the ideographic full stop (the
+    whole document was one passage)."""
+    import fastig
+
+    from conftest import CORPUS, make_byte_level_model, unigram_tokenizer
+
+    sentences = ["这部电影非常好看。", "演员的表演很精彩！", "我不喜欢这个故事，情节太无聊了。"]
+    tokenizer = unigram_tokenizer(CORPUS + sentences, vocab_size=300)
+    text = "".join(sentences)
+    result = fastig.Engine(make_byte_level_model("roberta", tokenizer), tokenizer).attribute(text, n_steps=4)
+    page = document_page(result.documents[0], result.labels)
+    (tmp_path / "page.html").write_text(page)
+    assert text in _measured(tmp_path / "page.html", "document.body.innerText")
+    assert page.count("<mark") >= len(text) // 3
+    passages = [html.unescape(p) for p in re.findall(r'<li><a href="#s\d+">(.*?)</a>', page)]
+    assert sorted(set(passages)) == sorted(sentences), passages
+
+
 # The seed's case: a Longformer with a byte-level BPE tokenizer explaining documents of 2,000+ tokens.
 MARKERS = ("\u0120", "\u010a", "\u00e2\u0122", "\u00c3\u00a9", "\u2581", "##", "<s>", "</s>")    # Ġ Ċ âĢ Ã© ▁
 

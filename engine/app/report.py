@@ -71,7 +71,9 @@ document.querySelectorAll("th.sortable").forEach(function (header, column) {
 
 SCALE_PERCENTILE = 99       # colours saturate at this percentile of a document's |score|
 PASSAGES = 5                # sentences listed per direction
-SENTENCE_END = re.compile(r"[.!?]['\")\]]*$")
+# A sentence's last unit: its full stop, question or exclamation mark, also the ideographic and fullwidth ones
+# of Chinese and Japanese (a Chinese document was one passage), then any closing quotes or brackets.
+SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\uff0e\uff61]['\")\]\u300d\u300f\uff09]*$")
 
 
 @dataclass
