@@ -1,6 +1,7 @@
 """The fastig command: outputs on success; one line on stderr and exit code 2 on bad input."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -264,6 +265,28 @@ def test_an_attribute_stopped_by_an_error_keeps_the_documents_done(model_dir, mo
     assert capsys.readouterr().err.splitlines()[-1] == (
         "fastig attribute: error: memory_budget='1GB' is too small; the 1 of 3 documents done are printed above "
         "(`fastig dataset` keeps each finished one and resumes)")
+
+
+def test_printed_columns_line_up_in_a_terminal_whatever_the_script():
+    """Each row's scores start at the same terminal column, Chinese words (two columns a character) and
+    over-long ones (cut, ending in "…") among them: counted as one column, they pushed the scores out of line."""
+    import io
+    import unicodedata
+
+    from fastig.app.text import print_columns
+
+    def columns(text):
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    printed = io.StringIO()
+    print_columns([("精彩", 0.5), ("works", 0.25), ("非常好看非常好看非常好看", 0.125), ("a" * 30, 0.0625)],
+                  [("无聊", -0.5), ("dull", -0.25)], 16, printed)
+    rows = printed.getvalue().splitlines()
+    starts = [columns(row[:re.search(r"[+-]0\.", row).start()]) for row in rows]
+    assert len(set(starts)) == 1, rows
+    seconds = [columns(row[:[m.start() for m in re.finditer(r"[+-]0\.", row)][1]]) for row in rows[:2]]
+    assert len(set(seconds)) == 1, rows
+    assert "…" in rows[2] and "…" in rows[3]
 
 
 def test_check_passes_on_a_tiny_longformer(model_dir, capsys):

@@ -2,6 +2,7 @@
 and one line on how the run went."""
 
 import sys
+import unicodedata
 from itertools import zip_longest
 
 from ..result import Attribution, RunStats
@@ -35,13 +36,21 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
 
 def print_columns(left: list, right: list, width: int, file=None) -> None:
     """Two columns of (text, score) side by side, row by row; the shorter column ends blank (the two ends of a
-    ranking may differ in length: fastig.summarize.ends). A text longer than `width` ends in "…"."""
+    ranking may differ in length: fastig.summarize.ends). A text wider than `width` terminal columns ends in
+    "…"; Chinese and Japanese characters take two columns each (counted as one, they pushed the scores out
+    of line)."""
     def shown(text: str) -> str:
-        return text if len(text) <= width else text[:width - 1] + "…"
+        while _columns(text) > width:
+            text = text[:-2] + "…"
+        return text + " " * (width - _columns(text))
     for row in zip_longest(left, right):
-        cells = [" " * (width + 12) if cell is None else f"{shown(cell[0]):<{width}}{cell[1]:+9.4f}   "
-                 for cell in row]
+        cells = [" " * (width + 12) if cell is None else f"{shown(cell[0])}{cell[1]:+9.4f}   " for cell in row]
         print(("  " + "".join(cells)).rstrip(), file=file)
+
+
+def _columns(text: str) -> int:
+    """The terminal columns `text` takes: two for a wide (East Asian) character, none for a combining mark."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _memory_line(stats: RunStats) -> str:
