@@ -249,12 +249,12 @@ def _provider(job: Job, engine, ids):
     settings = dict(target=0, method=job.method)
     if job.provider == "fastig-default":
         def run(n_steps=None):      # n_steps, method, precision left to fastig: its accuracy-targeted call
-            result = engine.attribute(ids, target=0)
+            result = engine.attribute(ids, target=0, progress=False)
             run.documents = result.documents
             return list(result.attributions), result.delta
     elif job.provider == "fastig":
         def run(n_steps=job.n_steps):
-            result = engine.attribute(ids, n_steps=n_steps, chunk_size=job.batch, **settings)
+            result = engine.attribute(ids, n_steps=n_steps, chunk_size=job.batch, progress=False, **settings)
             return list(result.attributions), result.delta
     else:
         from contextlib import nullcontext
@@ -347,8 +347,9 @@ def targets_timing(job: Job, captum_batch: int) -> dict:
     classes = range(job.model.labels)
     rule = dict(n_steps=job.n_steps, method=job.method)
     runs = {
-        "fastig fp32, one sweep": lambda: sweep_engine.attribute(ids, target="all", **rule),
-        "fastig fp32, one call per class": lambda: [each_engine.attribute(ids, target=t, **rule) for t in classes],
+        "fastig fp32, one sweep": lambda: sweep_engine.attribute(ids, target="all", progress=False, **rule),
+        "fastig fp32, one call per class": lambda: [each_engine.attribute(ids, target=t, progress=False, **rule)
+                                                    for t in classes],
         f"captum ibs={captum_batch}, one call per class": lambda: [
             captum_attribute(sweep_engine, ids, target=t, internal_batch_size=captum_batch, **rule) for t in classes],
     }
@@ -395,7 +396,7 @@ def auto_to_tolerance(job: Job, tolerances: list[float]) -> dict:
     engine, ids = _engine_and_ids(job)
 
     def run(tolerance):
-        return engine.attribute(ids, n_steps="auto", tolerance=tolerance, target=0)
+        return engine.attribute(ids, n_steps="auto", tolerance=tolerance, target=0, progress=False)
 
     run(max(tolerances))                    # warm-up
     found = {}
@@ -417,7 +418,7 @@ def gauss_legendre_hindsight(job: Job, tolerances: list[float], max_steps: int) 
     engine, ids = _engine_and_ids(job)
 
     def relative_deltas(n_steps):
-        result = engine.attribute(ids, n_steps=n_steps, target=0)
+        result = engine.attribute(ids, n_steps=n_steps, target=0, progress=False)
         gap = result.output_at_input.double() - result.output_at_baseline.double()
         return (result.delta.double().abs() / gap.abs().clamp_min(1e-30)).tolist()
 

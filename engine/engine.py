@@ -128,15 +128,17 @@ class Progress:
     """A progress bar in documents, with the model evaluations done so far moving after every model call,
     so that a long document shows its progress too, and the time left by tokens (TimeLeft)."""
 
-    def __init__(self, tokens: list[int], description: str = "attributing"):
+    def __init__(self, tokens: list[int], description: str = "attributing", delay: float = 0.0):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=len(tokens), unit="doc", desc=description, leave=False,
+        self.bar = tqdm(total=len(tokens), unit="doc", desc=description, leave=False, delay=delay,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self.evaluations, self.left = 0, TimeLeft(sum(tokens))
+        self.shown_from = time.perf_counter() + delay     # tqdm's delay holds back its updates, not a refresh
 
     def _show(self, refresh: bool) -> None:
-        self.bar.set_postfix_str(f"{self.evaluations} model evaluations, {self.left} left", refresh=refresh)
+        self.bar.set_postfix_str(f"{self.evaluations} model evaluations, {self.left} left",
+                                 refresh=refresh and time.perf_counter() >= self.shown_from)
 
     def evaluated(self, pairs: int) -> None:
         self.evaluations += pairs
@@ -149,6 +151,9 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+PROGRESS_DELAY_S = 10.0    # Engine.attribute(progress=None): a call that runs longer shows its bar
 
 
 # A bound on a layer's output width (values per token) that no classifier fastig runs reaches (BERT-large:
@@ -245,7 +250,7 @@ class Engine:
     @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
                   baseline="pad", output: str | None = None, chunk_size: int | None = None,
-                  max_length: int | None = None, progress: bool = False, tolerance: float = 1e-3,
+                  max_length: int | None = None, progress: bool | None = None, tolerance: float = 1e-3,
                   max_steps: int = 1024, accuracy: float = 2e-2, keep_attributions: bool = True) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
@@ -274,6 +279,8 @@ class Engine:
         keep_attributions: False gives the records and token scores without the [L, H] attributions
         (result.attributions is None), for many documents: those are held in host memory until the call
         returns, and a call whose attributions cannot fit there is refused before any work.
+        progress: True, a bar (documents, model evaluations, time left); False, none; None, a bar once the
+        call has run PROGRESS_DELAY_S (10 s), in the first of several processes.
         """
         output = resolve_output(output, self.model.config)
         target = named_classes(target, self.model.config)
@@ -293,7 +300,10 @@ class Engine:
             self._check_host_memory(docs, per_document)
         self.scheduler.start_run()
 
-        bar = Progress([len(doc.input_ids) for doc in docs]) if progress else None
+        # progress None: a bar once the call has run PROGRESS_DELAY_S, in one process of several (a long call
+        # showed nothing for its hours unless asked)
+        bar = (Progress([len(doc.input_ids) for doc in docs], delay=0.0 if progress else PROGRESS_DELAY_S)
+               if progress or progress is None and self.processes.rank == 0 else None)
         records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
         # Where every (document, target) pair has one length, their attributions are written into one tensor
         # as each group ends: stacked at the end of the call, they were held twice.

@@ -289,6 +289,20 @@ def test_a_calls_bar_tells_the_time_left_by_tokens(models, tokenizer, monkeypatc
     assert left[0] == "? left" and told[0] == "00:40 left" and told[-1] == "00:00 left"
 
 
+def test_a_long_call_shows_its_bar_unasked_and_a_short_one_nothing(models, tokenizer, monkeypatch, capsys):
+    """progress=None (the default): a call shows its bar once it has run PROGRESS_DELAY_S, so hours of a
+    notebook's call are no longer silent; a short call prints nothing, and progress=False never does."""
+    engine, texts = fastig.Engine(models("bert"), tokenizer), [make_text(20, seed) for seed in range(3)]
+    engine.attribute(texts, n_steps=4)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(fastig.engine, "PROGRESS_DELAY_S", 0.0)        # every call is long now
+    engine.attribute(texts, n_steps=4)
+    shown = capsys.readouterr().err
+    assert "attributing" in shown and "model evaluations" in shown
+    engine.attribute(texts, n_steps=4, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
     """An emoji or a character an English WordPiece vocabulary lacks is [UNK], a token of the text: it is
     attributed, ranked, highlighted and aggregated as the characters it stands for, not left out as the
