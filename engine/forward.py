@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .compiled import layers_compiled
-from .errors import BaselineError, InputError, LayerNotFoundError
+from .errors import BaselineError, InputError, LayerNotFoundError, ModelLoadError
 from .inputs import Document
 from .models import forward_overrides, layers_recomputed, output_captured, output_replaced, score
 from .scheduler import Scheduler
@@ -55,13 +55,23 @@ def batch_of(docs: list[Document], pad_id: int, device: torch.device) -> Batch:
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
     try:
-        return model(input_ids=input_ids, **kwargs, **forward_overrides(model.config)).logits
+        output = model(input_ids=input_ids, **kwargs, **forward_overrides(model.config))
     except ValueError as err:
         if "no padding token" not in str(err):
             raise
         raise InputError(f"model.config.pad_token_id is None: {type(model).__name__} finds each sequence's last "
                          "token by it, and attribution runs sequences in batches; set it (a GPT-2 classifier's is "
                          "usually tokenizer.eos_token_id, as in its fine-tuning)") from err
+    logits = getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.shape != (len(input_ids), model.config.num_labels):
+        # A token classifier's or a masked LM's [B, L, C] failed in an index, a base model's output in .logits
+        what = f"logits of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else \
+            f"a {type(output).__name__} without logits"
+        raise ModelLoadError(f"{type(model).__name__} gives {what}: fastig explains sequence classifiers, whose "
+                             f"logits are [batch, {model.config.num_labels} classes] (a transformers "
+                             "...ForSequenceClassification); for another output, fastig.captum."
+                             "LayerIntegratedGradients takes a forward function giving one score per example")
+    return logits
 
 
 def logits_from_layer(model: nn.Module, layer: nn.Module, batch: Batch, z: torch.Tensor,
