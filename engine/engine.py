@@ -197,8 +197,9 @@ def resolve_device(name, argument: str = "device=") -> torch.device:
 class Engine:
     """Integrated Gradients on a layer of a sequence classifier (by default its embeddings).
 
-    model: a Hugging Face sequence classifier (put in eval mode; float32 weights), its folder or hub
-    name (loaded by fastig.load_classifier), or a text-classification pipeline. tokenizer: its
+    model: a Hugging Face sequence classifier (float32 weights; each call runs it in eval mode and gives it
+    back its modes), its folder or hub name (loaded by fastig.load_classifier), a text-classification
+    pipeline, or a DataParallel of it. tokenizer: its
     tokenizer (or its folder or hub name; None: the named model's or the pipeline's), or None when
     inputs are ids. layer: None (the embeddings module), a dotted module name
     or a module. precision: "fp32", "bf16" or "fp16" for the model's forward during the
