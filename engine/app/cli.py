@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="a CSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
     p.add_argument("--split", default="test", help="split of a save_to_disk folder or hub data set (default: test)")
-    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-column", default="text", help="the column of the texts to explain (default: text)")
     p.add_argument("--pair-column", help="a second text per document, for pair classifiers (premise and "
                                          "hypothesis, query and passage): each document is the pair")
     p.add_argument("--label-column", help="class ids or label names ('' for none; default: the data's 'labels' or "
