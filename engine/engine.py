@@ -282,8 +282,9 @@ class Engine:
         returns, and a call whose attributions cannot fit there is refused before any work.
         progress: True, a bar (documents, model evaluations, time left); False, none; None, a bar once the
         call has run PROGRESS_DELAY_S (10 s), in the first of several processes.
-        Stopped midway, nothing done is lost: an interrupt raises fastig.Interrupted, any other exception is
-        raised as it was, and either's .result holds the whole, finite documents done (None if none).
+        Stopped midway, nothing done is lost: an interrupt raises fastig.Interrupted, whose .result holds the
+        whole, finite documents done (None if none); any other exception is raised as it was, with that .result
+        where some were done.
         """
         output = resolve_output(output, self.model.config)
         target = named_classes(target, self.model.config)
