@@ -168,6 +168,20 @@ def _finite(document: DocumentResult, attributions: torch.Tensor | None) -> bool
         and bool(torch.isfinite(values).all())
 
 
+def _whole_finite_texts(records: list, per_text: int, stacked: torch.Tensor | None) -> tuple[list, list, object]:
+    """The texts whose (record, attributions) pairs are all done and finite, those pairs (each record's id its
+    text's index), and their attributions as a view of `stacked` where they lead it. Records are text-major,
+    per_text to a text; n_steps="auto" runs each (text, target) pair alone, so a call may stop between a
+    text's pairs; a nan is never a result."""
+    texts = [records[k:k + per_text] for k in range(0, len(records), per_text)]
+    whole = [k for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)]
+    done = [(replace(record, id=k) if record.id is None else record, attributions)
+            for k in whole for record, attributions in texts[k]]
+    # Documents of one length are done in order: a leading run's rows are a view of the call's tensor (a copy
+    # could need more host memory than the call had left).
+    return whole, done, stacked[:len(done)] if stacked is not None and whole == list(range(len(whole))) else None
+
+
 def _packing_key(doc: Document, attention: str | None):
     """Documents share model calls only with the same kind of baseline (ids, or a constant layer output), the
     same model arguments (a pair's token types) and the attention they get alone (fastig.big_bird); None: the
@@ -306,6 +320,7 @@ class Engine:
 
         # progress None: a bar once the call has run PROGRESS_DELAY_S, in one process of several (a long call
         # showed nothing for its hours unless asked)
+        per_text = 1 if several is None else len(several[0])    # records are text-major either way
         bar = (Progress([len(doc.input_ids) for doc in docs], delay=0.0 if progress else PROGRESS_DELAY_S)
                if progress or progress is None and self.processes.rank == 0 else None)
         records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
@@ -344,19 +359,10 @@ class Engine:
         except (KeyboardInterrupt, Exception) as stop:
             # A notebook's interrupt, or an error after some groups (memory, the model failing on one document):
             # the documents done are kept, named by index; hours of a call's work were lost with it before.
-            per_text = 1 if several is None else len(several[0])    # records are text-major either way
-            # Whole texts only (n_steps="auto" runs each (text, target) pair alone, and a group may end
-            # between a text's pairs), and finite ones: a nan is never a result.
-            texts = [records[k:k + per_text] for k in range(0, len(records), per_text)]
-            whole = [k for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)]
-            done = [(replace(record, id=k) if record.id is None else record, attributions)
-                    for k in whole for record, attributions in texts[k]]
-            # Documents of one length are done in order: their rows lead the call's tensor, given as a view of it
-            # (a copy could need more host memory than the call had left).
-            first_rows = stacked[:len(done)] if stacked is not None and whole == list(range(len(whole))) else None
-            kept = build(done, groups, seconds, retains_memory, stacked=first_rows) if done else None
-            said = (f"{len(whole)} of {len(texts)} documents were done before the {{}}: their records (each with "
-                    "its document's index as .id) are in this exception's .result")
+            whole, done, rows = _whole_finite_texts(records, per_text, stacked)
+            kept = build(done, groups, seconds, retains_memory, stacked=rows) if done else None
+            said = (f"{len(whole)} of {len(records) // per_text} documents were done before the {{}}: their records "
+                    "(each with its document's index as .id) are in this exception's .result")
             if isinstance(stop, KeyboardInterrupt):
                 raise Interrupted(said.format("interrupt"), kept) from stop
             if kept is not None and getattr(stop, "result", None) is None:
@@ -367,16 +373,16 @@ class Engine:
             if bar is not None:
                 bar.close()
 
-        result = build(records, groups, seconds, retains_memory, stacked=stacked)
-        not_finite = [i for i, (d, a) in enumerate(records) if not _finite(d, a)]
-        if not_finite:
-            if several is not None:     # results are per (document, target) pair
-                not_finite = sorted({i // len(several[0]) for i in not_finite})
+        whole, done, rows = _whole_finite_texts(records, per_text, stacked)
+        if len(whole) < len(records) // per_text:
+            not_finite = sorted(set(range(len(records) // per_text)) - set(whole))
+            kept = build(done, groups, seconds, retains_memory, stacked=rows) if done else None
             raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
                                  "(nan or inf) there, so no attribution is given; the model or its inputs are "
-                                 "broken for them (the other documents' results are in the error's .result)",
-                                 not_finite, result)
-        return result
+                                 "broken for them (the other documents' records, each with its document's index "
+                                 "as .id, are in the error's .result)", not_finite, kept)
+        return build(records, groups, seconds, retains_memory, stacked=stacked)
+
 
     def _result(self, records: list, groups: list, seconds: TimeSplit, retains_memory: bool, rule: Rule,
                 n_steps, output: str, per_document: int, keep_attributions: bool,

@@ -50,8 +50,9 @@ class LayerNotFoundError(FastIGError):
 
 class NonFiniteError(FastIGError):
     """The model's output or gradient is not finite (nan or inf) for some documents: an attribution of
-    them would be nonsense. `documents` holds their indices; `result` the Attribution of the call,
-    whose other documents are sound."""
+    them would be nonsense. `documents` holds their indices; `result` the Attribution of the other
+    documents (each record's .id its document's index; None if none), as an interrupt's: no nan is ever a
+    result (it held every document before, the broken ones too)."""
 
     def __init__(self, message: str, documents: list, result=None):
         super().__init__(message)

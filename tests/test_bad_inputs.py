@@ -223,7 +223,16 @@ def test_a_model_giving_nan_is_an_error_naming_the_documents(models, tokenizer, 
     _nan_classifier(model)
     with pytest.raises(fastig.NonFiniteError, match=r"documents \[0, 1\]") as info:
         fastig.Engine(model, tokenizer).attribute(["good film", "bad plot"], n_steps=4)
-    assert info.value.documents == [0, 1] and len(info.value.result) == 2
+    assert info.value.documents == [0, 1] and info.value.result is None      # no nan is ever a result
+    bad_broken = make_model("bert")     # only the texts holding "bad" broken: the others are the error's result
+    with torch.no_grad():
+        bad_broken.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("bad")] = float("nan")
+    texts = ["good film", "bad plot", "great acting", "a bad, bad day"]
+    with pytest.raises(fastig.NonFiniteError, match=r"documents \[1, 3\]") as info:
+        fastig.Engine(bad_broken, tokenizer).attribute(texts, n_steps=4, target="all")
+    kept = info.value.result
+    assert [record.id for record in kept.documents] == [0, 0, 0, 2, 2, 2]      # every class of each whole text
+    assert all(torch.isfinite(a).all() for a in kept.attributions) and kept.documents[3].text == "great acting"
     stop_at_group(monkeypatch)      # an interrupt's result holds no nan either (a new engine: one text a group)
     with pytest.raises(fastig.Interrupted, match="0 of 2 documents") as stop:
         fastig.Engine(model, tokenizer).attribute(["good film", "bad plot"], n_steps=4)

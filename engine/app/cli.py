@@ -12,12 +12,11 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
 from ..engine import ATTENTIONS, uses_default_path
-from ..errors import BaselineError, FastIGError, InputError, Interrupted, NonFiniteError, OutputError
+from ..errors import BaselineError, FastIGError, InputError, Interrupted, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
@@ -260,7 +259,8 @@ def cmd_attribute(args) -> int:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
                                   **_attribution_kwargs(args, engine.model.config, len(texts)))
     except (Interrupted, Exception) as stop:    # the documents done are printed and go beside --out (whole or absent)
-        done_before = _done_before(stop, len(texts))
+        # An interrupt's, an error's or a NonFiniteError's .result: the whole, finite texts done, ids their numbers
+        done_before = getattr(stop, "result", None)
         if main_process and done_before is not None:
             print_result(done_before, args.top_k, tokens=args.tokens)
             done = f"{len({record.id for record in done_before.documents})} of {len(texts)} documents done"
@@ -281,18 +281,6 @@ def cmd_attribute(args) -> int:
     if args.out:
         _write_result(args, result)
     return 0
-
-
-def _done_before(stop: BaseException, texts: int):
-    """The documents a call finished before `stop`: an interrupt's or an error's .result (whole, finite texts,
-    each record's id its text's number), or the texts a NonFiniteError did not name; None if none."""
-    result = getattr(stop, "result", None)
-    if result is None or not isinstance(stop, NonFiniteError):
-        return result
-    per_text = len(result) // texts
-    finite = [replace(record, id=i // per_text) for i, record in enumerate(result.documents)
-              if i // per_text not in stop.documents]
-    return replace(result, documents=finite, attributions=None) if finite else None
 
 
 def _partial_path(out: Path) -> Path:

@@ -364,24 +364,29 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
             warnings.simplefilter("ignore", TruncationWarning)
             result = engine.attribute([row.text for row in batch], target=targets, progress=progress,
                                       keep_attributions=False, **attribute_kwargs)     # shards hold the records
-        broken = set()
-    except NonFiniteError as error:
-        result, broken = error.result, set(error.documents)
+    except NonFiniteError as error:     # its result: the other rows, each named by its index
+        return _entries(batch, error.result.documents if error.result is not None else [], set(error.documents))
     except (Interrupted, Exception) as stop:
         # An interrupt's or an error's result (Engine.attribute): the whole, finite rows done before it, each
         # named by its index.
-        done = stop.result.documents if getattr(stop, "result", None) is not None else []
-        stop.entries = [replace(document, id=batch[document.id].id, label=batch[document.id].label)
-                        for document in done]
+        stop.entries = _entries(batch, stop.result.documents if getattr(stop, "result", None) is not None else [])
         raise
     per_row = len(result.documents) // len(batch)
+    return _entries(batch, [replace(document, id=i // per_row) for i, document in enumerate(result.documents)])
+
+
+def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> list:
+    """In the rows' order: each row's records (`documents`, each named by its row's index) with the row's id and
+    label, or for a row in `broken` (id, reason): its model output or gradient is not finite."""
+    by_row = {}
+    for document in documents:
+        by_row.setdefault(document.id, []).append(document)
     entries = []
     for i, row in enumerate(batch):
         if i in broken:
             entries.append((row.id, "the model's output or gradient is not finite (nan or inf)"))
         else:
-            entries += [replace(document, id=row.id, label=row.label)
-                        for document in result.documents[i * per_row:(i + 1) * per_row]]
+            entries += [replace(document, id=row.id, label=row.label) for document in by_row.get(i, ())]
     return entries
 
 
