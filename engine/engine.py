@@ -258,6 +258,15 @@ class Engine:
         # Across calls: where glibc keeps freed memory for good (the commands), the heap grows from call to call.
         self.heap = RetainedHeapBound() if self.device.type == "cpu" else None
 
+    def __repr__(self) -> str:
+        """What the engine runs, in one line (a notebook showed an object address)."""
+        layer = next((name for name, module in self.model.named_modules() if module is self.layer), "?")
+        budget = "unbounded" if self.scheduler.budget is None else f"{self.scheduler.budget / 1e9:.1f} GB"
+        return (f"Engine({type(self.model).__name__}, layer={layer!r}, device={str(self.device)!r}, "
+                f"precision={self.requested_precision!r}, "
+                f"attention={self.attention!r}, memory budget {budget}"
+                f"{f', compile={self.compile!r}' if self.compile else ''})")
+
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)

@@ -265,6 +265,14 @@ def test_a_result_prints_as_a_short_summary_of_its_documents(tokenizer):
     assert "attributions=None" in kept_none and len(kept_none.splitlines()) == 3
 
 
+def test_an_engine_prints_what_it_runs(tokenizer):
+    """At a notebook's prompt an engine showed an object address: it says its model, layer, device,
+    precision, attention and memory budget."""
+    engine = fastig.Engine(make_model("longformer"), tokenizer, precision="bf16", memory_budget="2GB")
+    assert repr(engine) == ("Engine(LongformerForSequenceClassification, layer='longformer.embeddings', "
+                            "device='cpu', precision='bf16', attention='banded', memory budget 2.0 GB)")
+
+
 def test_a_calls_bar_tells_the_time_left_by_tokens(models, tokenizer, monkeypatch):
     """A long call's bar (progress=True, as `fastig attribute` runs) counts documents and tells the time left
     by tokens: groups go longest first, so tqdm's own estimate, by documents, overstated it. On a clock where
