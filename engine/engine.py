@@ -153,7 +153,16 @@ class Progress:
         self.bar.close()
 
 
-PROGRESS_DELAY_S = 10.0    # Engine.attribute(progress=None): a call that runs longer shows its bar
+PROGRESS_DELAY_S = 10.0    # progress=None: a call that runs longer shows its bar
+
+
+def progress_bar(progress: bool | None, tokens: list[int], shown_here: bool = True) -> Progress | None:
+    """The bar of a call over documents of these lengths: with progress True from its start, with None once
+    it has run PROGRESS_DELAY_S (a long call showed nothing for its hours unless asked), where shown_here (the
+    first of several processes)."""
+    if progress or progress is None and shown_here:
+        return Progress(tokens, delay=0.0 if progress else PROGRESS_DELAY_S)
+    return None
 
 
 # A bound on a layer's output width (values per token) that no classifier fastig runs reaches (BERT-large:
@@ -327,11 +336,8 @@ class Engine:
             self._check_host_memory(docs, per_document)
         self.scheduler.start_run()
 
-        # progress None: a bar once the call has run PROGRESS_DELAY_S, in one process of several (a long call
-        # showed nothing for its hours unless asked)
         per_text = 1 if several is None else len(several[0])    # records are text-major either way
-        bar = (Progress([len(doc.input_ids) for doc in docs], delay=0.0 if progress else PROGRESS_DELAY_S)
-               if progress or progress is None and self.processes.rank == 0 else None)
+        bar = progress_bar(progress, [len(doc.input_ids) for doc in docs], shown_here=self.processes.rank == 0)
         records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
         # Where every (document, target) pair has one length, their attributions are written into one tensor
         # as each group ends: stacked at the end of the call, they were held twice.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import kernels, quadrature
+from .engine import progress_bar
 from .errors import InputError, TargetError
 from .integrate import integrate_path
 from .models import attributing, forward_overrides, output_replaced
@@ -68,8 +69,8 @@ def _ids(tokenizer, text_or_ids, name: str, add_special_tokens: bool) -> torch.T
 @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
 def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_steps: int = 50,
                          method: str = "gausslegendre", generation: dict | None = None, baseline_token_id: int = 0,
-                         skip_tokens=None, memory_budget=None, chunk_size: int | None = None
-                         ) -> GenerationAttribution:
+                         skip_tokens=None, memory_budget=None, chunk_size: int | None = None,
+                         progress: bool | None = None) -> GenerationAttribution:
     """Integrated Gradients of each generated token's log-probability over the prompt's token embeddings.
 
     prompt: text (encoded as Captum's TextTokenInput encodes it) or ids. target: the response (text,
@@ -77,7 +78,7 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
     `generation` (default Captum's: 25 new tokens). baseline_token_id: the token every prompt token
     is at the path's start (Captum's default 0). skip_tokens: token ids or strings kept as they are
     at both ends and left out of token_attr (Captum's skip_tokens). n_steps, method: the rule
-    (Captum's defaults). memory_budget, chunk_size: as for fastig.Engine.
+    (Captum's defaults). memory_budget, chunk_size, progress: as for fastig.Engine and its attribute.
     """
     chunk_size_override(chunk_size)
     alphas, weights = quadrature.rule(method, n_steps)
@@ -123,12 +124,17 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
 
     scheduler = Scheduler(device, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     scheduler.start_run()
-    with attributing(model):      # no dropout, no caller's autocast; the model's mode as it was after
-        with torch.no_grad():
-            f_x, f_b = log_probs(end)[0], log_probs(start)[0]
-        t0 = time.perf_counter()
-        path = integrate_path(lambda z, rows: log_probs(z), start, end, alphas, weights, scheduler, chunk_size,
-                              targets=count)
+    bar = progress_bar(progress, [sequence.shape[1]])
+    try:
+        with attributing(model):      # no dropout, no caller's autocast; the model's mode as it was after
+            with torch.no_grad():
+                f_x, f_b = log_probs(end)[0], log_probs(start)[0]
+            t0 = time.perf_counter()
+            path = integrate_path(lambda z, rows: log_probs(z), start, end, alphas, weights, scheduler, chunk_size,
+                                  on_chunk=bar.evaluated if bar is not None else None, targets=count)
+    finally:
+        if bar is not None:
+            bar.close()
     t1 = time.perf_counter()
     _, token_sums = kernels.finalize(path.difference, path.gradient_sum)       # [T, P + T - 1]
     token_attr = token_sums[:, :prompt_length][:, kept.to(device)].cpu()

@@ -54,6 +54,18 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(caus
         assert_close(inside.token_attr, expected.token_attr, rtol=1e-5, atol=1e-7, what=f"token_attr in {context}")
 
 
+def test_a_long_generation_shows_its_bar_unasked(causal_lm, monkeypatch, capsys):
+    """progress=None, as Engine.attribute's: a bar once the call has run 10 s (here at once), none with False."""
+    import fastig.engine
+
+    model, tokenizer = causal_lm("gpt2")
+    monkeypatch.setattr(fastig.engine, "PROGRESS_DELAY_S", 0.0)
+    attribute_generation(model, tokenizer, PROMPT, " improves the model", n_steps=4)
+    assert "model evaluations" in capsys.readouterr().err
+    attribute_generation(model, tokenizer, PROMPT, " improves the model", n_steps=4, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_each_tokens_attributions_add_up_to_its_change_in_log_probability(causal_lm, family):
     """Completeness, against log-probabilities the model gives for the prompt and for baseline ids."""
