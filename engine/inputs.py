@@ -186,7 +186,7 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
             cuts += [cut] if cut else []
             continue
         if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is a {type(text).__name__}; expected a str or a pair (str, str)")
+            raise InputError(f"texts[{i}] is of type {type(text).__name__}; expected a str or a pair (str, str)")
         offsets = word_ids = None
         if getattr(tokenizer, "is_fast", False):
             encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
