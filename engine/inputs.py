@@ -185,6 +185,9 @@ def encode_texts(texts, tokenizer, max_length: int | None, why: str = "max_lengt
             encoded.append(pair)
             cuts += [cut] if cut else []
             continue
+        if text is None or isinstance(text, float) and text != text:     # None, or NaN: a table's missing cell
+            raise InputError(f"texts[{i}] is missing ({text}: an empty cell of a table?); give a str, or leave "
+                             "the document out (a pandas column: .dropna())")
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is of type {type(text).__name__}; expected a str or a pair (str, str)")
         offsets = word_ids = None
