@@ -50,7 +50,8 @@ def print_columns(left: list, right: list, width: int, file=None) -> None:
 
 def _columns(text: str) -> int:
     """The terminal columns `text` takes: two for a wide (East Asian) character, none for a combining mark."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return sum(0 if unicodedata.category(c) in ("Mn", "Me") else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
 
 
 def _memory_line(stats: RunStats) -> str:
