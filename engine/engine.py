@@ -20,7 +20,7 @@ from . import kernels, quadrature
 from .adaptive import INITIAL_POINTS, check_auto, integrate_adaptive
 from .big_bird import attention_kind, block_sparse_kept, full_attention_limit
 from .compiled import check_mode
-from .errors import InputError, Interrupted, MemoryBudgetError, NonFiniteError
+from .errors import InputError, Interrupted, MemoryBudgetError, MethodError, NonFiniteError
 from .first_token import first_token_only
 from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
 from .inputs import Document, build_documents
@@ -46,6 +46,26 @@ def uses_default_path(n_steps, method: str | None, precision: str) -> bool:
     return n_steps is None and method is None and precision == "auto"
 
 
+DEFAULT_ACCURACY, DEFAULT_TOLERANCE, DEFAULT_MAX_STEPS = 2e-2, 1e-3, 1024
+
+
+def _check_settings_apply(n_steps, method: str | None, precision: str, tolerance: float, accuracy: float,
+                          max_steps: int) -> None:
+    """A setting of another rule than the call's is refused: it was ignored (accuracy=1e-3 with n_steps=50
+    ran 50 steps and said nothing)."""
+    asked = ", ".join(f"{name}={value!r}" for name, value, default in (
+        ("n_steps", n_steps, None), ("method", method, None), ("precision", precision, "auto")) if value != default)
+    if accuracy != DEFAULT_ACCURACY and not uses_default_path(n_steps, method, precision):
+        raise MethodError(f"accuracy={accuracy!r} is for the default call, without n_steps, method and precision "
+                          f"(here {asked}: Captum's computation); leave accuracy out, or those")
+    if tolerance != DEFAULT_TOLERANCE and n_steps != "auto":
+        raise MethodError(f"tolerance={tolerance!r} is for n_steps='auto' (here n_steps={n_steps!r}); the default "
+                          "call takes accuracy=")
+    if max_steps != DEFAULT_MAX_STEPS and not (n_steps == "auto" or uses_default_path(n_steps, method, precision)):
+        raise MethodError(f"max_steps={max_steps!r} bounds the default call and n_steps='auto'; {asked} takes "
+                          "exactly its steps")
+
+
 @dataclass(frozen=True)
 class Rule:
     """How each path is integrated: a fixed rule (method, alphas and weights [n] fp32); n_steps=None,
@@ -61,6 +81,7 @@ class Rule:
     @classmethod
     def of(cls, n_steps, method: str | None, precision: str, tolerance: float, accuracy: float,
            max_steps: int) -> "Rule":
+        _check_settings_apply(n_steps, method, precision, tolerance, accuracy, max_steps)
         if uses_default_path(n_steps, method, precision):
             check_accuracy(accuracy, max_steps)
             return cls("clenshawcurtis", accuracy=accuracy, max_steps=max_steps)
@@ -283,8 +304,9 @@ class Engine:
     @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,
                   baseline="pad", output: str | None = None, chunk_size: int | None = None,
-                  max_length: int | None = None, progress: bool | None = None, tolerance: float = 1e-3,
-                  max_steps: int = 1024, accuracy: float = 2e-2, keep_attributions: bool = True) -> Attribution:
+                  max_length: int | None = None, progress: bool | None = None,
+                  tolerance: float = DEFAULT_TOLERANCE, max_steps: int = DEFAULT_MAX_STEPS,
+                  accuracy: float = DEFAULT_ACCURACY, keep_attributions: bool = True) -> Attribution:
         """Attribute F = output[target] of each document to the layer's output.
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of

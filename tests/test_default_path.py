@@ -1,6 +1,8 @@
 """The default call: the attribution within its stated accuracy of the converged one, and the precision
 chosen by its check; asking for anything of Captum's gives Captum's computation."""
 
+import re
+
 import pytest
 import torch
 
@@ -105,6 +107,29 @@ def test_max_steps_bounds_the_default_and_says_the_accuracy_was_not_met(models, 
     result = fastig.Engine(models("distilbert"), tokenizer).attribute(TEXTS[0], accuracy=1e-6, max_steps=30)
     document = result.documents[0]
     assert document.evaluations <= 30 and document.tolerance_met is False and document.evaluations_allowed == 30
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(n_steps=50, accuracy=1e-3), r"accuracy=0.001 is for the default call, .* \(here n_steps=50: Captum's"),
+    (dict(method="riemann_middle", accuracy=1e-3), r"\(here method='riemann_middle': Captum's"),
+    (dict(n_steps=50, tolerance=1e-4), r"tolerance=0.0001 is for n_steps='auto' \(here n_steps=50\)"),
+    (dict(tolerance=1e-4), r"tolerance=0.0001 is for n_steps='auto' \(here n_steps=None\); the default call takes"),
+    (dict(n_steps=50, max_steps=64), r"max_steps=64 bounds the default call and n_steps='auto'; n_steps=50 takes")])
+def test_a_setting_of_another_rule_is_refused_not_ignored(models, tokenizer, kwargs, fragment, saved_model, capsys):
+    """accuracy=1e-3 with n_steps=50 ran Captum's 50 steps and said nothing: a setting the call's rule does not
+    read is refused, naming the rule that reads it; each is taken where it applies, and also on the command line."""
+    engine = fastig.Engine(models("bert"), tokenizer)
+    with pytest.raises(fastig.MethodError, match=fragment):
+        engine.attribute("the film", **kwargs)
+    engine.attribute("the film", accuracy=1e-3, max_steps=64)
+    engine.attribute("the film", n_steps="auto", tolerance=1e-4, max_steps=64)
+    with pytest.raises(fastig.MethodError, match="accuracy=0.001 is for the default call"):
+        fastig.Engine(models("bert"), tokenizer, precision="bf16").attribute("the film", accuracy=1e-3)
+    from test_cli import exit_code
+
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in kwargs.items()]
+    assert exit_code(["attribute", "--model", str(saved_model("bert")), "--text", "the film", *flags]) == 2
+    assert re.search(fragment, capsys.readouterr().err.splitlines()[-1])
 
 
 @pytest.mark.parametrize("kwargs, fragment", [(dict(accuracy=0), "accuracy=0"), (dict(accuracy=1.5), "accuracy=1.5"),

@@ -47,7 +47,7 @@ def _close(a: list, b: list, tolerance: float) -> bool:
 @pytest.mark.parametrize("n_steps", ["24", "auto"])
 def test_steps_split_over_two_processes_give_the_single_process_result(model_dir, tmp_path, n_steps):
     args = ["attribute", "--model", model_dir, "--text", TEXTS[7], "--text", TEXTS[2], "--n-steps", n_steps,
-            "--tolerance", "1e-4"]
+            *(["--tolerance", "1e-4"] if n_steps == "auto" else [])]
     assert exit_code([*args, "--out", str(tmp_path / "one.json")]) == 0
     launched = _fastig(*args, "--processes", "2", "--out", str(tmp_path / "two.json"))
     # The ranks' own tracebacks: the launcher's report after them names only the exit codes.

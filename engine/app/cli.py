@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..compiled import MODES as COMPILE_MODES
-from ..engine import ATTENTIONS, uses_default_path
+from ..engine import ATTENTIONS, DEFAULT_ACCURACY, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, uses_default_path
 from ..errors import BaselineError, FastIGError, InputError, Interrupted, OutputError
 from ..models import OUTPUTS
 from ..precision import PRECISIONS
@@ -77,12 +77,12 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-steps", type=_n_steps,
                    help="points of the rule, as Captum computes it (with --method; 50 when only --method is given), "
                         "or auto: adaptive until --tolerance is met (default: as many as --accuracy needs)")
-    p.add_argument("--accuracy", type=float, default=2e-2,
+    p.add_argument("--accuracy", type=float, default=DEFAULT_ACCURACY,
                    help="without --n-steps, --method and --precision: the attributions' relative L2 error to reach, "
                         "by estimate (default 2e-2)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="with --n-steps auto: the |delta| to reach, as a share of |F(x) - F(b)| (default 1e-3)")
-    p.add_argument("--max-steps", type=int, default=1024,
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
                    help="without --n-steps or with --n-steps auto: the most model evaluations per document "
                         "(default 1024)")
     p.add_argument("--method", choices=METHODS, help="Captum's rule (default gausslegendre)")
