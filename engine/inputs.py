@@ -396,6 +396,9 @@ def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length:
     texts_or_ids = _texts_or_ids(texts_or_ids)
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
+    if max_length is not None and isinstance(texts_or_ids, (Mapping, torch.Tensor)):     # it was ignored
+        raise InputError(f"max_length={max_length!r} cuts texts; ids and a tokenizer's output are explained as "
+                         "given: cut them before (the tokenizer's truncation=True, max_length=), or give the texts")
     if isinstance(texts_or_ids, Mapping):
         encoded, baseline = encode_batch(texts_or_ids, tokenizer, config, baseline)
     elif isinstance(texts_or_ids, torch.Tensor):

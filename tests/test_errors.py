@@ -19,6 +19,8 @@ def engine(models, tokenizer):
     (dict(texts_or_ids=[]), EmptyTextError, "no text given"),
     (dict(texts_or_ids=["good", 3]), InputError, r"texts\[1\] is of type int"),
     (dict(texts_or_ids=["good", float("nan")]), InputError, r"texts\[1\] is missing \(nan: an empty cell"),
+    (dict(texts_or_ids=torch.tensor([[2, 7, 8, 3]]), max_length=2), InputError,
+     r"max_length=2 cuts texts; ids and a tokenizer's output are explained as given"),
     (dict(texts_or_ids=["good", None]), InputError, r"texts\[1\] is missing \(None: "),
     (dict(texts_or_ids=torch.zeros(2, 0, dtype=torch.long)), EmptyTextError, "L >= 1"),
     (dict(texts_or_ids="good", target=3), TargetError, "target=3 is out of range"),
