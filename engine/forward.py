@@ -63,14 +63,14 @@ def _logits(model: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> torch.Te
                          "token by it, and attribution runs sequences in batches; set it (a GPT-2 classifier's is "
                          "usually tokenizer.eos_token_id, as in its fine-tuning)") from err
     logits = getattr(output, "logits", None)
-    if not isinstance(logits, torch.Tensor) or logits.shape != (len(input_ids), model.config.num_labels):
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(input_ids):
         # A token classifier's or a masked LM's [B, L, C] failed in an index, a base model's output in .logits
         what = f"logits of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else \
             f"a {type(output).__name__} without logits"
         raise ModelLoadError(f"{type(model).__name__} gives {what}: fastig explains sequence classifiers, whose "
-                             f"logits are [batch, {model.config.num_labels} classes] (a transformers "
-                             "...ForSequenceClassification); for another output, fastig.captum."
-                             "LayerIntegratedGradients takes a forward function giving one score per example")
+                             "logits are [batch, classes] (a transformers ...ForSequenceClassification); for "
+                             "another output, fastig.captum.LayerIntegratedGradients takes a forward function "
+                             "giving one score per example")
     return logits
 
 
