@@ -183,7 +183,7 @@ def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
     if text is None or isinstance(text, float) and math.isnan(text):
         return "no text", 0
     if not isinstance(text, str):
-        return f"text is a {type(text).__name__}, not a string", 0
+        return f"text of type {type(text).__name__}, not a string", 0
     if not text.strip():
         return "empty text", 0
     length = len(tokenizer.encode(text, add_special_tokens=False))
