@@ -156,10 +156,18 @@ class Progress:
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self.evaluations, self.left = 0, TimeLeft(sum(tokens))
         self.shown_from = time.perf_counter() + delay     # tqdm's delay holds back its updates, not a refresh
+        # Written to a file (a cluster job's log), not a terminal or a notebook: a line every LOG_INTERVAL_S, not
+        # after every model call (a data set's log took a line per call).
+        interactive = type(self.bar).__module__ == "tqdm.notebook" or getattr(self.bar.fp, "isatty", bool)()
+        self.every = 0.0 if interactive else LOG_INTERVAL_S
+        self.bar.mininterval = max(self.bar.mininterval, self.every)
+        self.refreshed = -math.inf
 
     def _show(self, refresh: bool) -> None:
-        self.bar.set_postfix_str(f"{self.evaluations} model evaluations, {self.left} left",
-                                 refresh=refresh and time.perf_counter() >= self.shown_from)
+        now = time.perf_counter()
+        refresh = refresh and now >= self.shown_from and now - self.refreshed >= self.every
+        self.refreshed = now if refresh else self.refreshed
+        self.bar.set_postfix_str(f"{self.evaluations} model evaluations, {self.left} left", refresh=refresh)
 
     def evaluated(self, pairs: int) -> None:
         self.evaluations += pairs
@@ -175,6 +183,7 @@ class Progress:
 
 
 PROGRESS_DELAY_S = 10.0    # progress=None: a call that runs longer shows its bar
+LOG_INTERVAL_S = 30.0      # a bar written to a file, not a terminal: a line at most this often
 
 
 def progress_bar(progress: bool | None, tokens: list[int], shown_here: bool = True) -> Progress | None:

@@ -299,7 +299,8 @@ def test_a_calls_bar_tells_the_time_left_by_tokens(models, tokenizer, monkeypatc
 
 def test_a_long_call_shows_its_bar_unasked_and_a_short_one_nothing(models, tokenizer, monkeypatch, capsys):
     """progress=None (the default): a call shows its bar once it has run PROGRESS_DELAY_S, so hours of a
-    notebook's call are no longer silent; a short call prints nothing, and progress=False never does."""
+    notebook's call are no longer silent; a short call prints nothing, and progress=False never does. Into a
+    file, the bar writes a line every LOG_INTERVAL_S, not after each model call."""
     engine, texts = fastig.Engine(models("bert"), tokenizer), [make_text(20, seed) for seed in range(3)]
     engine.attribute(texts, n_steps=4)
     assert capsys.readouterr().err == ""
@@ -309,6 +310,10 @@ def test_a_long_call_shows_its_bar_unasked_and_a_short_one_nothing(models, token
     assert "attributing" in shown and "model evaluations" in shown
     engine.attribute(texts, n_steps=4, progress=False)
     assert capsys.readouterr().err == ""
+    # stderr to a file (a cluster job's log): a line every LOG_INTERVAL_S at most, not one a model call
+    result = engine.attribute(texts, n_steps=8, chunk_size=1, progress=True)
+    lines = capsys.readouterr().err.replace("\r", "\n").count("model evaluations")
+    assert result.stats.model_calls >= 24 and lines == 1, lines
 
 
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
