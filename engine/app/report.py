@@ -71,6 +71,7 @@ document.querySelectorAll("th.sortable").forEach(function (header, column) {
 
 SCALE_PERCENTILE = 99       # colours saturate at this percentile of a document's |score|
 PASSAGES = 5                # sentences listed per direction
+PAGES_BAR_DELAY_S = 2.0     # a report that takes longer shows a bar of its pages
 # A sentence's last unit: its full stop, question or exclamation mark, also the ideographic and fullwidth ones
 # of Chinese and Japanese (a Chinese document was one passage), then any closing quotes or brackets.
 SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\uff0e\uff61]['\")\]\u300d\u300f\uff09]*$")
@@ -360,10 +361,14 @@ def write_report(records: list[DocumentResult], labels: dict, out: Path, title: 
                  by: str = "target", source: Source | None = None) -> Path:
     """One page per document and the index, in `out`; returns the index's path. Document pages an earlier
     report left in `out` go (its other files stay): a page of another run never sits beside this one's."""
+    from tqdm.auto import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
     with_target = several_targets_each(records)
     pages = {page_name(record, with_target): record for record in records}
-    for name, record in pages.items():
+    # ~17 ms a page on the 2-core EPYC: a data set of 25,000 documents wrote for minutes without a word
+    for name, record in tqdm(pages.items(), total=len(pages), unit="page", desc="writing pages", leave=False,
+                             delay=PAGES_BAR_DELAY_S, mininterval=1.0):
         (out / name).write_text(document_page(record, labels, tokens, source=source), encoding="utf-8")
     index = out / "index.html"
     index.write_text(index_page(records, labels, title, by, tokens, source=source), encoding="utf-8")
