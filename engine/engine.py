@@ -594,8 +594,9 @@ class Engine:
         docs_mine = point_docs[mine]
         point_start = ends.start[docs_mine] + point_alphas[mine].to(self.device)[:, None, None] * difference[docs_mine]
         path = integrate_path(lambda z, rows: step(z, docs_mine[rows]), point_start,
-                              point_start + difference[docs_mine], torch.zeros(1), torch.ones(1), scheduler,
-                              chunk_size, on_chunk=on_chunk, precision=precision, targets=targets)
+                              point_start + difference[docs_mine], torch.zeros(1, dtype=torch.float32),
+                              torch.ones(1, dtype=torch.float32), scheduler, chunk_size, on_chunk=on_chunk,
+                              precision=precision, targets=targets)
         scheduler.held_bytes += len(point_paths) * ends.end[0].numel() * 4
         for name in ("gradient_sum", "integrand", "outputs"):
             value = getattr(path, name)         # [mine * T, ...]: pair u's targets together

@@ -45,11 +45,11 @@ def rule(method: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     if method == "riemann_trapezoid":
         weights[0] /= 2
         weights[-1] /= 2
-        alphas = torch.linspace(0, 1, n)
+        alphas = torch.linspace(0, 1, n, dtype=torch.float32)
     elif method == "riemann_left":
-        alphas = torch.linspace(0, 1 - 1 / n, n)
+        alphas = torch.linspace(0, 1 - 1 / n, n, dtype=torch.float32)
     elif method == "riemann_middle":
-        alphas = torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
+        alphas = torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n, dtype=torch.float32)
     else:
-        alphas = torch.linspace(1 / n, 1, n)
+        alphas = torch.linspace(1 / n, 1, n, dtype=torch.float32)
     return alphas, weights.float()

@@ -1,5 +1,7 @@
 """Properties of the engine users rely on: chunking and batching change nothing, baselines, summaries."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -399,16 +401,27 @@ def test_a_config_giving_tuples_is_explained_as_one_giving_outputs(tokenizer, fa
     assert engine.attribute(text).documents[0].evaluations > 0 and model.config.return_dict is False
 
 
+@contextmanager
+def float64_by_default():
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 CALLERS_CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
-                    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+                    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+                    "float64 by default": float64_by_default}
 
 
 @pytest.mark.parametrize("context", CALLERS_CONTEXTS)
 @pytest.mark.parametrize("n_steps", [N_STEPS, None, "auto"])
 def test_a_callers_context_changes_nothing(models, tokenizer, n_steps, context):
-    """An evaluation loop's no_grad or inference mode (ids made in it too), or a caller's bf16 autocast, gives
-    the attributions made outside it (fastig's precision decides), and so does the Captum reference. Before,
-    inference mode raised torch's "does not require grad", autocast a dtype mismatch in the accumulation."""
+    """An evaluation loop's no_grad or inference mode (ids made in it too), a caller's bf16 autocast, or float64
+    as torch's default dtype, gives the attributions made outside it (fastig's precision decides), and so does
+    the Captum reference. Before, inference mode raised torch's "does not require grad", autocast and float64
+    a dtype mismatch in the accumulation (float64: the default call's and n_steps="auto"'s)."""
     from fastig.reference import captum_attribute
 
     engine, text = fastig.Engine(models("bert"), tokenizer), make_text(30)
