@@ -302,8 +302,7 @@ class Engine:
         layer = next((name for name, module in self.model.named_modules() if module is self.layer), "?")
         budget = "unbounded" if self.scheduler.budget is None else f"{self.scheduler.budget / 1e9:.1f} GB"
         return (f"Engine({type(self.model).__name__}, layer={layer!r}, device={str(self.device)!r}, "
-                f"precision={self.requested_precision!r}, "
-                f"attention={self.attention!r}, memory budget {budget}"
+                f"precision={self.requested_precision!r}, attention={self.attention!r}, memory budget {budget}"
                 f"{f', compile={self.compile!r}' if self.compile else ''})")
 
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
