@@ -418,8 +418,8 @@ class Engine:
             if bar is not None:
                 bar.close()
 
-        whole, done, rows = _whole_finite_texts(records, per_text, stacked)
-        if len(whole) < len(records) // per_text:
+        if not all(_finite(*pair) for pair in records):
+            whole, done, rows = _whole_finite_texts(records, per_text, stacked)
             not_finite = sorted(set(range(len(records) // per_text)) - set(whole))
             kept = build(done, groups, seconds, retains_memory, stacked=rows) if done else None
             raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
