@@ -40,8 +40,11 @@ def print_columns(left: list, right: list, width: int, file=None) -> None:
     "…"; Chinese and Japanese characters take two columns each (counted as one, they pushed the scores out
     of line)."""
     def shown(text: str) -> str:
-        while _columns(text) > width:
-            text = text[:-2] + "…"
+        if _columns(text) > width:
+            text = text[:width]         # a character takes a column or more: at most `width` are kept
+            while _columns(text) > width - 1:
+                text = text[:-1]
+            text += "…"
         return text + " " * (width - _columns(text))
     for row in zip_longest(left, right):
         cells = [" " * (width + 12) if cell is None else f"{shown(cell[0])}{cell[1]:+9.4f}   " for cell in row]
