@@ -226,7 +226,7 @@ def _caller_outside_fastig() -> int:
     """warnings.warn's stacklevel, from the function calling this one, of the first frame outside fastig
     and torch's decorators around its calls (Engine.attribute's inference_mode): the user's line, whether
     they called Engine.attribute or Engine.documents."""
-    package, frame, level = os.path.dirname(__file__), sys._getframe(2), 2     # 2: warn_cut's caller
+    package, frame, level = os.path.dirname(__file__) + os.sep, sys._getframe(2), 2     # 2: warn_cut's caller
     while frame.f_back is not None and (frame.f_code.co_filename.startswith(package)
                                         or frame.f_code.co_filename.endswith(TORCH_DECORATOR)):
         frame, level = frame.f_back, level + 1
