@@ -66,9 +66,9 @@ def forward_overrides(config) -> dict:
     """Arguments of every model call an attribution makes, over what the model's config asks for: no
     attention maps or hidden states (a config's output_attentions or output_hidden_states, for a
     visualization: no part of F, they were kept for the backward, and a Longformer's maps sent it to Hugging
-    Face's slow attention, 1.9x the step's time for 2,048 tokens on the 2-core EPYC); no cache in an encoder-decoder's decoder (it caches the encoder's keys and
-    values on the way, and a layer recomputed in the backward then found its cache filled: torch refused, "a
-    different number of tensors was saved")."""
+    Face's slow attention, 1.9x the step's time for 2,048 tokens on the 2-core EPYC); no cache in an
+    encoder-decoder's decoder (it caches the encoder's keys and values on the way, and a layer recomputed in
+    the backward then found its cache filled: torch refused, "a different number of tensors was saved")."""
     overrides = {name: False for name in ("output_attentions", "output_hidden_states") if getattr(config, name, False)}
     if getattr(config, "is_encoder_decoder", False):
         overrides["use_cache"] = False
