@@ -261,12 +261,12 @@ def test_a_notebook_highlights_words_not_vocabulary_pieces(tmp_path):
 def test_a_chinese_page_shows_its_text_as_written_and_passages_by_sentence(tmp_path):
     """A Chinese review through an XLM-R-kind tokenizer: the page shows the text as written (no spaces put
     between its pieces, each piece highlighted), and its passages end at the ideographic full stop (the
-    whole document was one passage)."""
+    whole document was one passage) and the closing quote after it (which began the next passage)."""
     import fastig
 
     from conftest import CORPUS, make_byte_level_model, unigram_tokenizer
 
-    sentences = ["这部电影非常好看。", "演员的表演很精彩！", "我不喜欢这个故事，情节太无聊了。"]
+    sentences = ["这部电影非常好看。", "他说：“演员的表演很精彩！”", "我不喜欢这个故事，情节太无聊了。", "「真的吗？」"]
     tokenizer = unigram_tokenizer(CORPUS + sentences, vocab_size=300)
     text = "".join(sentences)
     result = fastig.Engine(make_byte_level_model("roberta", tokenizer), tokenizer).attribute(text, n_steps=4)

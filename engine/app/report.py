@@ -73,8 +73,11 @@ SCALE_PERCENTILE = 99       # colours saturate at this percentile of a document'
 PASSAGES = 5                # sentences listed per direction
 PAGES_BAR_DELAY_S = 2.0     # a report that takes longer shows a bar of its pages
 # A sentence's last unit: its full stop, question or exclamation mark, also the ideographic and fullwidth ones
-# of Chinese and Japanese (a Chinese document was one passage), then any closing quotes or brackets.
-SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\uff0e\uff61]['\")\]\u300d\u300f\uff09]*$")
+# of Chinese and Japanese (a Chinese document was one passage), then any closing quotes or brackets; in a
+# script without spaces those are units of their own, and belong to the sentence they close.
+CLOSERS = "'\")\\]\u201d\u2019\u00bb\u300d\u300f\uff09"
+SENTENCE_END = re.compile(rf"[.!?\u3002\uff01\uff1f\uff0e\uff61][{CLOSERS}]*$")
+CLOSING = re.compile(rf"[{CLOSERS}]+")
 
 
 @dataclass
@@ -94,9 +97,13 @@ def _mark(unit, scale: float, anchor: str = "") -> str:
 
 
 def _sentences(units) -> list[list[int]]:
-    """Indices of the units of each sentence: a sentence ends after a unit ending in . ! or ?."""
+    """Indices of the units of each sentence: a sentence ends after a unit ending in . ! or ? (and the closing
+    quotes after it)."""
     sentences, current = [], []
     for i, unit in enumerate(units):
+        if not current and sentences and CLOSING.fullmatch(unit.text):
+            sentences[-1].append(i)
+            continue
         current.append(i)
         if SENTENCE_END.search(unit.text):
             sentences.append(current)
