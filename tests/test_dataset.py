@@ -19,6 +19,8 @@ from test_cli import exit_code
 
 TEXTS = [make_text(5 + 3 * i, seed=i) for i in range(12)]
 TEXTS[4] = "   "                                    # skipped, recorded in skipped.csv
+TEXTS[7] = "2024"                                   # text that reads as a number: still a text
+TEXTS[9] = '" the good " movie'                     # quotes of the text (a TSV's are all text)
 LABELS = [i % 3 for i in range(12)]
 
 
@@ -30,10 +32,13 @@ def model_dir(saved_model):
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    with open(folder / "docs.csv", "w", newline="", encoding="utf-8") as f:
+    with open(folder / "docs.csv", "w", newline="", encoding="utf-8-sig") as f:
         csv.writer(f).writerows([("text", "labels"), *zip(TEXTS, LABELS)])
+    # With a byte-order mark, as Windows tools write UTF-8.
     (folder / "docs.jsonl").write_text("".join(json.dumps({"text": t, "labels": y}) + "\n"
-                                               for t, y in zip(TEXTS, LABELS)), encoding="utf-8")
+                                               for t, y in zip(TEXTS, LABELS)), encoding="utf-8-sig")
+    (folder / "docs.tsv").write_text("text\tlabels\n" + "".join(f"{t}\t{y}\n" for t, y in zip(TEXTS, LABELS)),
+                                     encoding="utf-8")
     return folder
 
 
@@ -83,9 +88,12 @@ def test_every_document_is_written_once_with_what_was_asked(csv_run):
     assert settings["n_steps"] == 8 and settings["target"] == "label" and settings["precision"] == "fp32"
 
 
-def test_jsonl_gives_the_records_csv_gives(model_dir, data_files, csv_run, tmp_path):
-    assert exit_code(_args(model_dir, data_files / "docs.jsonl", tmp_path / "jsonl", "--target", "label")) == 0
-    assert (tmp_path / "jsonl" / "documents.jsonl").read_text() == (csv_run / "documents.jsonl").read_text()
+@pytest.mark.parametrize("kind", ["jsonl", "tsv"])
+def test_jsonl_and_tsv_give_the_records_csv_gives(model_dir, data_files, csv_run, tmp_path, kind):
+    """The same texts (one of numbers, one with quotes) and labels whatever the file type; the files as Windows
+    tools write them (a byte-order mark: JSONL's failed the read)."""
+    assert exit_code(_args(model_dir, data_files / f"docs.{kind}", tmp_path / kind, "--target", "label")) == 0
+    assert (tmp_path / kind / "documents.jsonl").read_text() == (csv_run / "documents.jsonl").read_text()
 
 
 @pytest.mark.slow

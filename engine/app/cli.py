@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_rule_args(p)
     p.add_argument("--data", required=True,
-                   help="a CSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
+                   help="a CSV, TSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
     p.add_argument("--split", default="test", help="split of a save_to_disk folder or hub data set (default: test)")
     p.add_argument("--text-column", default="text", help="the column of the texts to explain (default: text)")
     p.add_argument("--pair-column", help="a second text per document, for pair classifiers (premise and "
@@ -199,7 +199,9 @@ def _texts(args) -> list:
         if b"\0" in raw:
             raise InputError(f"--file {str(path)!r} holds NUL bytes: it is binary, not a text file")
         try:
-            texts.append(raw.decode("utf-8"))
+            # utf-8-sig: a byte-order mark (Windows Notepad's, Excel's UTF-8) is no character of the text; kept,
+            # a byte-level BPE made it a token of its own, an invisible word in the ranking.
+            texts.append(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as err:
             raise InputError(f"--file {str(path)!r} is not UTF-8 text (byte {err.start}); convert it, e.g. "
                              f"iconv -t utf-8") from err

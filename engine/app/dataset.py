@@ -40,7 +40,7 @@ from ..models import hub_quiet, label_ids
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
 
-DATA_READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DATA_READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TARGET_MODES = ("label", "predicted")
 
 
@@ -66,8 +66,16 @@ def _columns_of(data: str, split: str, text_columns: list[str]):
                             f"give a {', '.join(DATA_READERS)} file, a save_to_disk folder or a hub name")
         try:
             # The text column as text: a column of numbers is text that looks numeric, not missing text.
-            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False, dtype=dict.fromkeys(text_columns, str)),
-                     "json": lambda: pd.read_json(path, lines=path.suffix.lower() == ".jsonl"),
+            as_text = dict.fromkeys(text_columns, str)
+            frame = {"csv": lambda: pd.read_csv(path, keep_default_na=False, dtype=as_text),
+                     # A TSV's fields hold no tab or line break, so its quotes are text (GLUE's SST-2): read as
+                     # CSV quoting, `" the good " movie` lost its quotes, and an unclosed one failed the read.
+                     "tsv": lambda: pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False,
+                                                dtype=as_text),
+                     # JSON's own types: pandas' inference made a text "007" the int 7 (skipped, not text);
+                     # utf-8-sig: a byte-order mark failed the read.
+                     "json": lambda: pd.read_json(path, lines=path.suffix.lower() == ".jsonl", dtype=False,
+                                                  encoding="utf-8-sig"),
                      "parquet": lambda: pd.read_parquet(path)}[kind]()
         except (OSError, ValueError, ImportError, UnicodeDecodeError) as err:
             raise DataError(f"--data {data!r}: cannot read it as {kind}: {err}") from err
