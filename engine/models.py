@@ -323,8 +323,11 @@ def label_ids(config) -> dict[str, int]:
 def named_classes(target, config, argument: str = "target="):
     """target with the model's label names (label_ids: "positive", "LABEL_1") as class ids, in every
     form target takes ("all" stays the keyword); any other string is refused, naming the labels (and the
-    argument as `argument` writes it: the command line's "--target ")."""
+    argument as `argument` writes it: the command line's "--target "). An array (a data frame's label column's
+    values, a tensor) is taken as its list: a numpy array was refused, a tensor taken."""
     names = label_ids(config)
+    if hasattr(target, "tolist") and not isinstance(target, str):
+        target = target.tolist()
 
     def one(value):
         if not isinstance(value, str):

@@ -2,6 +2,8 @@
 
 from contextlib import contextmanager
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -435,11 +437,11 @@ def test_a_callers_context_changes_nothing(models, tokenizer, n_steps, context):
         assert_close(captum.attributions[0], expected.attributions[0], rtol=1e-4, atol=1e-6, what="Captum's")
 
 
-@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1], "LABEL_1", ["LABEL_1"]])
+@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([1]), [1], "LABEL_1", ["LABEL_1"],
+                                    np.array([1]), np.array(1), pd.Series(["LABEL_1"]), pd.Series([1]).values])
 def test_target_forms_are_equivalent(models, tokenizer, target):
-    """An int in any form, or the label's name in the model's config (its label2id), is the same target."""
-    import numpy as np
-
+    """An int in any form, or the label's name in the model's config (its label2id), is the same target: a
+    data frame's label column (its values, a numpy array, were refused) too."""
     engine = fastig.Engine(models("bert"), tokenizer)
     reference = engine.attribute("good film", n_steps=4, target=np.int64(1))
     result = engine.attribute("good film", n_steps=4, target=target)
