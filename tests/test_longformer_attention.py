@@ -66,7 +66,8 @@ def test_banded_attention_is_hugging_faces(device, kernel, window, length, batch
     backward = not (device == "cpu" and kernel == "flex")
     expected_logits, expected_gradient = _logits_and_gradient(model, ids, attention_mask, global_mask, None, backward)
     logits, gradient = _logits_and_gradient(model, ids, attention_mask, global_mask, kernel, backward)
-    assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5, what="logits")
+    # 2e-5 of the largest logit: fp32 sums in another order (1.2e-5 with logits up to 2.9 on an AVX2-only EPYC)
+    assert_close(logits, expected_logits, rtol=1e-5, atol=2e-5 * float(expected_logits.abs().max()), what="logits")
     if gradient is None:
         return
     # 5e-5 of the largest entry: CUDA's attention kernels sum in another order (8e-6 of 0.22 seen on an H200)

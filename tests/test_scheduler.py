@@ -38,7 +38,8 @@ def _assert_same_document(result, i, alone, what):
     # (1.8e-4 of the largest point at the first node, Longformer on an Intel Xeon of this kind, 2026-12-03).
     scale = float(alone.integrand.abs().max())
     assert_close(result.integrand[i], alone.integrand[0], rtol=1e-5, atol=1e-3 * scale, what=f"{what} integrand")
-    assert float(result.delta[i]) == pytest.approx(float(alone.delta[0]), abs=1e-6)
+    # fp32 rounding of the delta's own size too (1.1e-6 of -0.29, DistilBERT on an AVX2-only EPYC)
+    assert float(result.delta[i]) == pytest.approx(float(alone.delta[0]), rel=1e-5, abs=1e-6)
     assert int(result.prediction[i]) == int(alone.prediction[0]) and result.tokens[i] == alone.tokens[0]
 
 
