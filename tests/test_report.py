@@ -278,6 +278,36 @@ def test_a_chinese_page_shows_its_text_as_written_and_passages_by_sentence(tmp_p
     assert sorted(set(passages)) == sorted(sentences), passages
 
 
+def test_a_cut_document_shows_what_the_model_did_not_read(models, tokenizer, tmp_path):
+    """A document longer than the model reads: its page says how many tokens were cut and shows their text
+    grey after the explained words (the page ended at the cut as if the document did), and the index counts
+    them; a long passage is listed shortened at a word's end, marked (cut mid-word, "w18 fi" read as a word)."""
+    import fastig
+
+    words = [f"w{(7 * k) % 100}" for k in range(60)]
+    text = " ".join(words[:50]) + ". " + " ".join(words[50:]) + "."
+    assert text[160] != " "         # the listed passage's length falls inside a word
+    result = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=4, max_length=55)
+    document = result.documents[0]
+    assert document.truncated_tokens == 7
+    page = tmp_path / "page.html"
+    page.write_text(document_page(document, result.labels))
+    shown = _measured(page, "[document.querySelector('.text').innerText, document.querySelector('.cut').innerText, "
+                            "getComputedStyle(document.querySelector('.cut')).color, "
+                            "Array.from(document.querySelectorAll('li a')).map(a => a.innerText), "
+                            "document.body.innerText]")
+    whole, cut, cut_colour, passages, body = shown
+    assert whole.strip() == text and cut.strip() == " ".join(words[54:]) + "."     # 50 words, ".", 4 words read
+    assert cut_colour == "rgb(119, 119, 119)"
+    assert "The model read 57 tokens of this document and explains those: 7 more were cut" in body
+    longest = max(passages, key=len)
+    assert longest.endswith(" …") and len(longest) <= 162 and text.startswith(longest[:-2])
+    assert longest[:-2].split() == words[:len(longest[:-2].split())]
+    index = tmp_path / "index.html"
+    index.write_text(index_page(result.documents, result.labels, "cut"))
+    assert _measured(index, "document.querySelector('#documents tbody td:nth-child(7)').innerText") == "57 (7 cut)"
+
+
 # The seed's case: a Longformer with a byte-level BPE tokenizer explaining documents of 2,000+ tokens.
 MARKERS = ("\u0120", "\u010a", "\u00e2\u0122", "\u00c3\u00a9", "\u2581", "##", "<s>", "</s>")    # Ġ Ċ âĢ Ã© ▁
 

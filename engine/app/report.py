@@ -44,6 +44,8 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f3f3f3; }
 .text { white-space: pre-wrap; line-height: 1.9; font-size: 1.05em; max-width: none; }
 mark { padding: 0.05em 0; border-radius: 0.15em; color: #000; }
+.cut { color: #777; }
+.cut::before { content: "[not read by the model: cut at its length] "; font-style: italic; color: #a00; }
 .tables { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }   /* charts keep their height */
 th.sortable { cursor: pointer; }
 .legend span { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle; }
@@ -71,6 +73,7 @@ document.querySelectorAll("th.sortable").forEach(function (header, column) {
 
 SCALE_PERCENTILE = 99       # colours saturate at this percentile of a document's |score|
 PASSAGES = 5                # sentences listed per direction
+PASSAGE_CHARS = 160         # a listed sentence's length, longer ones shortened at a word's end
 PAGES_BAR_DELAY_S = 2.0     # a report that takes longer shows a bar of its pages
 # A sentence's last unit: its full stop, question or exclamation mark, also the ideographic and fullwidth ones
 # of Chinese and Japanese (a Chinese document was one passage), then any closing quotes or brackets; in a
@@ -113,15 +116,23 @@ def _sentences(units) -> list[list[int]]:
 
 def highlighted_text(record: DocumentResult, units, scale: float, starts: dict) -> str:
     """The document's text with each unit highlighted; the text between units (spaces, line breaks) kept as
-    it is. starts: {unit index: anchor id} of the sentences the summary links to."""
+    it is, and in a document cut at the model's length the text it did not read, grey and labelled (it was
+    left off the page, which ended at the cut as if the document did). starts: {unit index: anchor id} of
+    the sentences the summary links to."""
     if record.text is None or any(u.start is None for u in units):
         return " ".join(_mark(u, scale, f' id="{starts[i]}"' if i in starts else "") for i, u in enumerate(units))
+
+    def between(text: str) -> str:
+        # Text between units is spaces unless tokens were cut: a pair's first text loses its end, a text its tail.
+        if record.truncated_tokens and text.strip():
+            return f'<span class="cut">{html.escape(text)}</span>'
+        return html.escape(text)
     pieces, end = [], 0
     for i, unit in enumerate(units):
-        pieces.append(html.escape(record.text[end:unit.start]))
+        pieces.append(between(record.text[end:unit.start]))
         pieces.append(_mark(unit, scale, f' id="{starts[i]}"' if i in starts else ""))
         end = unit.end
-    return "".join(pieces)
+    return "".join(pieces) + between(record.text[end:])
 
 
 def _passage_text(record: DocumentResult, units, sentence: list[int]) -> str:
@@ -131,11 +142,20 @@ def _passage_text(record: DocumentResult, units, sentence: list[int]) -> str:
     return " ".join(units[i].text for i in sentence)
 
 
+def _shortened(text: str) -> str:
+    """The text, or its first PASSAGE_CHARS cut at its last space there and marked "…" (cut mid-word, a
+    passage ending "great w18 fi" read as if "fi" were a word)."""
+    if len(text) <= PASSAGE_CHARS:
+        return text
+    kept = text[:PASSAGE_CHARS]
+    return kept.rsplit(" ", 1)[0] + " …" if " " in kept else kept + "…"
+
+
 def _passages(record: DocumentResult, units, sentences: list[list[int]], target: str) -> str:
     scored = sorted(((sum(units[i].score for i in s), n) for n, s in enumerate(sentences)), reverse=True)
 
     def listed(chosen, title):
-        items = "".join(f'<li><a href="#s{n}">{html.escape(_passage_text(record, units, sentences[n])[:160])}'
+        items = "".join(f'<li><a href="#s{n}">{html.escape(_shortened(_passage_text(record, units, sentences[n])))}'
                         f"</a> ({score:+.3f})</li>" for score, n in chosen)
         return f"<div><h3>{html.escape(title)}</h3><ol>{items}</ol></div>"
     positive = [p for p in scored if p[0] > 0][:PASSAGES]
@@ -217,6 +237,9 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
                else f"; {html.escape(target)} p = {float(record.probs[record.target]):.3f}")
             + ("" if record.label is None else f"; label {html.escape(label_name(record.label, labels))}")
             + f"; attribution score (sum of the normalized token scores) {float(record.token_scores.sum()):+.2f}.</p>"
+            + (f"<p>The model read {len(record.tokens)} tokens of this document and explains those: "
+               f"{record.truncated_tokens} more were cut at its length (max_length), shown grey in the text "
+               "below.</p>" if record.truncated_tokens else "")
             + _legend(target, scale)
             + _passages(record, units, sentences, target)
             + f'<h2>Text, each {unit} coloured</h2><div class="text">{highlighted_text(record, units, scale, starts)}</div>'
@@ -297,7 +320,8 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
         + cell(r.target, html.escape(label_name(r.target, labels)))
         + cell(r.probability, f"{r.probability:.3f}") + cell(r.delta, f"{r.delta:+.2e}")
-        + cell(len(r.tokens), len(r.tokens)) + "</tr>" for r in records)
+        + cell(len(r.tokens), f"{len(r.tokens)} ({r.truncated_tokens} cut)" if r.truncated_tokens else len(r.tokens))
+        + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
                       for name in ("document", "label", "prediction", "target", "probability", "delta", "tokens"))
     grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
