@@ -207,10 +207,14 @@ def test_texts_cut_in_one_call_are_said_in_one_warning(models, tokenizer):
 
 
 def test_truncation_warning_is_one_line_on_the_command_line(model_dir, capsys):
+    """Said once on standard error, and the document's line counts what was cut (a run's many documents
+    scroll the warning away)."""
     assert exit_code(["attribute", "--model", str(model_dir), "--text", make_text(12), "--max-length", "5",
                       "--n-steps", "4"]) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    printed = capsys.readouterr()
+    err = [line for line in printed.err.splitlines() if "warning" in line]
     assert len(err) == 1 and "fastig attribute: warning: texts[0]: 12 tokens, the first 5 kept and 7 dropped" in err[0]
+    assert "document 0: 7 tokens (7 cut) | " in printed.out
 
 
 def _nan_classifier(model):

@@ -26,7 +26,8 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
         attributed = name(d.target)
         if d.target != d.prediction:
             attributed = f"{attributed} (p={float(d.probs[d.target]):.3f})"
-        print(f"document {i // records_per_text if d.id is None else d.id}: {len(d.tokens)} tokens | "
+        cut = f" ({d.truncated_tokens} cut)" if d.truncated_tokens else ""
+        print(f"document {i // records_per_text if d.id is None else d.id}: {len(d.tokens)} tokens{cut} | "
               f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = d.top_bottom_words(k, tokens)
