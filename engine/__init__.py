@@ -9,6 +9,7 @@ from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, Inpu
                      MemoryBudgetError, MethodError, ModelLoadError, NonFiniteError, OutputError, TargetError)
 from .inputs import TruncationWarning
 from .models import load_classifier
+from .precision import PrecisionWarning
 from .result import Attribution, DocumentResult, RunStats
 from .scheduler import retain_freed_cpu_memory
 
@@ -30,5 +31,5 @@ def unpatch_captum() -> None:
 
 __all__ = ["Attribution", "DocumentResult", "Engine", "RunStats", "FastIGError", "InputError", "EmptyTextError",
            "TargetError", "MethodError", "BaselineError", "DataError", "ModelLoadError", "LayerNotFoundError",
-           "MemoryBudgetError", "NonFiniteError", "OutputError", "Interrupted", "TruncationWarning", "load_classifier",
-           "patch_captum", "unpatch_captum", "retain_freed_cpu_memory", "__version__"]
+           "MemoryBudgetError", "NonFiniteError", "OutputError", "Interrupted", "TruncationWarning", "PrecisionWarning",
+           "load_classifier", "patch_captum", "unpatch_captum", "retain_freed_cpu_memory", "__version__"]

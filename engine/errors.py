@@ -1,4 +1,10 @@
-"""Every error fastig raises on purpose: one base class, one subclass per kind of mistake."""
+"""Every error fastig raises on purpose: one base class, one subclass per kind of mistake; and where its
+warnings point."""
+
+import os
+import sys
+
+TORCH_DECORATOR = os.path.join("torch", "utils", "_contextlib.py")
 
 
 class FastIGError(Exception):
@@ -67,3 +73,14 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, result=None):
         super().__init__(message)
         self.result = result
+
+
+def caller_outside_fastig() -> int:
+    """warnings.warn's stacklevel, from the function calling this one, of the first frame outside fastig
+    and torch's decorators around its calls (Engine.attribute's inference_mode): the user's line, whether
+    they called Engine(...), Engine.attribute or Engine.documents."""
+    package, frame, level = os.path.dirname(__file__) + os.sep, sys._getframe(2), 2     # 2: the warner's caller
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(package)
+                                        or frame.f_code.co_filename.endswith(TORCH_DECORATOR)):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -9,8 +9,6 @@ template's special tokens. Masks are left to the model where it builds them itse
 position ids), so baseline and input embed exactly as they do in a plain forward call.
 """
 
-import os
-import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from .display import WORD_START_MARKERS
-from .errors import BaselineError, EmptyTextError, InputError
+from .errors import BaselineError, EmptyTextError, InputError, caller_outside_fastig
 
 
 class TruncationWarning(UserWarning):
@@ -30,7 +28,6 @@ BASELINES = ("pad", "unk", "mask", "zeros")
 OFFSET_POSITION_MODELS = ("roberta", "longformer", "xlm-roberta", "camembert", "xlm-roberta-xl")
 TEMPLATE_PROBE = "text"     # encoded with and without special tokens: what the tokenizer's template adds
 PAIR_SEPARATOR = "\n\n"     # between a pair's texts where they are shown as one
-TORCH_DECORATOR = os.path.join("torch", "utils", "_contextlib.py")
 
 
 @dataclass
@@ -219,18 +216,7 @@ def warn_cut(cuts: list[str], texts: int, shown: int = 3) -> None:
         cuts = [f"{len(cuts)} of {texts} texts were cut (each record's truncated_tokens says by how much): "
                 + "; ".join(cuts[:shown]) + more]
     if cuts:
-        warnings.warn(cuts[0], TruncationWarning, stacklevel=_caller_outside_fastig())
-
-
-def _caller_outside_fastig() -> int:
-    """warnings.warn's stacklevel, from the function calling this one, of the first frame outside fastig
-    and torch's decorators around its calls (Engine.attribute's inference_mode): the user's line, whether
-    they called Engine.attribute or Engine.documents."""
-    package, frame, level = os.path.dirname(__file__) + os.sep, sys._getframe(2), 2     # 2: warn_cut's caller
-    while frame.f_back is not None and (frame.f_code.co_filename.startswith(package)
-                                        or frame.f_code.co_filename.endswith(TORCH_DECORATOR)):
-        frame, level = frame.f_back, level + 1
-    return level
+        warnings.warn(cuts[0], TruncationWarning, stacklevel=caller_outside_fastig())
 
 
 def display_tokens(tokens: list[str], encoded: Encoded, tokenizer, special: list[int]) -> list[str]:
