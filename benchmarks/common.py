@@ -203,9 +203,10 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
         milliseconds = do_bench(lambda: a @ b)
         return 2 * size ** 3 / (milliseconds / 1e3)
     # The best of several runs: a ceiling, not a typical value (a median read 127 GFLOP/s
-    # where the best read 197 on a shared 2-core EPYC, below what the models reached).
-    a @ b
-    _, times, _ = median_seconds(lambda: a @ b, repeats=10)
+    # where the best read 197 on a shared 2-core EPYC, below what the models reached). Ten of them, or
+    # as many as take about 2 s: an emulated bf16 (an AVX2-only EPYC, 0.8 GFLOP/s) took 22 s a run at 2048.
+    _, first, _ = median_seconds(lambda: a @ b, repeats=1)
+    _, times, _ = median_seconds(lambda: a @ b, repeats=max(2, min(10, int(2.0 / first[0]))))
     return 2 * size ** 3 / min(times)
 
 
