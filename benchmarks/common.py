@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -631,6 +632,11 @@ def _send_outcome(sending, fn, args) -> None:
 
     By plain pickle, tensors by value: multiprocessing's pickler would send them as shared memory that
     the parent fetches from this process, which has ended by then."""
+    from fastig.precision import PrecisionWarning
+
+    # The suite times every precision on purpose; the matmul peak line shows one the CPU emulates (a
+    # warning per row filled the log).
+    warnings.filterwarnings("ignore", category=PrecisionWarning)
     try:
         outcome = (True, fn(*args), None)
     except BaseException as error:      # Ctrl-C included: the parent decides what it means

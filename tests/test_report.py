@@ -287,7 +287,8 @@ def test_a_cut_document_shows_what_the_model_did_not_read(models, tokenizer, tmp
     words = [f"w{(7 * k) % 100}" for k in range(60)]
     text = " ".join(words[:50]) + ". " + " ".join(words[50:]) + "."
     assert text[160] != " "         # the listed passage's length falls inside a word
-    result = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=4, max_length=55)
+    with pytest.warns(fastig.TruncationWarning, match="the first 55 kept and 7 dropped"):
+        result = fastig.Engine(models("bert"), tokenizer).attribute(text, n_steps=4, max_length=55)
     document = result.documents[0]
     assert document.truncated_tokens == 7
     page = tmp_path / "page.html"
