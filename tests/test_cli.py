@@ -225,6 +225,7 @@ def test_a_stopped_attribute_keeps_the_documents_done_beside_its_out(model_dir, 
                        "(fastig report reads it)")
     saved = json.loads(partial.read_text())
     assert not out.exists() and saved["interrupted"] == "1 of 3 documents done"
+    assert saved["stopped_by"] == "an interrupt (Ctrl-C or SIGTERM)"
     assert [d["id"] for d in saved["documents"]] == [0] and saved["documents"][0]["text"] == texts[0]
     assert main(["report", str(partial), "--out", str(tmp_path / "report")]) == 0
     monkeypatch.undo()      # the whole run again: its result, and no stopped run's documents beside it
@@ -260,7 +261,9 @@ def test_an_attribute_stopped_by_an_error_keeps_the_documents_done(model_dir, mo
     assert capsys.readouterr().out.startswith("document 0: ") and not out.exists()
     assert failed.value.__notes__[-1] == (f"fastig attribute: the 1 of 3 documents done are printed above and in "
                                           f"{partial} (fastig report reads it)")
-    assert json.loads(partial.read_text())["interrupted"] == "1 of 3 documents done"
+    saved = json.loads(partial.read_text())
+    assert saved["interrupted"] == "1 of 3 documents done"
+    assert saved["stopped_by"] == "RuntimeError: DefaultCPUAllocator: not enough memory"
     calls.clear()
     stop_at_group(monkeypatch, error=fastig.MemoryBudgetError("memory_budget='1GB' is too small"))
     assert main(["attribute", "--model", model_dir, *texts, "--n-steps", "4"]) == 2      # said in one line

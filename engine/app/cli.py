@@ -266,7 +266,7 @@ def cmd_attribute(args) -> int:
         if main_process and done_before is not None:
             print_result(done_before, args.top_k, tokens=args.tokens)
             done = f"{len({record.id for record in done_before.documents})} of {len(texts)} documents done"
-            stop.kept = (f"the {done} are printed above and in {_keep_partial(args, done_before, done)} (fastig "
+            stop.kept = (f"the {done} are printed above and in {_keep_partial(args, done_before, done, stop)} (fastig "
                          "report reads it)" if args.out else f"the {done} are printed above (`fastig dataset` keeps "
                          "each finished one and resumes)")
             if not isinstance(stop, (Interrupted, FastIGError, OSError)):    # those are said in one line
@@ -289,13 +289,16 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.partial.json")
 
 
-def _keep_partial(args, result, done: str) -> Path:
-    """The documents an interrupted attribute finished (`done`: "N of M documents done"), written to
-    OUT.partial.json (marked "interrupted" with it), which `fastig report` reads; its path."""
+def _keep_partial(args, result, done: str, stop: BaseException) -> Path:
+    """The documents a stopped attribute finished (`done`: "N of M documents done"), written to
+    OUT.partial.json (marked "interrupted" with it, and "stopped_by" the interrupt or the error, which a file
+    read later did not say), which `fastig report` reads; its path."""
     from .files import to_json, write_atomically
 
+    stopped_by = "an interrupt (Ctrl-C or SIGTERM)" if isinstance(stop, Interrupted) else \
+        f"{type(stop).__name__}: {stop}"
     path = _partial_path(args.out)
-    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": done,
+    write_atomically(path, to_json({**result.to_dict(args.top_k), "interrupted": done, "stopped_by": stopped_by,
                                     "source": _source_facts(args)}))
     return path
 
