@@ -148,6 +148,12 @@ def model_and_tokenizer(model, tokenizer=None) -> tuple[nn.Module, object]:
         raise ModelLoadError(f"model of type {type(model).__name__} has no .config: give a transformers sequence "
                              "classifier; a module of your own goes through fastig.captum.LayerIntegratedGradients "
                              "with its forward function")
+    if callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None:
+        # A language model (a fill-mask or text-generation pipeline's) scores every vocabulary token at every
+        # position: it was taken here and refused at its first call, after the data was read and planned.
+        raise ModelLoadError(f"model of type {type(model).__name__} is a language model (its logits score the "
+                             "vocabulary at each position): give a sequence classifier; for generated text use "
+                             "fastig.llm.attribute_generation")
     return model, load_tokenizer(str(tokenizer)) if named_tokenizer else tokenizer
 
 

@@ -66,21 +66,29 @@ def test_a_model_whose_input_embeddings_transformers_cannot_find(tokenizer, monk
         fastig.Engine(model, tokenizer)
 
 
-@pytest.mark.parametrize("head, gives", [("TokenClassification", r"logits of shape \[\d+, \d+, 3\]"),
-                                         ("MaskedLM", r"logits of shape \[\d+, \d+, 117\]"),
-                                         ("QuestionAnswering", "a QuestionAnsweringModelOutput without logits"),
-                                         ("Model", "a BaseModelOutputWithPoolingAndCrossAttentions without logits")])
-def test_a_model_that_is_no_sequence_classifier_is_named(tokenizer, head, gives):
+CLASSIFIERS = "fastig explains sequence classifiers"
+
+
+@pytest.mark.parametrize("head, said", [
+    ("TokenClassification", rf"BertForTokenClassification gives logits of shape \[\d+, \d+, 3\]: {CLASSIFIERS}"),
+    ("MaskedLM", "BertForMaskedLM is a language model .*: give a sequence classifier; for generated text use "
+                 "fastig.llm"),
+    ("QuestionAnswering", f"BertForQuestionAnswering gives a QuestionAnsweringModelOutput without logits: {CLASSIFIERS}"),
+    ("Model", f"BertModel gives a BaseModelOutputWithPoolingAndCrossAttentions without logits: {CLASSIFIERS}")])
+def test_a_model_that_is_no_sequence_classifier_is_named(tokenizer, head, said):
     """AutoModel for AutoModelForSequenceClassification, or another head, failed deep in an index or an
-    attribute of its output: a ModelLoadError names the class, what it gives and what fastig explains."""
+    attribute of its output: a ModelLoadError names the class, what it gives and what fastig explains; a
+    language model (a fill-mask pipeline's) as soon as it is given to Engine, not at its first call."""
     import transformers
 
     from conftest import COMMON
 
     config = transformers.BertConfig(**{**COMMON, "num_labels": 2 if head == "QuestionAnswering" else 3})
     model = getattr(transformers, f"Bert{'' if head == 'Model' else 'For'}{head}")(config).eval()
-    with pytest.raises(ModelLoadError, match=f"Bert\\w* gives {gives}: fastig explains sequence classifiers"):
-        fastig.Engine(model, tokenizer).attribute("good film", n_steps=2)
+    with pytest.raises(ModelLoadError, match=said):
+        engine = fastig.Engine(model, tokenizer)
+        assert head != "MaskedLM", "a language model was taken"
+        engine.attribute("good film", n_steps=2)
 
 
 def test_layer_without_token_output(models, tokenizer):
