@@ -60,7 +60,7 @@ def resolve(precision: str, device: torch.device) -> Precision:
         raise InputError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
     if precision == "auto":
         precision = _gpu_low_precision(device) if device.type == "cuda" else "fp32"
-    if device.type == "cpu" and not _fast_on_this_cpu(precision):
+    if device.type == "cpu" and not native_on_this_cpu(precision):
         warnings.warn(f"precision={precision!r} on this CPU, which has no {precision} matrix units "
                       f"({CPU_UNITS[precision]}): torch emulates them, 20x slower than fp32 for a 4-layer BERT on an "
                       "AVX2 EPYC; precision='fp32' (or 'auto') is the fast one here", PrecisionWarning,
@@ -71,7 +71,7 @@ def resolve(precision: str, device: torch.device) -> Precision:
 CPU_UNITS = {"bf16": "AVX512-BF16 or AMX", "fp16": "AMX-FP16"}
 
 
-def _fast_on_this_cpu(precision: str) -> bool:
+def native_on_this_cpu(precision: str) -> bool:
     """Whether this CPU multiplies matrices of this precision natively (fp32 always). fp16 without AMX-FP16
     ran a Longformer step 40x slower than fp32 even on the AVX512-BF16 EPYC."""
     if precision == "bf16":

@@ -209,6 +209,19 @@ def test_plot_is_a_png_of_both_sweeps(bench):
     assert width > 800 and height > 500   # two sweeps side by side, time above memory
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_a_quick_cpu_run_times_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16):
+    """A quick run on a CPU that emulates bf16 (an AVX2-only EPYC: 20x slower than fp32) leaves it out rather
+    than spend its minutes timing emulation; a tiny run (the tests') and a GPU's keep every precision."""
+    monkeypatch.setattr(scenarios, "native_on_this_cpu", lambda precision: precision == "fp32" or native_bf16)
+    timed = ["fp32", "bf16"] if native_bf16 else ["fp32"]
+    assert scenarios.fastig_precisions("quick", "quick", "cpu") == timed
+    assert scenarios.fastig_precisions("model_step", "quick", "cpu") == timed
+    assert scenarios.fastig_precisions("long_document", "quick", "cpu") == ["fp32"]
+    assert scenarios.fastig_precisions("quick", "tiny", "cpu") == ["fp32", "bf16", "fp16"]
+    assert scenarios.fastig_precisions("model_step", "quick", "cuda") == ["fp32", "bf16"]
+
+
 def test_flop_estimate_matches_torch_flop_counter():
     """The useful-FLOPs model of a BERT step agrees with what torch counts for forward + input gradient."""
     from torch.utils.flop_counter import FlopCounterMode
