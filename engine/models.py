@@ -148,7 +148,7 @@ def model_and_tokenizer(model, tokenizer=None) -> tuple[nn.Module, object]:
         raise ModelLoadError(f"model of type {type(model).__name__} has no .config: give a transformers sequence "
                              "classifier; a module of your own goes through fastig.captum.LayerIntegratedGradients "
                              "with its forward function")
-    if callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None:
+    if _output_embeddings(model) is not None:
         # A language model (a fill-mask or text-generation pipeline's) scores every vocabulary token at every
         # position: it was taken here and refused at its first call, after the data was read and planned.
         raise ModelLoadError(f"model of type {type(model).__name__} is a language model (its logits score the "
@@ -200,6 +200,14 @@ def _input_embeddings(model: nn.Module) -> nn.Module | None:
     try:
         return model.get_input_embeddings()
     except (AttributeError, NotImplementedError):     # transformers' default raises for models it cannot handle
+        return None
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    """A language model's head over the vocabulary; None for classifiers (and modules that cannot say)."""
+    try:
+        return model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
         return None
 
 

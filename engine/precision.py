@@ -20,6 +20,7 @@ class PrecisionWarning(UserWarning):
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_UNITS = {"bf16": "AVX512-BF16 or AMX", "fp16": "AMX-FP16"}     # what multiplies each low precision natively
 
 # fp16 keeps 5 exponent bits: gradients of a probability through a deep model reach 1e-8 and
 # below and flush to zero. The target is multiplied by this before the backward pass and the
@@ -66,9 +67,6 @@ def resolve(precision: str, device: torch.device) -> Precision:
                       "AVX2 EPYC; precision='fp32' (or 'auto') is the fast one here", PrecisionWarning,
                       stacklevel=caller_outside_fastig())
     return Precision(precision, device.type)
-
-
-CPU_UNITS = {"bf16": "AVX512-BF16 or AMX", "fp16": "AMX-FP16"}
 
 
 def native_on_this_cpu(precision: str) -> bool:
