@@ -332,8 +332,22 @@ def test_the_label_column_is_found_by_its_usual_names(model_dir, tmp_path):
     assert json.loads((tmp_path / "none" / "manifest.json").read_text())["settings"]["label_column"] == ""
 
 
+def test_the_text_column_is_found_by_its_usual_names(model_dir, tmp_path):
+    """GLUE's SST-2 calls its texts "sentence" (a default of "text" alone refused it until named): read
+    without --text-column, as the same texts under "text" are, and the manifest names the column read."""
+    sst2 = tmp_path / "sst2.tsv"
+    sst2.write_text("idx\tsentence\tlabel\n" + "".join(f"{i}\t{t}\t{y}\n" for i, (t, y) in
+                                                        enumerate(zip(TEXTS[:4], LABELS[:4]))))
+    assert exit_code(_args(model_dir, sst2, tmp_path / "sst2", "--target", "label")) == 0
+    records = _records(tmp_path / "sst2")
+    assert [r["text"] for r in records] == TEXTS[:4] and [r["label"] for r in records] == LABELS[:4]
+    assert json.loads((tmp_path / "sst2" / "manifest.json").read_text())["settings"]["text_column"] == "sentence"
+
+
 @pytest.mark.parametrize("content, extra, fragment", [
     (None, ["--text-column", "body"], "--text-column 'body' is not a column"),
+    ("body,labels\na b,0\n", [], "has no 'text' or 'sentence' or 'content' or 'review' column: name the column "
+                                 "of the texts with --text-column; columns: body, labels"),
     (None, ["--pair-column", "hypothesis"], "--pair-column 'hypothesis' is not a column"),
     ("text,labels\na b,7\n", ["--target", "label"], "label 7 is not a class id"),
     ("text,labels\na b,good\n", [], "label 'good' is not a class id"),
@@ -594,12 +608,12 @@ def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_p
     from fastig.app.dataset import read_rows
     from fastig.errors import DataError
 
-    expected, _, _ = read_rows(str(data_files / "docs.csv"), limit=5)
+    expected = read_rows(str(data_files / "docs.csv"), limit=5).rows
     pd.DataFrame({"text": TEXTS, "labels": LABELS}).to_parquet(tmp_path / "docs.parquet")
-    assert read_rows(str(tmp_path / "docs.parquet"), limit=5)[0] == expected
+    assert read_rows(str(tmp_path / "docs.parquet"), limit=5).rows == expected
     datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": TEXTS, "labels": LABELS})}).save_to_disk(
         str(tmp_path / "saved"))
-    assert read_rows(str(tmp_path / "saved"), split="test", limit=5)[0] == expected
+    assert read_rows(str(tmp_path / "saved"), split="test", limit=5).rows == expected
     with pytest.raises(DataError, match="--split 'train' is not a split"):
         read_rows(str(tmp_path / "saved"), split="train")
 

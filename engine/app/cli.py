@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="a CSV, TSV, JSONL or parquet file, a folder written by save_to_disk, or a hub data set name")
     p.add_argument("--split", default="test", help="split of a save_to_disk folder or hub data set (default: test)")
-    p.add_argument("--text-column", default="text", help="the column of the texts to explain (default: text)")
+    p.add_argument("--text-column", help="the column of the texts to explain (default: the data's 'text', "
+                                         "'sentence', 'content' or 'review' column, the first it has)")
     p.add_argument("--pair-column", help="a second text per document, for pair classifiers (premise and "
                                          "hypothesis, query and passage): each document is the pair")
     p.add_argument("--label-column", help="class ids or label names ('' for none; default: the data's 'labels' or "
@@ -416,9 +417,8 @@ def cmd_dataset(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
-    rows, data_fingerprint, label_column = read_rows(args.data, args.split, args.text_column, args.label_column,
-                                                     args.limit, need_labels=args.target == "label",
-                                                     pair_column=args.pair_column)
+    data = read_rows(args.data, args.split, args.text_column, args.label_column, args.limit,
+                     need_labels=args.target == "label", pair_column=args.pair_column)
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config
@@ -426,15 +426,16 @@ def cmd_dataset(args) -> int:
         args.target = _resolved_target(args.target, config)
         for target in args.target if isinstance(args.target, list) else [args.target]:
             check_target(target, 1, config.num_labels)
-    rows = class_ids(rows, config, need_labels=args.target == "label")
+    rows = class_ids(data.rows, config, need_labels=args.target == "label")
     if state is None or state.is_main_process:
         output_folder(args.out, "--out")
     default_path = uses_default_path(args.n_steps, args.method, args.precision)
     settings = {"model": args.model, "tokenizer": args.tokenizer or args.model, "layer": args.layer or "embeddings",
-                "data": args.data, "split": args.split, "text_column": args.text_column,
+                "data": args.data, "split": args.split, "text_column": data.text_column,
                 "pair_column": args.pair_column,
                 # the column found, else as given (an absent "labels" reads as runs before this version wrote it)
-                "label_column": label_column or (LABEL_COLUMNS[0] if args.label_column is None else args.label_column),
+                "label_column": data.label_column or (LABEL_COLUMNS[0] if args.label_column is None
+                                                      else args.label_column),
                 "limit": args.limit, "target": args.target,
                 "n_steps": args.n_steps, "tolerance": args.tolerance if args.n_steps == "auto" else None,
                 "accuracy": args.accuracy if default_path else None,
@@ -444,7 +445,7 @@ def cmd_dataset(args) -> int:
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
                 "top_k": args.top_k, "labels": label_names(config)}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-    fingerprints = {"data": data_fingerprint, "model": _model_fingerprint(args, engine)}
+    fingerprints = {"data": data.fingerprint, "model": _model_fingerprint(args, engine)}
     summary = run_dataset(engine, rows, args.out, settings, fingerprints, versions, args.target, args.top_k,
                           args.shard_size,
                           state=state, n_steps=args.n_steps, tolerance=args.tolerance, max_steps=args.max_steps,

@@ -103,20 +103,37 @@ def _columns_of(data: str, split: str, text_columns: list[str]):
     return loaded.to_dict(), fingerprint(path) if path.is_dir() else loaded._fingerprint
 
 
+# The text column when none is named: imdb, ag_news, yelp and tweet_eval call it "text", GLUE's SST-2 and CoLA
+# "sentence", amazon_polarity "content"; a default of "text" alone refused SST-2 until named.
+TEXT_COLUMNS = ("text", "sentence", "content", "review")
 # The label column when none is named: multi-label sets (go_emotions) call it "labels", most others (imdb,
 # sst2, ag_news, tweet_eval) "label"; a default of "labels" alone left those sets' runs without labels.
 LABEL_COLUMNS = ("labels", "label")
 
 
-def read_rows(data: str, split: str = "test", text_column: str = "text", label_column: str | None = None,
-              limit: int | None = None, need_labels: bool = False,
-              pair_column: str | None = None) -> tuple[list[Row], str, str | None]:
-    """The first `limit` documents (all by default) of the data set, checked before any work starts, the
-    data's fingerprint and the label column read; with `pair_column` each document is the pair (text, its
-    pair's text). label_column None: the first of LABEL_COLUMNS the data has (or none); "": none; a name the
-    data lacks is refused."""
+@dataclass(frozen=True)
+class DataRead:
+    """The documents read, the data's fingerprint and the columns they came from (label_column None: none)."""
+    rows: list[Row]
+    fingerprint: str
+    text_column: str
+    label_column: str | None
+
+
+def read_rows(data: str, split: str = "test", text_column: str | None = None, label_column: str | None = None,
+              limit: int | None = None, need_labels: bool = False, pair_column: str | None = None) -> DataRead:
+    """The first `limit` documents (all by default) of the data set, checked before any work starts; with
+    `pair_column` each document is the pair (text, its pair's text). text_column None: the first of
+    TEXT_COLUMNS the data has (none is refused); label_column None: the first of LABEL_COLUMNS the data has
+    (or none); "": none. A column named that the data lacks is refused."""
+    candidates = TEXT_COLUMNS if text_column is None else (text_column,)
+    columns, data_fingerprint = _columns_of(data, split, [*candidates, *([pair_column] if pair_column else [])])
+    if text_column is None:
+        text_column = next((column for column in TEXT_COLUMNS if column in columns), None)
+        if text_column is None:
+            raise DataError(f"{data!r} has no {' or '.join(map(repr, TEXT_COLUMNS))} column: name the column of "
+                            f"the texts with --text-column; columns: {', '.join(columns)}")
     text_columns = {"--text-column": text_column, "--pair-column": pair_column}
-    columns, data_fingerprint = _columns_of(data, split, [c for c in text_columns.values() if c is not None])
     for option, column in text_columns.items():
         if column is not None and column not in columns:
             raise DataError(f"{option} {column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
@@ -135,7 +152,8 @@ def read_rows(data: str, split: str = "test", text_column: str = "text", label_c
     labels = columns[label_column][:limit] if label_column is not None else [None] * len(texts)
     if not texts:
         raise DataError(f"--data {data!r} holds no document")
-    return [Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint, label_column
+    return DataRead([Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint,
+                    text_column, label_column)
 
 
 def class_ids(rows: list[Row], config, need_labels: bool = False) -> list[Row]:
