@@ -22,7 +22,7 @@ from .big_bird import attention_kind, block_sparse_kept, full_attention_limit
 from .compiled import check_mode
 from .errors import InputError, Interrupted, MemoryBudgetError, MethodError, NonFiniteError
 from .first_token import first_token_only
-from .forward import Endpoints, ModelStep, batch_of, endpoints, layer_width
+from .forward import Endpoints, ModelStep, batch_of, document_logits, endpoints, layer_width
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
@@ -308,6 +308,16 @@ class Engine:
     def documents(self, texts_or_ids, baseline="pad", max_length: int | None = None) -> list[Document]:
         """The documents `attribute` would build: ids, baselines, model arguments, tokens."""
         return build_documents(texts_or_ids, self.tokenizer, self.model.config, baseline, max_length)
+
+    def probabilities(self, texts_or_ids, max_length: int | None = None) -> torch.Tensor:
+        """[B, C] fp32 on the CPU: each document's class probabilities as its record's `probs` shows them (the
+        text-classification pipeline's: softmax, each label's sigmoid on a multi-label model), from one forward
+        per document: what the model predicts before anything is explained (a multi-label model's labels above
+        1/2, which target=None, the top one, leaves out). Texts and ids as `attribute` takes them."""
+        docs = self.documents(texts_or_ids, max_length=max_length)
+        with attributing(self.model), banded_attention(self.model) if self.attention == "banded" else nullcontext():
+            logits = torch.cat([document_logits(self.model, doc) for doc in docs])
+        return output_values(logits.float(), probability_output(self.model.config)).cpu()
 
     @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
     def attribute(self, texts_or_ids, target=None, n_steps: int | str | None = None, method: str | None = None,

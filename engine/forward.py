@@ -173,6 +173,13 @@ def layer_width(model: nn.Module, layer: nn.Module, doc: Document) -> int:
         return _layer_outputs(model, layer, batch.input_ids, batch.model_kwargs).shape[-1]
 
 
+def document_logits(model: nn.Module, doc: Document) -> torch.Tensor:
+    """Logits [1, C] of one document, a forward of its ids (no gradients are kept)."""
+    batch = batch_of([doc], model.config.pad_token_id or 0, next(model.parameters()).device)
+    with torch.no_grad():
+        return _logits(model, batch.input_ids, batch.model_kwargs)
+
+
 def endpoints(model: nn.Module, layer: nn.Module, batch: Batch, docs: list[Document], targets: list,
               output: str) -> Endpoints:
     """e(x), e(b), the logits and F at both ends. targets: a class id or None (the predicted class) per

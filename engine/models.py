@@ -242,12 +242,18 @@ def output_values(logits: torch.Tensor, output: str) -> torch.Tensor:
     return torch.sigmoid(logits) if output == "sigmoid" else logits
 
 
+def is_multi_label(config) -> bool:
+    """A model whose labels are each a yes or no of their own (toxicity, emotions, topics): its probabilities are
+    each label's sigmoid, and several labels may be predicted."""
+    return config.problem_type == "multi_label_classification"
+
+
 def probability_output(config) -> str:
     """The output that gives the model's probabilities as transformers' text-classification pipeline shows
     them: softmax; each label's sigmoid on a multi-label model or on one label; a regression head's values."""
     if config.problem_type == "regression":
         return "logits"
-    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+    if is_multi_label(config) or config.num_labels == 1:
         return "sigmoid"
     return "probs"
 
@@ -276,7 +282,7 @@ def resolve_output(output: str | None, config) -> str:
         raise InputError("output='probs' on a model with one label: its softmax is 1 whatever the input, so every "
                          "attribution would be 0; use output='logits' (--output logits), or 'sigmoid' for a "
                          "score read as a probability")
-    if output == "probs" and config.problem_type == "multi_label_classification":
+    if output == "probs" and is_multi_label(config):
         return "sigmoid"
     return output
 

@@ -109,6 +109,7 @@ def test_a_multi_label_model_attributes_each_labels_sigmoid(tokenizer, family):
         assert ours.documents[0].delta == pytest.approx(float(delta), abs=MAX_DELTA_DIFF)
     record = ours.documents[0]
     assert record.probs.tolist() == pytest.approx(_pipeline_scores(model, tokenizer, text), abs=1e-5)
+    assert engine.probabilities(text)[0].tolist() == pytest.approx(record.probs.tolist(), abs=1e-6)
     assert record.output_at_input == pytest.approx(float(record.probs[1]), abs=1e-6)
     assert float(record.probs.sum()) != pytest.approx(1.0, abs=1e-3)    # not a softmax
 

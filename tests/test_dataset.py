@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from fastig.app.aggregate import class_rankings, per_document, ranked
 
@@ -447,6 +448,49 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     monkeypatch.undo()
     assert exit_code(args) == 0
     assert all(_close_records(a, b) for a, b in zip(_records(folder), records, strict=True))
+
+
+def test_a_multi_label_models_prediction_is_each_label_above_one_half(tokenizer, tmp_path, capsys):
+    """The default --target predicted on a multi-label model explains every label whose sigmoid is above 1/2, a
+    record each, as its own call explains it (its top label alone left out a document's other emotions), and
+    the top label of a document with none; a run begun when "predicted" was the top label alone is not resumed
+    into these records."""
+    import fastig
+    from conftest import make_model
+
+    model = make_model("bert")
+    model.config.problem_type = "multi_label_classification"
+    texts = [make_text(6 + 3 * i, seed=10 + i) for i in range(4)]
+    head = model.classifier
+    with torch.no_grad():       # label 1 is label 0 less a margin, label 2 never predicted
+        head.weight[1], head.bias[1], head.bias[2] = head.weight[0], head.bias[0], -100.0
+        logits = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])[:, 0].sort().values
+        # by logit 0: the top document gets labels 0 and 1, the next two label 0, the last none (so its top, 0)
+        head.bias[0] -= (logits[0] + logits[1]) / 2
+        head.bias[1] -= (logits[2] + logits[3]) / 2
+        probabilities = torch.sigmoid(torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts]))
+    expected = sorted((d, c) for d in range(4) for c in range(3) if probabilities[d, c] > 0.5)
+    expected += [(d, int(probabilities[d].argmax())) for d in range(4) if not (probabilities[d] > 0.5).any()]
+    assert sorted(c for _, c in expected) == [0, 0, 0, 0, 1]      # as built: two labels, one label, none
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out"
+    assert exit_code(_args(str(model_dir), data, out)) == 0
+    records = _records(out)
+    assert sorted((r["id"], r["target"]) for r in records) == sorted(expected)
+    engine = fastig.Engine(str(model_dir))
+    for r in records:
+        alone = engine.attribute(texts[r["id"]], target=r["target"], n_steps=8)
+        assert r["token_scores"] == pytest.approx(alone.token_scores[0].tolist(), abs=1e-5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["settings"]["predicted"]           # as a run of an earlier version wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert exit_code(_args(str(model_dir), data, out)) == 2
+    assert "predicted None (then) vs 'each label above 1/2' (now)" in capsys.readouterr().err
 
 
 def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):

@@ -369,6 +369,22 @@ def test_a_model_in_training_is_explained_without_dropout_and_left_training(toke
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
+@pytest.mark.parametrize("family", ["bert", "longformer"])
+def test_probabilities_before_explaining_are_the_records(tokenizer, family):
+    """Engine.probabilities (a forward per document, what a data-set run picks a multi-label model's labels by)
+    gives each document the probabilities its record shows, for texts of other lengths and a pair of texts, a
+    model in training mode read without dropout and left training."""
+    model = make_model(family)
+    texts = [make_text(50, seed=1), make_text(7, seed=2), (make_text(9, seed=3), make_text(12, seed=4))]
+    model.train()
+    engine = fastig.Engine(model, tokenizer)
+    probabilities = engine.probabilities(texts)
+    assert model.training
+    records = engine.attribute(texts, n_steps=3).documents
+    assert probabilities.shape == (3, model.config.num_labels)
+    assert_close(probabilities, torch.stack([r.probs for r in records]), rtol=0, atol=1e-6, what="probabilities")
+
+
 def test_outputs_a_config_asks_for_are_left_out_of_the_steps(tokenizer, monkeypatch):
     """A model loaded with output_attentions or output_hidden_states (for a visualization) is explained as
     without them, and a Longformer's attention stays fastig's banded one: its maps sent it to Hugging Face's

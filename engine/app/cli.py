@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "'label' column, if it has one)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
-                   help="label (each document's label), predicted (default), all (every class, a record "
-                        "each), or a class index or label name (several as 'A,B')")
+                   help="label (each document's label), predicted (default; a multi-label model's labels "
+                        "above 1/2, a record each), all (every class, a record each), or a class index or label "
+                        "name (several as 'A,B')")
     p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int,
                    help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "
@@ -410,7 +411,7 @@ def cmd_dataset(args) -> int:
     import transformers
 
     from .. import __version__
-    from ..models import check_target, label_names, resolve_output
+    from ..models import check_target, is_multi_label, label_names, resolve_output
     from ..processes import launched, process_state
     from .dataset import LABEL_COLUMNS, class_ids, read_rows, run_dataset
     from .files import output_folder
@@ -443,7 +444,10 @@ def cmd_dataset(args) -> int:
                 "method": args.method, "baseline": args.baseline,
                 "output": resolve_output(args.output, config),     # as runs before the default was None
                 "max_length": args.max_length, "precision": engine.precision.name, "attention": args.attention,
-                "top_k": args.top_k, "labels": label_names(config)}
+                "top_k": args.top_k, "labels": label_names(config),
+                # A multi-label model's prediction was its top label alone in earlier runs: never mixed with these.
+                **({"predicted": "each label above 1/2"} if args.target == "predicted" and is_multi_label(config)
+                   else {})}
     versions = {"fastig": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     fingerprints = {"data": data.fingerprint, "model": _model_fingerprint(args, engine)}
     summary = run_dataset(engine, rows, args.out, settings, fingerprints, versions, args.target, args.top_k,

@@ -36,7 +36,7 @@ from pathlib import Path
 from ..engine import TimeLeft
 from ..errors import DataError, Interrupted, NonFiniteError
 from ..inputs import TruncationWarning, max_text_tokens
-from ..models import hub_quiet, label_ids
+from ..models import hub_quiet, is_multi_label, label_ids
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
 
@@ -354,27 +354,24 @@ class ShardSizes:
         self.documents, self.seconds = self.documents + documents, self.seconds + seconds
 
 
-def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
-    """Entries for these rows: DocumentResults (one per class of each row with target "all", or per label of
-    a multi-label row), and (id, reason) for documents left out: whose model output or gradient is not finite,
-    or that have no label to explain (they go to skipped.csv, never into the results)."""
-    if target == "label" and isinstance(batch[0].label, list):
-        # A multi-label data set: each document's labels. The engine takes one count of targets per call, so
-        # documents of as many labels share calls.
-        entries = {row.id: [(row.id, "no label to explain (--target label)")] for row in batch if not row.label}
+def predicted_labels(probabilities) -> list[int]:
+    """A multi-label model's predicted labels from its sigmoids [C]: each one above 1/2 (the top one where none
+    is: a document always has its prediction explained)."""
+    above = (probabilities > 0.5).nonzero().flatten().tolist()
+    return above or [int(probabilities.argmax())]
 
-        def add(found: list) -> None:
-            for entry in found:
-                entries.setdefault(_entry_id(entry), []).append(entry)
-        try:
-            for count in sorted({len(row.label) for row in batch} - {0}):
-                rows = [row for row in batch if len(row.label) == count]
-                add(_attributed_rows(engine, rows, [row.label for row in rows], progress, **attribute_kwargs))
-        except (Interrupted, Exception) as stop:     # the rows done in the calls before it, too
-            add(getattr(stop, "entries", []))
-            stop.entries = [entry for row in batch for entry in entries.get(row.id, ())]
-            raise
-        return [entry for row in batch for entry in entries[row.id]]
+
+def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
+    """Entries for these rows: DocumentResults (one per class of each row with target "all", per label of
+    a multi-label row, or per predicted label of a multi-label model), and (id, reason) for documents left
+    out: whose model output or gradient is not finite, or that have no label to explain (they go to
+    skipped.csv, never into the results)."""
+    if target == "predicted" and is_multi_label(engine.model.config):
+        probabilities = engine.probabilities([row.text for row in batch], attribute_kwargs.get("max_length"))
+        return _attribute_each_class(engine, batch, [predicted_labels(p) for p in probabilities], progress,
+                                     **attribute_kwargs)
+    if target == "label" and isinstance(batch[0].label, list):     # a multi-label data set: each document's labels
+        return _attribute_each_class(engine, batch, [row.label for row in batch], progress, **attribute_kwargs)
     if target == "label":
         targets = [row.label for row in batch]
     elif isinstance(target, list):      # --target A,B: those classes of every document
@@ -382,6 +379,28 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
     else:
         targets = None if target == "predicted" else target
     return _attributed_rows(engine, batch, targets, progress, **attribute_kwargs)
+
+
+def _attribute_each_class(engine, batch: list[Row], classes: list[list[int]], progress: bool,
+                          **attribute_kwargs) -> list:
+    """_attribute's entries for rows with a list of classes each, of any length: a record per class, a row
+    with none skipped. The engine takes one count of targets per call, so rows of as many classes share calls."""
+    entries = {row.id: [(row.id, "no label to explain (--target label)")]
+               for row, explained in zip(batch, classes) if not explained}
+
+    def add(found: list) -> None:
+        for entry in found:
+            entries.setdefault(_entry_id(entry), []).append(entry)
+    try:
+        for count in sorted({len(explained) for explained in classes} - {0}):
+            rows = [(row, explained) for row, explained in zip(batch, classes) if len(explained) == count]
+            add(_attributed_rows(engine, [row for row, _ in rows], [explained for _, explained in rows], progress,
+                                 **attribute_kwargs))
+    except (Interrupted, Exception) as stop:     # the rows done in the calls before it, too
+        add(getattr(stop, "entries", []))
+        stop.entries = [entry for row in batch for entry in entries.get(row.id, ())]
+        raise
+    return [entry for row in batch for entry in entries[row.id]]
 
 
 def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attribute_kwargs) -> list:
