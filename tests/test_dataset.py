@@ -517,20 +517,24 @@ def test_a_pair_column_makes_each_document_a_pair_of_texts(model_dir, tmp_path):
 
 
 def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, capsys):
-    assert exit_code(["aggregate", str(csv_run), "--top", "3"]) == 0
-    folder = csv_run / "aggregate-by-target"
+    assert exit_code(["aggregate", str(csv_run), "--top", "3", "--tokens"]) == 0
+    folder = csv_run / "aggregate-by-target-tokens"
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["per_document.csv", "target_0_LABEL_0.csv", "target_1_LABEL_1.csv", "target_2_LABEL_2.csv"]
     ranking = list(csv.DictReader(open(folder / "target_0_LABEL_0.csv")))
     sums = [float(r["sum"]) for r in ranking]
     assert sums == sorted(sums, reverse=True) and {r["target"] for r in ranking} == {"0"}
-    top = ranking[0]
-    occurrences = [(r["id"], s) for r in _records(csv_run) if r["target"] == 0
-                   for p, (t, s) in enumerate(zip(r["display_tokens"], r["token_scores"]))
-                   if t == top["token"] and p not in r["special_positions"]]
-    assert float(top["sum"]) == pytest.approx(sum(s for _, s in occurrences))
-    assert int(top["count"]) == len(occurrences) and int(top["documents"]) == len({i for i, _ in occurrences})
-    assert float(top["document_mean"]) == pytest.approx(float(top["sum"]) / int(top["documents"]))
+    tokens = [r["token"] for r in ranking]
+    records = [r for r in _records(csv_run) if r["target"] == 0]
+    assert sorted(tokens) == sorted({t for r in records for p, t in enumerate(r["display_tokens"])
+                                     if p not in r["special_positions"]})     # each token once (the file repeated
+    for row in ranking:                                                         # its last row, every row)
+        occurrences = [(r["id"], s) for r in records for p, (t, s) in enumerate(zip(r["display_tokens"],
+                                                                                  r["token_scores"]))
+                       if t == row["token"] and p not in r["special_positions"]]
+        assert float(row["sum"]) == pytest.approx(sum(s for _, s in occurrences))
+        assert int(row["count"]) == len(occurrences) and int(row["documents"]) == len({i for i, _ in occurrences})
+        assert float(row["document_mean"]) == pytest.approx(float(row["sum"]) / int(row["documents"]))
     printed = capsys.readouterr().out
     documents = sum(r["target"] == 0 for r in _records(csv_run))    # the tokens it counts: distinct ones, the rows
     assert f"target LABEL_0 (0): {documents} documents, {len(ranking)} distinct tokens (" in printed
@@ -539,6 +543,36 @@ def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, c
     highest = [float(line[20:29]) for line in rows if line[2:20].strip()]
     lowest = [float(line[50:59]) for line in rows if len(line) > 32]
     assert highest and lowest and all(v > 0 for v in highest) and all(v < 0 for v in lowest)
+
+
+def test_aggregate_ranks_the_words_people_read_unless_asked_for_tokens(byte_level_tokenizer, tmp_path, capsys):
+    """A byte-level BPE splits "unreadable" into "u", "n", "r", "ea", "d", "a", "bl", "e": the default ranking is of the
+    words `attribute` and the reports show (it ranked the pieces, unreadable, unless --merge-subwords was given);
+    --tokens ranks the pieces, as the seed's notebook did."""
+    from conftest import make_byte_level_model
+
+    make_byte_level_model("roberta", byte_level_tokenizer).save_pretrained(tmp_path / "model")
+    byte_level_tokenizer.save_pretrained(tmp_path / "model")
+    texts = ["Neural networks learn unreadable transformers.", "We propose a new attention mechanism for long documents."]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "run"
+    assert exit_code(_args(str(tmp_path / "model"), data, out, "--target", "0")) == 0
+    ranked_units = {}
+    for flags, folder in (([], "aggregate-by-target"), (["--tokens"], "aggregate-by-target-tokens"),
+                          (["--merge-subwords"], "aggregate-by-target")):
+        assert exit_code(["aggregate", str(out), *flags]) == 0
+        with open(out / folder / "target_0_LABEL_0.csv", encoding="utf-8") as f:
+            ranked_units[tuple(flags)] = {row["token"] for row in csv.DictReader(f)}
+    printed = capsys.readouterr().out
+    assert "distinct words (" in printed and "distinct tokens (" in printed
+    words = ranked_units[()]
+    assert words == ranked_units[("--merge-subwords",)]
+    assert words == {"Neural", "networks", "learn", "unreadable", "transformers", ".", "We", "propose", "a", "new",
+                     "attention", "mechanism", "for", "long", "documents"}
+    tokens = ranked_units[("--tokens",)]
+    assert {"ea", "bl", "an"} <= tokens and not {"unreadable", "transformers"} & tokens
+    assert exit_code(["aggregate", str(out), "--tokens", "--merge-subwords"]) == 2
 
 
 def test_aggregate_of_an_unfinished_run_says_so(tmp_path, capsys):
@@ -564,14 +598,14 @@ def _by_token(rankings, group):
 
 def test_class_rankings_by_hand():
     # by target (each document's prediction here): 0 and 2 attribute class 0, document 1 class 1
-    by_target = class_rankings(HAND, "target")
+    by_target = class_rankings(HAND, "target", merge_subwords=False)
     assert _by_token(by_target, 1) == {"good": (0.25, 0.25, 1, 1), "film": (0.125, 0.125, 1, 1),
                                        "##s": (0.0625, 0.0625, 1, 1)}
     assert _by_token(by_target, 0) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1),
                                        "Ġbad": (-0.5, -0.5, 1, 1), "Ġfil": (0.25, 0.25, 1, 1), "m": (0.5, 0.5, 1, 1)}
     assert all(row.target == target for target, rows in by_target.items() for row in rows)
     # by label and target: document 1 (label 1, target 0) apart from document 0 (label 1, target 1)
-    by_label = class_rankings(HAND, "label")
+    by_label = class_rankings(HAND, "label", merge_subwords=False)
     assert set(by_label) == {(1, 1), (1, 0), (0, 0)}
     assert _by_token(by_label, (1, 0)) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1)}
     assert [row.token for row in by_label[(1, 1)]] == ["good", "film", "##s"]

@@ -3,8 +3,9 @@
 A document's token scores are its attributions toward its target, the class attributed (its
 prediction by default), so the scores of documents with different targets mean different
 things: rankings group documents by target, and with `by="label"` by (label, target) as well,
-and every row names its target. Per group and per token (or word, with merge_subwords: the
-tokenizer's words, punctuation a word of its own):
+and every row names its target. Per group and per word (the tokenizer's words, punctuation a word of its
+own, as `attribute` and the reports show them; subword pieces such as "esentations" read as nothing) or,
+without merge_subwords, per token:
 
 - sum: the sum of its scores over the group (the seed's notebook). Frequent tokens dominate it:
   "the" collects a little from every sentence.
@@ -60,7 +61,7 @@ def group_key(record: DocumentResult, by: str):
     return record.target if by == "target" else (record.label, record.target)
 
 
-def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = False) -> dict:
+def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = True) -> dict:
     """{group: TokenRows, highest sum first}; a group is a target, or (label, target) with by="label"."""
     if by not in GROUPINGS:
         raise DataError(f"--by {by!r}: choose {' or '.join(GROUPINGS)}")
@@ -96,7 +97,7 @@ def ranked(rows: list[TokenRow], by: str = "sum", min_count: int | None = None) 
     return sorted((r for r in rows if r.count >= least), key=lambda r: (-getattr(r, by), r.token))
 
 
-def per_document(records: list[DocumentResult], merge_subwords: bool = False) -> list[tuple]:
+def per_document(records: list[DocumentResult], merge_subwords: bool = True) -> list[tuple]:
     """(id, target, token, sum, count) for each distinct token of each document: the group-by sum per token."""
     rows = []
     for r in records:

@@ -168,14 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="the --out folder of `fastig dataset`")
     p.add_argument("--by", default="target", choices=("target", "label"),
                    help="group documents by their target (the class attributed; default), or by label and target")
-    p.add_argument("--merge-subwords", action="store_true",
-                   help="rank words (the tokenizer's words; punctuation its own) instead of tokens")
+    unit = p.add_mutually_exclusive_group()
+    unit.add_argument("--tokens", action="store_true",
+                      help="rank the tokens as the tokenizer split them (the seed notebook's unit), not words")
+    unit.add_argument("--merge-subwords", action="store_true",
+                      help="rank words, the tokenizer's words with punctuation its own (the default; as "
+                           "`attribute` and `report` show them)")
     p.add_argument("--rank", default="sum", choices=("sum", "mean", "document_mean"),
                    help="what the printed lists rank by (default sum; the CSV files hold all)")
     p.add_argument("--min-count", type=int,
                    help="leave out tokens seen fewer times (default 3 for mean and document_mean, 1 for sum)")
     p.add_argument("--top", type=int, default=10, help="tokens printed per group and end (default 10)")
-    p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-words])")
+    p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-tokens])")
 
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
     p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
@@ -476,19 +480,21 @@ def cmd_aggregate(args) -> int:
 
     records, manifest = read_run(args.run)
     labels = manifest["settings"].get("labels", {})
-    out = args.out or args.run / f"aggregate-by-{args.by}{'-words' if args.merge_subwords else ''}"
+    out = args.out or args.run / f"aggregate-by-{args.by}{'-tokens' if args.tokens else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    rankings = class_rankings(records, args.by, args.merge_subwords)
+    rankings = class_rankings(records, args.by, merge_subwords=not args.tokens)
     columns = ("token", "target", "sum", "mean", "count", "documents", "document_mean")
     for group in sorted(rankings, key=str):
         rows = rankings[group]
         with open(out / group_file_name(group, labels), "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([columns, *((getattr(r, c) for c in columns) for r in rows)])
+            # Lists, not generators: a generator per row reads `r` when written, the last row's (every ranking
+            # file written before 2026-12-07 repeated its last row).
+            csv.writer(f).writerows([columns, *([getattr(r, c) for c in columns] for r in rows)])
         documents = sum(1 for r in records if group_key(r, args.by) == group)
         name = (f"target {label_name(group, labels)}" if args.by == "target" else
                 f"label {label_name(group[0], labels)}, target {label_name(group[1], labels)}")
         order = ranked(rows, args.rank, args.min_count)
-        unit = "words" if args.merge_subwords else "tokens"
+        unit = "tokens" if args.tokens else "words"
         print(f"{name}: {documents} documents, {len(rows)} distinct {unit} ({len(order)} ranked by {args.rank})")
         print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
         highest, lowest = ends(order, lambda r: getattr(r, args.rank), args.top)
@@ -496,7 +502,7 @@ def cmd_aggregate(args) -> int:
                       [(r.token, getattr(r, args.rank)) for r in lowest], width=18)
     with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("id", "target", "token", "sum", "count"),
-                                 *per_document(records, args.merge_subwords)])
+                                 *per_document(records, merge_subwords=not args.tokens)])
     print(f"wrote {len(rankings)} group files and per_document.csv to {out}")
     return 0
 
