@@ -95,17 +95,24 @@ def test_a_page_shows_positive_tokens_green_and_negative_red(tmp_path):
 
 def test_a_page_lists_words_toward_and_away_by_sign_never_both(tmp_path):
     """The two tables are the ends of the ranking by sign: a short text does not show its words in both, and a
-    document scored all positive lists nothing away from its target."""
+    document scored all positive lists nothing away from its target, its passages neither (an empty list under
+    its heading looked like a page that failed to load)."""
     short, only_positive = _record(0, 8), _record(1, 30)
     only_positive.token_scores = torch.tensor([0.0] + [0.1 * (1 + j % 5) for j in range(28)] + [0.0])
     tables = "Array.from(Array.from(document.querySelectorAll('.tables')).pop().children).map(d => " \
              "[d.querySelector('h3').innerText, " \
              "Array.from(d.querySelectorAll('tr')).slice(1).map(r => [r.cells[0].innerText, +r.cells[1].innerText])])"
-    shown = {}
+    passages = "Array.from(document.querySelectorAll('.tables')[0].children).map(d => " \
+               "[d.querySelector('h3').innerText, d.querySelectorAll('li').length])"
+    shown, shown_passages = {}, {}
     for name, document in (("short", short), ("positive", only_positive)):
         page = tmp_path / f"{name}.html"
         page.write_text(document_page(document, {"0": "neg", "1": "pos"}, top_k=20))
         shown[name] = _measured(page, tables)
+        shown_passages[name] = _measured(page, passages)
+    (toward_title, toward), (away_title, away) = shown_passages["positive"]
+    assert toward_title == "Passages pushing most toward pos (1)" and toward >= 1
+    assert (away_title, away) == ("No passages pushing away from pos (1)", 0)
     (toward_title, toward), (away_title, away) = shown["short"]
     assert toward_title.startswith(f"Top {len(toward)} ") and away_title.startswith(f"Top {len(away)} ")
     assert len(toward) + len(away) == 6 and not {w for w, _ in toward} & {w for w, _ in away}

@@ -154,14 +154,18 @@ def _shortened(text: str) -> str:
 def _passages(record: DocumentResult, units, sentences: list[list[int]], target: str) -> str:
     scored = sorted(((sum(units[i].score for i in s), n) for n, s in enumerate(sentences)), reverse=True)
 
-    def listed(chosen, title):
+    def listed(chosen, direction):
+        # "No passages ..." where none scores of that sign (a one-sentence document): a heading over nothing read
+        # as a page that failed to load.
+        if not chosen:
+            return f"<div><h3>No passages pushing {html.escape(direction)}</h3></div>"
         items = "".join(f'<li><a href="#s{n}">{html.escape(_shortened(_passage_text(record, units, sentences[n])))}'
                         f"</a> ({score:+.3f})</li>" for score, n in chosen)
-        return f"<div><h3>{html.escape(title)}</h3><ol>{items}</ol></div>"
+        return f"<div><h3>Passages pushing most {html.escape(direction)}</h3><ol>{items}</ol></div>"
     positive = [p for p in scored if p[0] > 0][:PASSAGES]
     negative = [p for p in scored[::-1] if p[0] < 0][:PASSAGES]
-    return ('<div class="tables">' + listed(positive, f"Passages pushing most toward {target}")
-            + listed(negative, f"Passages pushing most away from {target}") + "</div>")
+    return ('<div class="tables">' + listed(positive, f"toward {target}") + listed(negative, f"away from {target}")
+            + "</div>")
 
 
 def _ranked_table(what: str, ranked_units) -> str:
