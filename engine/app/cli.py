@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_processes_arg(p, "the documents")
     p.add_argument("--out", type=Path, required=True, help="output folder; the same command resumes a stopped run")
 
-    p = commands.add_parser("aggregate", help="rank words (or tokens) per attributed class over a `fastig dataset` run")
+    p = commands.add_parser("aggregate",
+                            help="rank words (or tokens) per attributed class over a `fastig dataset` run")
     p.add_argument("run", type=Path, help="the --out folder of `fastig dataset`")
     p.add_argument("--by", default="target", choices=("target", "label"),
                    help="group documents by their target (the class attributed; default), or by label and target")
