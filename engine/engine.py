@@ -12,6 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import accumulate
 
 import torch
 from torch import nn
@@ -207,12 +208,13 @@ def _finite(document: DocumentResult, attributions: torch.Tensor | None) -> bool
         and bool(torch.isfinite(values).all())
 
 
-def _whole_finite_texts(records: list, per_text: int, stacked: torch.Tensor | None) -> tuple[list, list, object]:
+def _whole_finite_texts(records: list, per_text: list[int], stacked: torch.Tensor | None) -> tuple[list, list, object]:
     """The texts whose (record, attributions) pairs are all done and finite, those pairs (each record's id its
     text's index), and their attributions as a view of `stacked` where they lead it. Records are text-major,
-    per_text to a text; n_steps="auto" runs each (text, target) pair alone, so a call may stop between a
+    per_text[k] to text k; n_steps="auto" runs each (text, target) pair alone, so a call may stop between a
     text's pairs; a nan is never a result."""
-    texts = [records[k:k + per_text] for k in range(0, len(records), per_text)]
+    starts = list(accumulate(per_text, initial=0))
+    texts = [records[start:end] for start, end in zip(starts, starts[1:])]
     whole = [k for k, pairs in enumerate(texts) if None not in pairs and all(_finite(*pair) for pair in pairs)]
     done = [(replace(record, id=k) if record.id is None else record, attributions)
             for k in whole for record, attributions in texts[k]]
@@ -221,13 +223,14 @@ def _whole_finite_texts(records: list, per_text: int, stacked: torch.Tensor | No
     return whole, done, stacked[:len(done)] if stacked is not None and whole == list(range(len(whole))) else None
 
 
-def _packing_key(doc: Document, attention: str | None):
+def _packing_key(doc: Document, attention: str | None, targets: int):
     """Documents share model calls only with the same kind of baseline (ids, or a constant layer output), the
-    same model arguments (a pair's token types) and the attention they get alone (fastig.big_bird); None: the
-    document goes alone."""
+    same model arguments (a pair's token types), the attention they get alone (fastig.big_bird) and as many
+    targets; None: the document goes alone."""
     if isinstance(doc.baseline_embedding, torch.Tensor):
         return None
-    return "ids" if doc.baseline_ids is not None else doc.baseline_embedding, tuple(doc.model_kwargs), attention
+    return ("ids" if doc.baseline_ids is not None else doc.baseline_embedding, tuple(doc.model_kwargs), attention,
+            targets)
 
 
 def resolve_device(name, argument: str = "device=") -> torch.device:
@@ -365,25 +368,32 @@ class Engine:
         docs = self.documents(texts_or_ids, baseline, max_length)
         n_classes = self.model.config.num_labels
         several = several_targets(target, len(docs), n_classes)
-        per_document = 1
+        per_text = [1] * len(docs) if several is None else [len(row) for row in several]   # records, text-major
         if several is None:
             targets = check_target(target, len(docs), n_classes)
         elif rule.auto:     # each pair integrated as a document of its own
-            docs, targets = [doc for doc in docs for _ in several[0]], [t for row in several for t in row]
+            docs = [doc for doc, row in zip(docs, several) for _ in row]
+            targets = [t for row in several for t in row]
         else:               # a document's forwards shared by its targets (each pair still stops on its own)
-            targets, per_document = several, len(several[0])
+            targets = several
+        per_document = per_text if several is not None and not rule.auto else [1] * len(docs)
         if keep_attributions:
             self._check_host_memory(docs, per_document)
         self.scheduler.start_run()
 
-        per_text = 1 if several is None else len(several[0])    # records are text-major either way
+        # Each record's share of its document's model evaluations (its document's targets share its forwards), and
+        # those of the records of some texts (kept when a call stops).
+        shares = [1 / count for count in per_document for _ in range(count)]
+        first_slot, text_first = list(accumulate(per_document, initial=0)), list(accumulate(per_text, initial=0))
+
+        def shares_of(texts: list[int]) -> list[float]:
+            return [shares[j] for k in texts for j in range(text_first[k], text_first[k + 1])]
         bar = progress_bar(progress, [len(doc.input_ids) for doc in docs], shown_here=self.processes.rank == 0)
-        records, groups, seconds, retains_memory = [None] * (len(docs) * per_document), [], TimeSplit(), False
+        records, groups, seconds, retains_memory = [None] * first_slot[-1], [], TimeSplit(), False
         # Where every (document, target) pair has one length, their attributions are written into one tensor
         # as each group ends: stacked at the end of the call, they were held twice.
         same_length, stacked = keep_attributions and len({len(doc.input_ids) for doc in docs}) == 1, None
-        build = partial(self._result, rule=rule, n_steps=n_steps, output=output, per_document=per_document,
-                        keep_attributions=keep_attributions)
+        build = partial(self._result, rule=rule, n_steps=n_steps, output=output, keep_attributions=keep_attributions)
         try:
             # The model without dropout or a caller's autocast (attributing); on CPU glibc keeps freed memory for
             # reuse during the call only (scheduler.retained_cpu_memory); the last layer computes only the first
@@ -392,7 +402,7 @@ class Engine:
                   banded_attention(self.model) if self.attention == "banded" else nullcontext(),
                   block_sparse_kept(self.model), first_token_only(self.model, self.layer)):
                 retains_memory = self.device.type == "cpu" and cpu_memory_retained()
-                for group in self._groups(docs, rule, chunk_size):
+                for group in self._groups(docs, rule, chunk_size, per_document):
                     # Parameters keep requires_grad: autograd.grad(F, z) already skips weight gradients, and
                     # freezing them made HF Longformer's sliding-chunk attention 1.6x slower on CPU.
                     results, calls = self._attribute_group([docs[i] for i in group], [targets[i] for i in group],
@@ -403,7 +413,7 @@ class Engine:
                     seconds.add(calls.seconds)
                     if self.heap is not None:
                         self.heap.group_done()
-                    slots = [i * per_document + t for i in group for t in range(per_document)]
+                    slots = [first_slot[i] + t for i in group for t in range(per_document[i])]
                     for i, (record, attributions) in zip(slots, results):
                         if same_length:
                             if stacked is None:
@@ -415,8 +425,8 @@ class Engine:
             # A notebook's interrupt, or an error after some groups (memory, the model failing on one document):
             # the documents done are kept, named by index; hours of a call's work were lost with it before.
             whole, done, rows = _whole_finite_texts(records, per_text, stacked)
-            kept = build(done, groups, seconds, retains_memory, stacked=rows) if done else None
-            said = (f"{len(whole)} of {len(records) // per_text} documents were done before the {{}}: their records "
+            kept = build(done, groups, seconds, retains_memory, shares_of(whole), stacked=rows) if done else None
+            said = (f"{len(whole)} of {len(per_text)} documents were done before the {{}}: their records "
                     "(each with its document's index as .id) are in this exception's .result")
             if isinstance(stop, KeyboardInterrupt):
                 raise Interrupted(said.format("interrupt"), kept) from stop
@@ -430,22 +440,23 @@ class Engine:
 
         if not all(_finite(*pair) for pair in records):
             whole, done, rows = _whole_finite_texts(records, per_text, stacked)
-            not_finite = sorted(set(range(len(records) // per_text)) - set(whole))
-            kept = build(done, groups, seconds, retains_memory, stacked=rows) if done else None
+            not_finite = sorted(set(range(len(per_text))) - set(whole))
+            kept = build(done, groups, seconds, retains_memory, shares_of(whole), stacked=rows) if done else None
             raise NonFiniteError(f"documents {not_finite}: the model's output or its gradient is not finite "
                                  "(nan or inf) there, so no attribution is given; the model or its inputs are "
                                  "broken for them (the other documents' records, each with its document's index "
                                  "as .id, are in the error's .result)", not_finite, kept)
-        return build(records, groups, seconds, retains_memory, stacked=stacked)
+        return build(records, groups, seconds, retains_memory, shares, stacked=stacked)
 
 
-    def _result(self, records: list, groups: list, seconds: TimeSplit, retains_memory: bool, rule: Rule,
-                n_steps, output: str, per_document: int, keep_attributions: bool,
+    def _result(self, records: list, groups: list, seconds: TimeSplit, retains_memory: bool, shares: list[float],
+                rule: Rule, n_steps, output: str, keep_attributions: bool,
                 stacked: torch.Tensor | None = None) -> Attribution:
         """The Attribution of these (record, attributions) pairs, with the stats of the groups that made them;
-        stacked: their attributions in one tensor, where they are in one."""
+        shares: each record's share of its document's model evaluations; stacked: their attributions in one
+        tensor, where they are in one."""
         documents = [record for record, _ in records]
-        token_steps = sum(len(d.tokens) * d.evaluations for d in documents) / per_document  # the model's
+        token_steps = sum(len(d.tokens) * d.evaluations * share for d, share in zip(documents, shares))  # the model's
         stats = RunStats(device=str(self.device), precision=self.precision.name, attention=self.attention,
                          retains_cpu_memory=retains_memory, fallbacks=sum(group.fallbacks for group in groups),
                          documents_per_group=[group.documents for group in groups],
@@ -467,13 +478,13 @@ class Engine:
                            output=output, stats=stats,
                            labels=label_names(self.model.config))
 
-    def _check_host_memory(self, docs: list[Document], per_document: int) -> None:
+    def _check_host_memory(self, docs: list[Document], per_document: list[int]) -> None:
         """Refuse, before any work, a call whose [L, H] fp32 attributions cannot all be held in host memory:
         it would die at its end, its work lost.
         The layer's width H is measured (a forward of one document up to the layer) only where a bound on it
         leaves the question open."""
         available = host_memory_available()
-        tokens = sum(len(doc.input_ids) for doc in docs) * per_document
+        tokens = sum(len(doc.input_ids) * count for doc, count in zip(docs, per_document))
         if available is None or tokens * WIDEST_LAYER * 4 <= available:
             return
         width = layer_width(self.model, self.layer, min(docs, key=lambda doc: len(doc.input_ids)))
@@ -485,17 +496,18 @@ class Engine:
                 "keep_attributions=False (the records and token scores without them), attribute fewer documents "
                 "per call, or use `fastig dataset` (written shard by shard, resumable)")
 
-    def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None):
-        """Indices of the documents that share model calls, group by group, longest first.
+    def _groups(self, docs: list[Document], rule: Rule, chunk_size: int | None, targets_of: list[int]):
+        """Indices of the documents that share model calls, group by group, longest first; only documents of as
+        many targets (targets_of) share calls.
 
         Longest first: the first call at a length probes its memory, and shorter ones scale from
         it. A group's size depends on the probes of the groups before it, so groups come one at a time.
         """
         model_lengths = [model_length(self.model.config, len(doc.input_ids)) for doc in docs]
-        order = sorted(range(len(docs)), key=lambda i: -model_lengths[i])
+        order = sorted(range(len(docs)), key=lambda i: (-model_lengths[i], targets_of[i]))
         limit = full_attention_limit(self.model)
         lengths = [model_lengths[i] for i in order]
-        keys = [_packing_key(docs[i], attention_kind(limit, len(docs[i].input_ids))) for i in order]
+        keys = [_packing_key(docs[i], attention_kind(limit, len(docs[i].input_ids)), targets_of[i]) for i in order]
         first = 0
         while first < len(order):
             sequences = self.scheduler.sequences_per_call(lengths[first], chunk_size)

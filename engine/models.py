@@ -367,7 +367,8 @@ def named_classes(target, config, argument: str = "target="):
 
 def several_targets(target, n_docs: int, n_classes: int) -> list[list[int]] | None:
     """The classes of each document when several are asked for ("all", or one list of classes per
-    document, all of one length; a [B, T] tensor alike); None for the one-target forms of check_target."""
+    document, of any lengths: a multi-label model's predicted labels; a [B, T] tensor alike); None for the
+    one-target forms of check_target."""
     if isinstance(target, str) and target == "all":
         return [list(range(n_classes))] * n_docs
     if isinstance(target, torch.Tensor) and target.ndim == 2:
@@ -381,9 +382,9 @@ def several_targets(target, n_docs: int, n_classes: int) -> list[list[int]] | No
         raise TargetError(f"target has {len(target)} entries for {n_docs} documents; several targets are one "
                           "list of classes per document (or 'all')")
     classes = [[_class_index(t) for t in row] for row in target]
-    if len({len(row) for row in classes}) != 1 or not classes[0] or any(None in row for row in classes):
-        raise TargetError("several targets: every document's list must name the same number (1 or more) of "
-                          "classes, as ints (None, the predicted class, is for one target per document)")
+    if not all(classes) or any(None in row for row in classes):
+        raise TargetError("several targets: every document's list must name 1 or more classes, as ints (None, "
+                          "the predicted class, is for one target per document)")
     for row in classes:
         check_target(row, len(row), n_classes)
     return classes

@@ -430,7 +430,8 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     assert "label joy (0), fear (2)" in (tmp_path / "report" / "document-0-target-2.html").read_text()
     assert exit_code(["aggregate", str(out), "--by", "label"]) == 2
     assert exit_code(["aggregate", str(out), "--by", "target"]) == 0
-    # documents of 1, 2 and 3 labels run in calls of their own: a stop in the third keeps the first two's
+    # documents of 3, 2 and 1 labels (longest first) share a call in groups of their own: a stop in the third
+    # group keeps the first two's
     for error, folder in ((RuntimeError("out of memory"), tmp_path / "failed"),
                           (KeyboardInterrupt, tmp_path / "stopped")):
         args = _args(str(model_dir), data, folder, "--target", "label")
@@ -444,7 +445,7 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
         kept = [json.loads(line) for path in (folder / "shards").glob("*.jsonl")
                 for line in path.read_text().splitlines()]
         assert sorted((r["id"], r.get("target", r.get("skipped"))) for r in kept) == [
-            (0, 0), (0, 2), (1, 1), (2, "no label to explain (--target label)")]
+            (0, 0), (0, 2), (2, "no label to explain (--target label)"), (3, 0), (3, 1), (3, 2)]
     monkeypatch.undo()
     assert exit_code(args) == 0
     assert all(_close_records(a, b) for a, b in zip(_records(folder), records, strict=True))

@@ -3,7 +3,7 @@ and each step's forward is shared by the document's targets."""
 
 import pytest
 import torch
-from conftest import N_LABELS, assert_close, make_model, make_text
+from conftest import N_LABELS, assert_close, make_model, make_text, stop_at_group
 
 import fastig
 from fastig.errors import TargetError
@@ -72,9 +72,36 @@ def test_the_default_call_takes_several_targets(tokenizer):
     _same_as_alone(result, engine, texts, targets)
 
 
+@pytest.mark.parametrize("rule", [RULE, {}, {"n_steps": "auto"}], ids=["fixed", "default", "auto"])
+@pytest.mark.parametrize("same_length", [False, True])
+def test_documents_of_other_numbers_of_targets_in_one_call(rule, same_length, tokenizer):
+    """A multi-label model's predicted labels are 1, 2 or 3 a document: one list per document of any length,
+    each pair as its own run gives it, records document after document, the model run once a step for all of a
+    document's targets (before, lists had to be of one length: the documents had to be split by hand)."""
+    engine = fastig.Engine(make_model("bert", seed=3), tokenizer, precision="fp32" if rule else "auto")
+    texts = [make_text(11, seed=s) for s in (1, 2, 3, 4)] if same_length else \
+        [make_text(9, seed=1), make_text(14, seed=2), make_text(6, seed=3), make_text(12, seed=4)]
+    targets = [[2, 0], [1], [0, 1, 2], [1]]
+    result = engine.attribute(texts, target=targets, **rule)
+    _same_as_alone(result, engine, texts, targets, **rule)
+    assert isinstance(result.attributions, torch.Tensor) == same_length
+
+
+def test_an_interrupt_amid_documents_of_other_numbers_of_targets_keeps_whole_ones(tokenizer, monkeypatch):
+    """The documents done before a Ctrl-C are kept whole, every one of their targets, named by their index."""
+    engine = fastig.Engine(make_model("bert", seed=3), tokenizer, precision="fp32")
+    texts, targets = [make_text(30, seed=1), make_text(6, seed=2), make_text(18, seed=3)], [[2, 0], [1], [0, 1, 2]]
+    stop_at_group(monkeypatch, 3)     # longest first, as many targets apart: texts 0 and 2 are done
+    with pytest.raises(fastig.Interrupted) as stopped:
+        engine.attribute(texts, target=targets, **RULE)
+    kept = stopped.value.result
+    assert [(record.id, record.target) for record in kept.documents] == [(0, 2), (0, 0), (2, 0), (2, 1), (2, 2)]
+    assert kept.stats.token_steps_per_s > 0
+
+
 @pytest.mark.parametrize("target, message", [
-    ([[0, 1], [2]], "same number"),
-    ([[0, None], [1, 2]], "same number"),
+    ([[0, 1], []], "1 or more classes"),
+    ([[0, None], [1, 2]], "1 or more classes"),
     ([[0, 3], [1, 2]], "out of range"),
     ([[0, 1]], "entries for 2 documents"),
     ("every", "'all'"),

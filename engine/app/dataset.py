@@ -384,23 +384,23 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
 def _attribute_each_class(engine, batch: list[Row], classes: list[list[int]], progress: bool,
                           **attribute_kwargs) -> list:
     """_attribute's entries for rows with a list of classes each, of any length: a record per class, a row
-    with none skipped. The engine takes one count of targets per call, so rows of as many classes share calls."""
-    entries = {row.id: [(row.id, "no label to explain (--target label)")]
+    with none skipped."""
+    skipped = {row.id: [(row.id, "no label to explain (--target label)")]
                for row, explained in zip(batch, classes) if not explained}
+    explained = [(row, row_classes) for row, row_classes in zip(batch, classes) if row_classes]
 
-    def add(found: list) -> None:
-        for entry in found:
-            entries.setdefault(_entry_id(entry), []).append(entry)
+    def in_order(entries: list) -> list:
+        by_row = {**skipped}
+        for entry in entries:
+            by_row.setdefault(_entry_id(entry), []).append(entry)
+        return [entry for row in batch for entry in by_row.get(row.id, ())]
     try:
-        for count in sorted({len(explained) for explained in classes} - {0}):
-            rows = [(row, explained) for row, explained in zip(batch, classes) if len(explained) == count]
-            add(_attributed_rows(engine, [row for row, _ in rows], [explained for _, explained in rows], progress,
-                                 **attribute_kwargs))
-    except (Interrupted, Exception) as stop:     # the rows done in the calls before it, too
-        add(getattr(stop, "entries", []))
-        stop.entries = [entry for row in batch for entry in entries.get(row.id, ())]
+        entries = _attributed_rows(engine, [row for row, _ in explained], [c for _, c in explained], progress,
+                                   **attribute_kwargs) if explained else []
+    except (Interrupted, Exception) as stop:     # the skipped rows too
+        stop.entries = in_order(getattr(stop, "entries", []))
         raise
-    return [entry for row in batch for entry in entries[row.id]]
+    return in_order(entries)
 
 
 def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attribute_kwargs) -> list:
@@ -416,8 +416,11 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
         # named by its index.
         stop.entries = _entries(batch, stop.result.documents if getattr(stop, "result", None) is not None else [])
         raise
-    per_row = len(result.documents) // len(batch)
-    return _entries(batch, [replace(document, id=i // per_row) for i, document in enumerate(result.documents)])
+    # Records row after row: one per class of a row's list, as many per row for "all" or one target.
+    per_row = [len(t) for t in targets] if isinstance(targets, list) and isinstance(targets[0], list) else \
+        [len(result.documents) // len(batch)] * len(batch)
+    rows = [i for i, count in enumerate(per_row) for _ in range(count)]
+    return _entries(batch, [replace(document, id=i) for i, document in zip(rows, result.documents, strict=True)])
 
 
 def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> list:
