@@ -248,6 +248,13 @@ def is_multi_label(config) -> bool:
     return config.problem_type == "multi_label_classification"
 
 
+def predicted_labels(probabilities: torch.Tensor) -> list[int]:
+    """A multi-label model's predicted labels from its sigmoids [C]: each one above 1/2 (the top one where none
+    is: a document always has its prediction explained)."""
+    above = (probabilities > 0.5).nonzero().flatten().tolist()
+    return above or [int(probabilities.argmax())]
+
+
 def probability_output(config) -> str:
     """The output that gives the model's probabilities as transformers' text-classification pipeline shows
     them: softmax; each label's sigmoid on a multi-label model or on one label; a regression head's values."""

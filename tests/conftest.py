@@ -222,6 +222,29 @@ def record(**values):
     return DocumentResult.from_json({**defaults, **values})
 
 
+@pytest.fixture
+def multi_label_run(tokenizer, tmp_path):
+    """(model folder, texts, (text, label) pairs predicted) of a 3-label multi-label BERT whose head is set so
+    that of its 4 texts one has labels 0 and 1 above 1/2, two label 0 alone and one none (its top label: 0)."""
+    model = make_model("bert")
+    model.config.problem_type = "multi_label_classification"
+    texts = [make_text(6 + 3 * i, seed=10 + i) for i in range(4)]
+    head = model.classifier
+    with torch.no_grad():       # label 1 is label 0 less a margin, label 2 never predicted
+        head.weight[1], head.bias[1], head.bias[2] = head.weight[0], head.bias[0], -100.0
+        logits = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])[:, 0].sort().values
+        # by logit 0: the top text gets labels 0 and 1, the next two label 0, the last none (so its top, 0)
+        head.bias[0] -= (logits[0] + logits[1]) / 2
+        head.bias[1] -= (logits[2] + logits[3]) / 2
+        probabilities = torch.sigmoid(torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts]))
+    expected = sorted((d, c) for d in range(4) for c in range(3) if probabilities[d, c] > 0.5)
+    expected += [(d, int(probabilities[d].argmax())) for d in range(4) if not (probabilities[d] > 0.5).any()]
+    assert sorted(c for _, c in expected) == [0, 0, 0, 0, 1]      # as built: two labels, one label, none
+    model.save_pretrained(tmp_path / "multi-label-model")
+    tokenizer.save_pretrained(tmp_path / "multi-label-model")
+    return str(tmp_path / "multi-label-model"), texts, sorted(expected)
+
+
 def stop_at_group(monkeypatch, group: int = 2, error=KeyboardInterrupt) -> list:
     """Ctrl-C (or `error`) as Engine.attribute starts its `group`-th group of documents (those before it done);
     the list of calls returned may be cleared to stop a later call the same way."""

@@ -451,31 +451,14 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     assert all(_close_records(a, b) for a, b in zip(_records(folder), records, strict=True))
 
 
-def test_a_multi_label_models_prediction_is_each_label_above_one_half(tokenizer, tmp_path, capsys):
+def test_a_multi_label_models_prediction_is_each_label_above_one_half(multi_label_run, tmp_path, capsys):
     """The default --target predicted on a multi-label model explains every label whose sigmoid is above 1/2, a
     record each, as its own call explains it (its top label alone left out a document's other emotions), and
     the top label of a document with none; a run begun when "predicted" was the top label alone is not resumed
     into these records."""
     import fastig
-    from conftest import make_model
 
-    model = make_model("bert")
-    model.config.problem_type = "multi_label_classification"
-    texts = [make_text(6 + 3 * i, seed=10 + i) for i in range(4)]
-    head = model.classifier
-    with torch.no_grad():       # label 1 is label 0 less a margin, label 2 never predicted
-        head.weight[1], head.bias[1], head.bias[2] = head.weight[0], head.bias[0], -100.0
-        logits = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])[:, 0].sort().values
-        # by logit 0: the top document gets labels 0 and 1, the next two label 0, the last none (so its top, 0)
-        head.bias[0] -= (logits[0] + logits[1]) / 2
-        head.bias[1] -= (logits[2] + logits[3]) / 2
-        probabilities = torch.sigmoid(torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts]))
-    expected = sorted((d, c) for d in range(4) for c in range(3) if probabilities[d, c] > 0.5)
-    expected += [(d, int(probabilities[d].argmax())) for d in range(4) if not (probabilities[d] > 0.5).any()]
-    assert sorted(c for _, c in expected) == [0, 0, 0, 0, 1]      # as built: two labels, one label, none
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir, texts, expected = multi_label_run
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = tmp_path / "out"

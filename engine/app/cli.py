@@ -255,7 +255,9 @@ def _attribution_kwargs(args, config, n_docs: int) -> dict:
 
 
 def cmd_attribute(args) -> int:
+    from ..models import is_multi_label, predicted_labels
     from ..processes import launched, process_state
+    from .dataset import text_of_each_record
 
     texts = _texts(args)
     state = process_state() if launched() else None
@@ -263,10 +265,15 @@ def cmd_attribute(args) -> int:
     if args.out and main_process:     # refused before any work, not after it
         _check_output_file(args.out)
     engine = _engine(args, state, share_steps=state is not None)
+    kwargs = _attribution_kwargs(args, engine.model.config, len(texts))
+    if kwargs["target"] is None and is_multi_label(engine.model.config):
+        # each label the model predicts, a record each, as `fastig dataset` explains them (the top one alone
+        # left out a comment's other labels: insult besides toxic)
+        kwargs["target"] = [predicted_labels(p) for p in engine.probabilities(texts, args.max_length)]
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
     try:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
-                                  **_attribution_kwargs(args, engine.model.config, len(texts)))
+                                  **kwargs)
     except (Interrupted, Exception) as stop:    # the documents done are printed and go beside --out (whole or absent)
         # An interrupt's, an error's or a NonFiniteError's .result: the whole, finite texts done, ids their numbers
         done_before = getattr(stop, "result", None)
@@ -281,11 +288,11 @@ def cmd_attribute(args) -> int:
         raise
     if not main_process:
         return 0
-    # --target all: each text's records, one per class, follow each other; a record's id is its text's number
-    per_text = len(result) // len(texts)
-    for i, record in enumerate(result.documents):
-        record.id = i // per_text
-    print_result(result, args.top_k, tokens=args.tokens, records_per_text=per_text)
+    # Several targets (all, A,B, a multi-label model's labels): each text's records follow each other; a record's
+    # id is its text's number
+    for record, text in zip(result.documents, text_of_each_record(kwargs["target"], len(result), len(texts))):
+        record.id = text
+    print_result(result, args.top_k, tokens=args.tokens)
     print(run_line(result))
     if args.out:
         _write_result(args, result)

@@ -36,7 +36,7 @@ from pathlib import Path
 from ..engine import TimeLeft
 from ..errors import DataError, Interrupted, NonFiniteError
 from ..inputs import TruncationWarning, max_text_tokens
-from ..models import hub_quiet, is_multi_label, label_ids
+from ..models import hub_quiet, is_multi_label, label_ids, predicted_labels
 from ..result import DocumentResult
 from .files import RunLock, fingerprint, to_json, write_atomically
 
@@ -354,13 +354,6 @@ class ShardSizes:
         self.documents, self.seconds = self.documents + documents, self.seconds + seconds
 
 
-def predicted_labels(probabilities) -> list[int]:
-    """A multi-label model's predicted labels from its sigmoids [C]: each one above 1/2 (the top one where none
-    is: a document always has its prediction explained)."""
-    above = (probabilities > 0.5).nonzero().flatten().tolist()
-    return above or [int(probabilities.argmax())]
-
-
 def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwargs) -> list:
     """Entries for these rows: DocumentResults (one per class of each row with target "all", per label of
     a multi-label row, or per predicted label of a multi-label model), and (id, reason) for documents left
@@ -416,11 +409,16 @@ def _attributed_rows(engine, batch: list[Row], targets, progress: bool, **attrib
         # named by its index.
         stop.entries = _entries(batch, stop.result.documents if getattr(stop, "result", None) is not None else [])
         raise
-    # Records row after row: one per class of a row's list, as many per row for "all" or one target.
-    per_row = [len(t) for t in targets] if isinstance(targets, list) and isinstance(targets[0], list) else \
-        [len(result.documents) // len(batch)] * len(batch)
-    rows = [i for i, count in enumerate(per_row) for _ in range(count)]
+    rows = text_of_each_record(targets, len(result.documents), len(batch))
     return _entries(batch, [replace(document, id=i) for i, document in zip(rows, result.documents, strict=True)])
+
+
+def text_of_each_record(targets, records: int, texts: int) -> list[int]:
+    """The text each record of a call explains (records text after text): one per class of a text's list of
+    targets, as many per text for "all" or one target."""
+    per_text = [len(t) for t in targets] if isinstance(targets, list) and isinstance(targets[0], list) else \
+        [records // texts] * texts
+    return [i for i, count in enumerate(per_text) for _ in range(count)]
 
 
 def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> list:

@@ -8,12 +8,10 @@ from itertools import zip_longest
 from ..result import Attribution, RunStats
 
 
-def print_result(result: Attribution, k: int, documents=None, file=None, tokens: bool = False,
-                 records_per_text: int = 1) -> None:
+def print_result(result: Attribution, k: int, documents=None, file=None, tokens: bool = False) -> None:
     """Prediction, probability, delta and the top/bottom-k words (with tokens: tokens) of each record
     (default: all), classes by the result's label names. Words as the text has them: a byte-level BPE's
-    "bor" + "ing" is "boring". Each is numbered by its id, or without one by its place (records_per_text:
-    several targets of each text, records in a row per text, numbered by their text)."""
+    "bor" + "ing" is "boring". Each is numbered by its id, or without one by its place."""
     file = file or sys.stdout
     unit = "tokens" if tokens else "words"
 
@@ -27,7 +25,7 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
         if d.target != d.prediction:
             attributed = f"{attributed} (p={float(d.probs[d.target]):.3f})"
         cut = f" ({d.truncated_tokens} cut)" if d.truncated_tokens else ""
-        print(f"document {i // records_per_text if d.id is None else d.id}: {len(d.tokens)} tokens{cut} | "
+        print(f"document {i if d.id is None else d.id}: {len(d.tokens)} tokens{cut} | "
               f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = d.top_bottom_words(k, tokens)
