@@ -388,6 +388,7 @@ class Engine:
 
         def shares_of(texts: list[int]) -> list[float]:
             return [shares[j] for k in texts for j in range(text_first[k], text_first[k + 1])]
+
         bar = progress_bar(progress, [len(doc.input_ids) for doc in docs], shown_here=self.processes.rank == 0)
         records, groups, seconds, retains_memory = [None] * first_slot[-1], [], TimeSplit(), False
         # Where every (document, target) pair has one length, their attributions are written into one tensor
