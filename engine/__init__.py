@@ -13,7 +13,7 @@ from .precision import PrecisionWarning
 from .result import Attribution, DocumentResult, RunStats
 from .scheduler import retain_freed_cpu_memory
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 
 def patch_captum():
