@@ -85,6 +85,8 @@ def test_every_document_is_written_once_with_what_was_asked(csv_run):
     assert [int(s["id"]) for s in summary] == [r["id"] for r in records]
     assert all(float(s["delta"]) == r["delta"] and int(s["tokens"]) == len(r["tokens"])
                for s, r in zip(summary, records))
+    assert [(s["label_name"], s["prediction_name"], s["target_name"]) for s in summary] == \
+        [(f"LABEL_{r['label']}", f"LABEL_{r['prediction']}", f"LABEL_{r['target']}") for r in records]
     settings = json.loads((csv_run / "manifest.json").read_text())["settings"]
     assert settings["n_steps"] == 8 and settings["target"] == "label" and settings["precision"] == "fp32"
 
@@ -419,6 +421,10 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     records = _records(out)
     assert [(r["id"], r["target"]) for r in records] == [(0, 0), (0, 2), (1, 1), (3, 0), (3, 1), (3, 2)]
     assert [r["label"] for r in records] == [[0, 2], [0, 2], [1], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
+    with open(out / "documents.csv", encoding="utf-8") as f:     # the classes by name too, a list's joined
+        assert [(s["label_name"], s["target_name"]) for s in csv.DictReader(f)] == [
+            ("joy; fear", "joy"), ("joy; fear", "fear"), ("anger", "anger"), ("joy; anger; fear", "joy"),
+            ("joy; anger; fear", "anger"), ("joy; anger; fear", "fear")]
     engine = fastig.Engine(model, tokenizer)
     for r in records:
         alone = engine.attribute(texts[r["id"]], target=r["target"], n_steps=8)

@@ -469,7 +469,7 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
     return token_steps
 
 
-def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, int, int]:
+def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -> tuple[int, int, int]:
     """index.json, documents.jsonl (every document's records once, by id), documents.csv and skipped.csv from
     the sound shards; returns the documents merged, skipped and cut to the model's length. A document of the
     data set that no shard holds is an error, not a missing line."""
@@ -494,9 +494,16 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int) -> tuple[int, i
     write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens", "truncated_tokens"))
-    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens), r.truncated_tokens)
-                     for r in ordered)
+    # The classes by id and, last, by the model's names (labels: {"0": "negative", ...}), "; " between a
+    # multi-label document's: ids alone sent a reader of the file to the model's config.
+
+    def named(classes) -> str:
+        return "" if classes is None else "; ".join(labels.get(str(c), str(c)) for c in
+                                                    (classes if isinstance(classes, list) else [classes]))
+    writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens", "truncated_tokens",
+                     "label_name", "prediction_name", "target_name"))
+    writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens), r.truncated_tokens,
+                      named(r.label), named(r.prediction), named(r.target)) for r in ordered)
     write_atomically(out / "documents.csv", buffer.getvalue())
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
@@ -548,5 +555,6 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
         wait()
         if rank != 0:
             return summary
-        documents, skipped, cut = merge(out, rows, plan.skipped, top_k)     # skipped: before and while running
+        documents, skipped, cut = merge(out, rows, plan.skipped, top_k,     # skipped: before and while running
+                                        settings.get("labels", {}))
         return {**summary, "documents": documents, "skipped": skipped, "cut": cut}
