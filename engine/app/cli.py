@@ -255,9 +255,9 @@ def _attribution_kwargs(args, config, n_docs: int) -> dict:
 
 
 def cmd_attribute(args) -> int:
-    from ..models import is_multi_label, predicted_labels
+    from ..models import is_multi_label
     from ..processes import launched, process_state
-    from .dataset import text_of_each_record
+    from .dataset import each_predicted_label, text_of_each_record
 
     texts = _texts(args)
     state = process_state() if launched() else None
@@ -269,7 +269,7 @@ def cmd_attribute(args) -> int:
     if kwargs["target"] is None and is_multi_label(engine.model.config):
         # each label the model predicts, a record each, as `fastig dataset` explains them (the top one alone
         # left out a comment's other labels: insult besides toxic)
-        kwargs["target"] = [predicted_labels(p) for p in engine.probabilities(texts, args.max_length)]
+        kwargs["target"] = each_predicted_label(engine, texts, args.max_length)
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
     try:
         result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
@@ -496,7 +496,7 @@ def cmd_aggregate(args) -> int:
         rows = rankings[group]
         with open(out / group_file_name(group, labels), "w", newline="", encoding="utf-8") as f:
             # Lists, not generators: a generator per row reads `r` when written, the last row's (every ranking
-            # file written before 2026-12-07 repeated its last row).
+            # file written from 2026-12-01 to 2026-12-07, fastig 0.2.0, repeated its last row).
             csv.writer(f).writerows([columns, *([getattr(r, c) for c in columns] for r in rows)])
         documents = sum(1 for r in records if group_key(r, args.by) == group)
         name = (f"target {label_name(group, labels)}" if args.by == "target" else

@@ -360,9 +360,8 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
     out: whose model output or gradient is not finite, or that have no label to explain (they go to
     skipped.csv, never into the results)."""
     if target == "predicted" and is_multi_label(engine.model.config):
-        probabilities = engine.probabilities([row.text for row in batch], attribute_kwargs.get("max_length"))
-        return _attribute_each_class(engine, batch, [predicted_labels(p) for p in probabilities], progress,
-                                     **attribute_kwargs)
+        classes = each_predicted_label(engine, [row.text for row in batch], attribute_kwargs.get("max_length"))
+        return _attribute_each_class(engine, batch, classes, progress, **attribute_kwargs)
     if target == "label" and isinstance(batch[0].label, list):     # a multi-label data set: each document's labels
         return _attribute_each_class(engine, batch, [row.label for row in batch], progress, **attribute_kwargs)
     if target == "label":
@@ -372,6 +371,12 @@ def _attribute(engine, batch: list[Row], target, progress: bool, **attribute_kwa
     else:
         targets = None if target == "predicted" else target
     return _attributed_rows(engine, batch, targets, progress, **attribute_kwargs)
+
+
+def each_predicted_label(engine, texts: list, max_length: int | None) -> list[list[int]]:
+    """Each text's labels as a multi-label model predicts them (fastig.models.predicted_labels), for target=:
+    what `--target predicted` explains on such a model, in `dataset` and `attribute` alike."""
+    return [predicted_labels(p) for p in engine.probabilities(texts, max_length)]
 
 
 def _attribute_each_class(engine, batch: list[Row], classes: list[list[int]], progress: bool,
