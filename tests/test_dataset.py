@@ -388,6 +388,26 @@ def test_documents_cut_to_the_models_length_are_counted_not_said_one_by_one(mode
     assert all(lengths[int(row["id"])] == 22 for row in cut)     # CLS + 20 + SEP
 
 
+def test_documents_short_of_the_accuracy_are_counted_and_each_says_what_it_spent(model_dir, data_files, tmp_path,
+                                                                                  capsys):
+    """The default call states an accuracy: documents.csv gives each document's evaluations and estimated error, and
+    the closing line counts those that --max-steps stopped short of it (a study read none of this but from
+    documents.jsonl)."""
+    out = tmp_path / "out"
+    assert exit_code(["dataset", "--model", model_dir, "--data", str(data_files / "docs.csv"), "--out", str(out),
+                      "--limit", "6", "--accuracy", "1e-5", "--max-steps", "20"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    rows, records = list(csv.DictReader(open(out / "documents.csv"))), _records(out)
+    assert [(int(row["evaluations"]), float(row["estimated_error"])) for row in rows] == \
+        [(r["evaluations"], r["estimated_error"]) for r in records]
+    short = sum(not r["tolerance_met"] for r in records)
+    assert 0 < short and f", {short} short of --accuracy 1e-05 (stopped at --max-steps 20" in said
+    assert exit_code(_args(model_dir, data_files / "docs.csv", tmp_path / "fixed", "--limit", "3")) == 0
+    assert "short of" not in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "fixed" / "documents.csv")))
+    assert [(row["evaluations"], row["estimated_error"]) for row in rows] == [("8", "")] * 3
+
+
 def test_a_csvs_lists_of_labels_read_as_a_multi_label_data_sets():
     import transformers
     from fastig.app.dataset import Row, class_ids

@@ -1,6 +1,7 @@
 """The default call: the attribution within its stated accuracy of the converged one, and the precision
 chosen by its check; asking for anything of Captum's gives Captum's computation."""
 
+import json
 import re
 
 import pytest
@@ -138,3 +139,25 @@ def test_a_setting_of_another_rule_is_refused_not_ignored(models, tokenizer, kwa
 def test_bad_default_settings_are_refused(models, tokenizer, kwargs, fragment):
     with pytest.raises(fastig.MethodError, match=fragment):
         fastig.Engine(models("bert"), tokenizer).attribute("the film", **kwargs)
+
+
+def test_the_command_says_what_the_default_call_spent_and_the_error_it_estimates(saved_model, tmp_path, capsys):
+    """`fastig attribute` without --n-steps printed each document's delta, but neither the evaluations it took nor
+    the error the README promises it states: the run line gives both, and says where max_steps cut it short."""
+    from test_cli import exit_code
+
+    out = tmp_path / "result.json"
+    model = str(saved_model("distilbert"))
+    for accuracy, max_steps in (("2e-2", "1024"), ("1e-6", "30")):
+        assert exit_code(["attribute", "--model", model, "--text", TEXTS[0], "--text", TEXTS[1],
+                          "--accuracy", accuracy, "--max-steps", max_steps, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        documents = json.loads(out.read_text())["documents"]
+        evaluations = sorted(d["evaluations"] for d in documents)
+        spent = f"{evaluations[0]}-{evaluations[1]}" if evaluations[0] != evaluations[1] else f"{evaluations[0]}"
+        worst = max(d["estimated_error"] for d in documents)
+        assert f"accuracy {float(accuracy):g}: {spent} model evaluations per document, estimated error up to " \
+               f"{worst:.1e}" in printed
+        unmet = sum(not d["tolerance_met"] for d in documents)
+        assert (f"not met by {unmet} of 2 (stopped at --max-steps {max_steps})" if unmet else "met by all 2") in printed
+    assert unmet == 2

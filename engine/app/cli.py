@@ -471,6 +471,10 @@ def cmd_dataset(args) -> int:
         return 0
     rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
     cut = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" if summary["cut"] else ""
+    if summary["short"]:
+        goal = f"--accuracy {args.accuracy:g}" if default_path else f"--tolerance {args.tolerance:g}"
+        cut += (f", {summary['short']} short of {goal} (stopped at --max-steps {args.max_steps}: "
+                + ("documents.csv's estimated_error)" if default_path else "documents.jsonl's tolerance_met)"))
     # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
     by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
         if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"

@@ -30,7 +30,7 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..engine import TimeLeft
@@ -474,10 +474,19 @@ def attribute_shards(engine, plan: Plan, out: Path, rank: int, target, top_k: in
     return token_steps
 
 
-def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class Merged:
+    """What the merged outputs hold: documents written, skipped, cut to the model's length, and short of their
+    accuracy (or n_steps auto's tolerance): max_steps stopped them first."""
+    documents: int
+    skipped: int
+    cut: int
+    short: int
+
+
+def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -> Merged:
     """index.json, documents.jsonl (every document's records once, by id), documents.csv and skipped.csv from
-    the sound shards; returns the documents merged, skipped and cut to the model's length. A document of the
-    data set that no shard holds is an error, not a missing line."""
+    the sound shards. A document of the data set that no shard holds is an error, not a missing line."""
     by_shard = sound_shards(out, move_corrupt=True)
     records, skipped = {}, dict(skipped)
     for entries in by_shard.values():
@@ -505,16 +514,20 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -
     def named(classes) -> str:
         return "" if classes is None else "; ".join(labels.get(str(c), str(c)) for c in
                                                     (classes if isinstance(classes, list) else [classes]))
+    # Columns only ever added at the end: a reader by position keeps working. estimated_error: the default call's
+    # (blank for a fixed rule or n_steps auto).
     writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens", "truncated_tokens",
-                     "label_name", "prediction_name", "target_name"))
+                     "label_name", "prediction_name", "target_name", "evaluations", "estimated_error"))
     writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens), r.truncated_tokens,
-                      named(r.label), named(r.prediction), named(r.target)) for r in ordered)
+                      named(r.label), named(r.prediction), named(r.target), r.evaluations, r.estimated_error)
+                     for r in ordered)
     write_atomically(out / "documents.csv", buffer.getvalue())
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])
     write_atomically(out / "skipped.csv", buffer.getvalue())
     cut = sum(row.id in records and records[row.id][0].truncated_tokens > 0 for row in rows)
-    return sum(row.id in records for row in rows), len(skipped), cut
+    short = sum(any(r.tolerance_met is False for r in records[row.id]) for row in rows if row.id in records)
+    return Merged(sum(row.id in records for row in rows), len(skipped), cut, short)
 
 
 def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints: dict, versions: dict, target,
@@ -560,6 +573,5 @@ def run_dataset(engine, rows: list[Row], out: Path, settings: dict, fingerprints
         wait()
         if rank != 0:
             return summary
-        documents, skipped, cut = merge(out, rows, plan.skipped, top_k,     # skipped: before and while running
-                                        settings.get("labels", {}))
-        return {**summary, "documents": documents, "skipped": skipped, "cut": cut}
+        merged = merge(out, rows, plan.skipped, top_k, settings.get("labels", {}))  # skipped: before and now
+        return {**summary, **asdict(merged)}

@@ -67,12 +67,20 @@ def _memory_line(stats: RunStats) -> str:
 
 
 def run_line(result: Attribution) -> str:
-    """Throughput, device, precision, time and memory of the run (with n_steps auto: the evaluations first)."""
+    """Throughput, device, precision, time and memory of the run; first, with n_steps auto the evaluations, and
+    for the default call the evaluations and the error it estimates (which it states, and printed nowhere else)."""
     stats = result.stats
     line = ""
     if result.n_steps == "auto":
         line = (f"n_steps auto: {[d.evaluations for d in result.documents]} model evaluations per document for "
                 f"|delta| <= {stats.tolerance:g} |F(x) - F(b)| (met: {[d.tolerance_met for d in result.documents]})\n")
+    elif result.n_steps is None:
+        fewest, most = min(d.evaluations for d in result.documents), max(d.evaluations for d in result.documents)
+        unmet = sum(not d.tolerance_met for d in result.documents)
+        met = (f"not met by {unmet} of {len(result)} (stopped at --max-steps {stats.max_steps})" if unmet else
+               f"met by all {len(result)}")
+        line = (f"accuracy {stats.accuracy:g}: {fewest}{f'-{most}' if most != fewest else ''} model evaluations per "
+                f"document, estimated error up to {max(d.estimated_error for d in result.documents):.1e} ({met})\n")
     compiling = f", {stats.seconds.compile:.2f} s of them compiling" if stats.seconds.compile else ""
     return line + (f"{stats.token_steps_per_s:.0f} token-steps/s on {stats.device} in {stats.precision} "
                    f"({stats.seconds.total:.2f} s{compiling}; {_memory_line(stats)}; {stats.fallbacks} chunks redone "
