@@ -142,6 +142,11 @@ def test_attribute_explains_every_class_with_target_all(model_dir, tmp_path, cap
     assert "2 documents, 6 explanations" in index and all(f'href="{page}"' in index for page in pages)
     assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0      # from result.json: the same pages
     assert sorted(p.name for p in (tmp_path / "again").glob("document-*.html")) == pages
+    # without --out: where attribute wrote them; another unit in a folder of its own
+    report.joinpath("index.html").unlink()
+    assert main(["report", str(out)]) == 0 and (report / "index.html").is_file()
+    assert main(["report", str(out), "--tokens"]) == 0
+    assert sorted(p.name for p in out.with_name("result-tokens.report").glob("document-*.html")) == pages
 
 
 def test_attribute_explains_each_label_a_multi_label_model_predicts(multi_label_run, tmp_path, capsys):

@@ -555,6 +555,19 @@ def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, c
     assert highest and lowest and all(v > 0 for v in highest) and all(v < 0 for v in lowest)
 
 
+def test_report_without_out_writes_into_the_run_as_aggregate_does(model_dir, data_files, csv_run, capsys):
+    """`fastig report RUN` refused to run without --out, where `fastig aggregate RUN` writes into the run: each
+    choice of unit and grouping its own folder, so that one report never replaces another's pages."""
+    for options, folder in (([], "report"), (["--tokens"], "report-tokens"),
+                            (["--by", "label", "--tokens"], "report-by-label-tokens")):
+        assert exit_code(["report", str(csv_run), *options]) == 0
+        assert str(csv_run / folder / "index.html") in capsys.readouterr().out
+        assert len(list((csv_run / folder).glob("document-*.html"))) == 11
+    # the run with its reports inside still resumes, having nothing left to do
+    assert exit_code(_args(model_dir, data_files / "docs.csv", csv_run, "--target", "label")) == 0
+    assert "0 attributed now" in capsys.readouterr().out
+
+
 def test_aggregate_ranks_the_words_people_read_unless_asked_for_tokens(byte_level_tokenizer, tmp_path, capsys):
     """A byte-level BPE splits "unreadable" into "u", "n", "r", "ea", "d", "a", "bl", "e": the default ranking is of the
     words `attribute` and the reports show (it ranked the pieces, unreadable, unless --merge-subwords was given);

@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
     p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html and one page per document")
+    p.add_argument("--out", type=Path,
+                   help="folder for index.html and one page per document (default: RUN/report[-by-label][-tokens] "
+                        "for a run, beside a result.json as `attribute --out` writes it: result[-tokens].report)")
     p.add_argument("--tokens", action="store_true", help="highlight and rank tokens, not the tokenizer's words")
     p.add_argument("--by", default="target", choices=("target", "label"),
                    help="group the index's charts by target (default), or by label and target")
@@ -359,7 +361,7 @@ def _write_result(args, result) -> None:
         raise OutputError(f"--out {str(args.out)!r}: cannot write it ({err.strerror or err}); {where}") from err
     _partial_path(args.out).unlink(missing_ok=True)     # an earlier stopped run's documents: not beside this one
     try:
-        index = write_report(result.documents, result.labels, args.out.with_suffix(".report"),
+        index = write_report(result.documents, result.labels, _report_folder(args.out, "target", False),
                              f"fastig: {args.out.name}", source=source)
     except OSError as err:
         raise OutputError(f"wrote {args.out}, but not its HTML report ({err.strerror or err}); "
@@ -519,11 +521,21 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def _report_folder(source: Path, by: str, tokens: bool) -> Path:
+    """Where a report goes without --out: into a run's folder, as aggregate writes, or beside a result.json where
+    `attribute --out` put its report; each choice of grouping and unit in a folder of its own."""
+    options = ("-by-label" if by == "label" else "") + ("-tokens" if tokens else "")
+    if source.is_dir():
+        return source / f"report{options}"
+    return source.with_name(f"{source.stem}{options}.report")
+
+
 def cmd_report(args) -> int:
     from .report import load, write_report
 
     records, labels, title, source = load(args.source)
-    index = write_report(records, labels, args.out, title, args.tokens, args.by, source)
+    index = write_report(records, labels, args.out or _report_folder(args.source, args.by, args.tokens), title,
+                         args.tokens, args.by, source)
     print(f"wrote {len(records)} document pages and {index}")
     return 0
 
