@@ -285,6 +285,24 @@ def test_a_chinese_page_shows_its_text_as_written_and_passages_by_sentence(tmp_p
     assert sorted(set(passages)) == sorted(sentences), passages
 
 
+def test_a_full_stop_inside_a_number_or_name_does_not_end_a_passage(byte_level_tokenizer):
+    """"Gains of 3.5% over the baseline!" was listed as two passages, "gains of 3." and "5% over the baseline!",
+    since the tokenizer's words split "3.5" at its full stop: a full stop, ! or ? ends a sentence only where the
+    text goes on after a space (or a closing quote), or ends."""
+    import fastig
+
+    from conftest import make_byte_level_model
+
+    sentences = ["Our method improves the model; results (Table 2) show gains of 3.5% over the baseline!",
+                 "See www.example.com?!", "The component works.", "Reagan's approach \u2014 \"it works.\"", "Yes"]
+    text = " ".join(sentences)
+    tokenizer = byte_level_tokenizer
+    result = fastig.Engine(make_byte_level_model("roberta", tokenizer), tokenizer).attribute(text, n_steps=4)
+    page = document_page(result.documents[0], result.labels)
+    passages = [html.unescape(p) for p in re.findall(r'<li><a href="#s\d+">(.*?)</a>', page)]
+    assert sorted(passages) == sorted(sentences), passages
+
+
 def test_a_cut_document_shows_what_the_model_did_not_read(models, tokenizer, tmp_path):
     """A document longer than the model reads: its page says how many tokens were cut and shows their text
     grey after the explained words (the page ended at the cut as if the document did), and the index counts

@@ -81,6 +81,9 @@ PAGES_BAR_DELAY_S = 2.0     # a report that takes longer shows a bar of its page
 CLOSERS = "'\")\\]\u201d\u2019\u00bb\u300d\u300f\uff09"
 SENTENCE_END = re.compile(rf"[.!?\u3002\uff01\uff1f\uff0e\uff61][{CLOSERS}]*$")
 CLOSING = re.compile(rf"[{CLOSERS}]+")
+# ... but a Latin one ends a sentence only where the text goes on after a space or ends: "3.5%", "www.example.com"
+# and "?!" are words split at their marks, and were listed as passages "gains of 3." and "5% over the baseline!".
+LATIN_END = re.compile(rf"[.!?][{CLOSERS}]*$")
 
 
 @dataclass
@@ -101,14 +104,22 @@ def _mark(unit, scale: float, anchor: str = "") -> str:
 
 def _sentences(units) -> list[list[int]]:
     """Indices of the units of each sentence: a sentence ends after a unit ending in . ! or ? (and the closing
-    quotes after it)."""
+    quotes after it), a Latin one where a space or the text's end follows."""
+    def ends(i: int) -> bool:
+        unit, following = units[i], units[i + 1] if i + 1 < len(units) else None
+        if not SENTENCE_END.search(unit.text):
+            return False
+        if following is None or unit.end is None or following.start is None or not LATIN_END.search(unit.text):
+            return True
+        return following.start > unit.end or bool(CLOSING.fullmatch(following.text))
+
     sentences, current = [], []
     for i, unit in enumerate(units):
         if not current and sentences and CLOSING.fullmatch(unit.text):
             sentences[-1].append(i)
             continue
         current.append(i)
-        if SENTENCE_END.search(unit.text):
+        if ends(i):
             sentences.append(current)
             current = []
     return sentences + ([current] if current else [])
