@@ -35,8 +35,9 @@ class DocumentResult:
     rules; precision_error, low precision's relative error at alpha = 1/2 where it was checked.
     These are None otherwise. truncated_tokens: the text's tokens cut past max_length (0: none).
     For people (every output shows these, never the vocabulary pieces of `tokens`): display_tokens,
-    text, offsets and word_ids, as in fastig.inputs.Document. id, label: the data set's id and
-    label, where there is one (a multi-label data set's: a list of classes).
+    text, offsets and word_ids, as in fastig.inputs.Document. id, label: the document's place in its data set
+    (or the text's number) and its label, where there is one (a multi-label data set's: a list of classes);
+    data_id: the data's own id of it (`fastig dataset --id-column`), where it has one.
     """
     tokens: list
     input_ids: torch.Tensor
@@ -63,6 +64,7 @@ class DocumentResult:
     word_ids: list | None = None
     id: int | str | None = None
     label: int | list[int] | None = None
+    data_id: int | str | None = None
 
     def __repr__(self) -> str:
         return f"DocumentResult({self.summary()})"
@@ -193,7 +195,8 @@ def _checked(name: str, value):
             raise wrong("an int, a list of ints or null")
         return value
     optional = {"tolerance_met": (bool,), "evaluations_allowed": (int,), "precision": (str,), "label": (int,),
-                "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str), "text": (str,)}
+                "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str), "data_id": (int, str),
+                "text": (str,)}
     if name in optional and value is not None and (not isinstance(value, optional[name])
                                                    or isinstance(value, bool) and name != "tolerance_met"):
         raise wrong(" or ".join(t.__name__ for t in optional[name]) + " or null")

@@ -1,6 +1,7 @@
 """`fastig dataset` and `fastig aggregate`: whole data sets, resumable, nothing lost, tokens ranked per class."""
 
 import csv
+import html
 import json
 import os
 import signal
@@ -406,6 +407,31 @@ def test_documents_short_of_the_accuracy_are_counted_and_each_says_what_it_spent
     assert "short of" not in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "fixed" / "documents.csv")))
     assert [(row["evaluations"], row["estimated_error"]) for row in rows] == [("8", "")] * 3
+
+
+def test_the_datas_own_ids_are_written_beside_each_record(model_dir, tmp_path, capsys):
+    """A data set's own ids ('id' by default, as go_emotions', or --id-column) come out beside fastig's row
+    numbers, as the file has them (a CSV's "007" is not 7), in documents.csv, documents.jsonl and the report, so
+    results join back to the data; a run begun without them gets them when it is merged again."""
+    ids = ["007", "a-1", "12", "x y", "z"]
+    data = tmp_path / "docs.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "id", "key"), *((make_text(6, seed=i), ids[i], i * 10) for i in range(5))])
+    out = tmp_path / "out"
+    assert exit_code(_args(model_dir, data, out, "--id-column", "")) == 0
+    assert {row["data_id"] for row in csv.DictReader(open(out / "documents.csv"))} == {""}
+    assert exit_code(_args(model_dir, data, out)) == 0 and "0 attributed now" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "documents.csv")))
+    assert [(row["id"], row["data_id"]) for row in rows] == [(str(i), ids[i]) for i in range(5)]
+    assert [(r["id"], r["data_id"]) for r in _records(out)] == list(enumerate(ids))
+    assert exit_code(["report", str(out)]) == 0
+    index = (out / "report" / "index.html").read_text()
+    assert all(f'<td data-value="{html.escape(i)}">{html.escape(i)}</td>' in index for i in ids)
+    assert "<h1>Document 0 (id 007): " in (out / "report" / "document-0.html").read_text()
+    assert exit_code(_args(model_dir, data, tmp_path / "keys", "--id-column", "key", "--limit", "2")) == 0
+    assert [r["data_id"] for r in _records(tmp_path / "keys")] == ["0", "10"]
+    assert exit_code(_args(model_dir, data, tmp_path / "nope", "--id-column", "nope")) == 2
+    assert "--id-column 'nope' is not a column of" in capsys.readouterr().err and not (tmp_path / "nope").exists()
 
 
 def test_a_csvs_lists_of_labels_read_as_a_multi_label_data_sets():

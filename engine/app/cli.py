@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "hypothesis, query and passage): each document is the pair")
     p.add_argument("--label-column", help="class ids or label names ('' for none; default: the data's 'labels' or "
                                           "'label' column, if it has one)")
+    p.add_argument("--id-column", help="the data's own id of each document, written beside fastig's (the row's "
+                                       "place) as documents.csv's and documents.jsonl's data_id and shown in the "
+                                       "report ('' for none; default: the data's 'id' column, if it has one)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default; a multi-label model's labels "
@@ -433,7 +436,7 @@ def cmd_dataset(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1")
     data = read_rows(args.data, args.split, args.text_column, args.label_column, args.limit,
-                     need_labels=args.target == "label", pair_column=args.pair_column)
+                     need_labels=args.target == "label", pair_column=args.pair_column, id_column=args.id_column)
     state = process_state() if launched() else None
     engine = _engine(args, state)
     config = engine.model.config

@@ -46,11 +46,12 @@ TARGET_MODES = ("label", "predicted")
 
 @dataclass(frozen=True)
 class Row:
-    """One document of the data set: its position in the split, its text (a pair of texts with --pair-column)
-    and its label (or None)."""
+    """One document of the data set: its position in the split, its text (a pair of texts with --pair-column),
+    its label (or None) and the data's own id of it (--id-column; or None)."""
     id: int
     text: object
     label: object
+    data_id: int | str | None = None
 
 
 def _columns_of(data: str, split: str, text_columns: list[str]):
@@ -106,6 +107,8 @@ def _columns_of(data: str, split: str, text_columns: list[str]):
 # The text column when none is named: imdb, ag_news, yelp and tweet_eval call it "text", GLUE's SST-2 and CoLA
 # "sentence", amazon_polarity "content"; a default of "text" alone refused SST-2 until named.
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
+# The data's own ids, when none is named: go_emotions', SQuAD's and most exports' name for it.
+ID_COLUMN = "id"
 # The label column when none is named: multi-label sets (go_emotions) call it "labels", most others (imdb,
 # sst2, ag_news, tweet_eval) "label"; a default of "labels" alone left those sets' runs without labels.
 LABEL_COLUMNS = ("labels", "label")
@@ -113,21 +116,26 @@ LABEL_COLUMNS = ("labels", "label")
 
 @dataclass(frozen=True)
 class DataRead:
-    """The documents read, the data's fingerprint and the columns they came from (label_column None: none)."""
+    """The documents read, the data's fingerprint and the columns they came from (label_column, id_column None:
+    none)."""
     rows: list[Row]
     fingerprint: str
     text_column: str
     label_column: str | None
+    id_column: str | None = None
 
 
 def read_rows(data: str, split: str = "test", text_column: str | None = None, label_column: str | None = None,
-              limit: int | None = None, need_labels: bool = False, pair_column: str | None = None) -> DataRead:
+              limit: int | None = None, need_labels: bool = False, pair_column: str | None = None,
+              id_column: str | None = None) -> DataRead:
     """The first `limit` documents (all by default) of the data set, checked before any work starts; with
     `pair_column` each document is the pair (text, its pair's text). text_column None: the first of
     TEXT_COLUMNS the data has (none is refused); label_column None: the first of LABEL_COLUMNS the data has
-    (or none); "": none. A column named that the data lacks is refused."""
+    (or none), id_column None: ID_COLUMN if the data has it; "": none. A column named that the data lacks is
+    refused. Ids are kept as the file writes them (a CSV's "007" stays text)."""
     candidates = TEXT_COLUMNS if text_column is None else (text_column,)
-    columns, data_fingerprint = _columns_of(data, split, [*candidates, *([pair_column] if pair_column else [])])
+    columns, data_fingerprint = _columns_of(data, split, [*candidates, *([pair_column] if pair_column else []),
+                                                          id_column or ID_COLUMN])
     if text_column is None:
         text_column = next((column for column in TEXT_COLUMNS if column in columns), None)
         if text_column is None:
@@ -146,14 +154,28 @@ def read_rows(data: str, split: str = "test", text_column: str | None = None, la
         label_column = None
     elif label_column not in columns:
         raise DataError(f"--label-column {label_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
+    if id_column is None:
+        id_column = ID_COLUMN if ID_COLUMN in columns else None
+    elif id_column == "":
+        id_column = None
+    elif id_column not in columns:
+        raise DataError(f"--id-column {id_column!r} is not a column of {data!r}; columns: {', '.join(columns)}")
     texts = columns[text_column][:limit]
     if pair_column is not None:
         texts = list(zip(texts, columns[pair_column][:limit]))
     labels = columns[label_column][:limit] if label_column is not None else [None] * len(texts)
+    ids = map(_data_id, columns[id_column][:limit]) if id_column is not None else [None] * len(texts)
     if not texts:
         raise DataError(f"--data {data!r} holds no document")
-    return DataRead([Row(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))], data_fingerprint,
-                    text_column, label_column)
+    return DataRead([Row(i, text, label, data_id) for i, (text, label, data_id) in enumerate(zip(texts, labels, ids))],
+                    data_fingerprint, text_column, label_column, id_column)
+
+
+def _data_id(value) -> int | str | None:
+    """An id as JSON keeps it: an int or text as it is, anything else (a parquet float, a date) as its text."""
+    if value is None or isinstance(value, str) or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value)
 
 
 def class_ids(rows: list[Row], config, need_labels: bool = False) -> list[Row]:
@@ -180,9 +202,9 @@ def class_ids(rows: list[Row], config, need_labels: bool = False) -> list[Row]:
             label = sorted({_class_id(row, value, names, num_labels) for value in label})
         else:
             label = _class_id(row, label, names, num_labels)
-        checked.append(Row(row.id, row.text, label))
+        checked.append(replace(row, label=label))
     if any(isinstance(row.label, list) for row in checked):
-        checked = [Row(row.id, row.text, [row.label]) if isinstance(row.label, int) else row for row in checked]
+        checked = [replace(row, label=[row.label]) if isinstance(row.label, int) else row for row in checked]
     return checked
 
 
@@ -504,7 +526,8 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -
                         "no sound shard; run the same command again to attribute them")
     write_atomically(out / "index.json", to_json({name: list(dict.fromkeys(_entry_id(e) for e in entries))
                                                   for name, entries in by_shard.items()}) + "\n")
-    ordered = [record for row in rows if row.id in records for record in records[row.id]]
+    # The data's ids from the rows, not the shards: a run begun without them (or before they were kept) has them.
+    ordered = [replace(record, data_id=row.data_id) for row in rows if row.id in records for record in records[row.id]]
     write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -517,10 +540,10 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -
     # Columns only ever added at the end: a reader by position keeps working. estimated_error: the default call's
     # (blank for a fixed rule or n_steps auto).
     writer.writerow(("id", "label", "prediction", "probability", "target", "delta", "tokens", "truncated_tokens",
-                     "label_name", "prediction_name", "target_name", "evaluations", "estimated_error"))
+                     "label_name", "prediction_name", "target_name", "evaluations", "estimated_error", "data_id"))
     writer.writerows((r.id, r.label, r.prediction, r.probability, r.target, r.delta, len(r.tokens), r.truncated_tokens,
-                      named(r.label), named(r.prediction), named(r.target), r.evaluations, r.estimated_error)
-                     for r in ordered)
+                      named(r.label), named(r.prediction), named(r.target), r.evaluations, r.estimated_error,
+                      r.data_id) for r in ordered)
     write_atomically(out / "documents.csv", buffer.getvalue())
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("id", "reason"), *sorted(skipped.items())])

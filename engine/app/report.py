@@ -246,7 +246,9 @@ def document_page(record: DocumentResult, labels: dict, tokens: bool = False, to
            "tokens": len(record.tokens), "tokens cut past max_length": record.truncated_tokens}
     unit = "token" if tokens else "word"
     body = ((f'<nav><a href="{html.escape(index)}">← all documents</a></nav>' if index else "")
-            + f"<h1>Document {html.escape(str(record.id))}: attributions toward {html.escape(target)}</h1>"
+            + f"<h1>Document {html.escape(str(record.id))}"
+            + ("" if record.data_id is None else f" (id {html.escape(str(record.data_id))})")
+            + f": attributions toward {html.escape(target)}</h1>"
             + f"<p>Predicted {html.escape(label_name(record.prediction, labels))} (p = {record.probability:.3f})"
             + ("" if record.target == record.prediction
                else f"; {html.escape(target)} p = {float(record.probs[record.target]):.3f}")
@@ -329,8 +331,11 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         return f'<td data-value="{html.escape(str(value))}">{shown}</td>'
 
     with_target = several_targets_each(records)
+    data_ids = any(r.data_id is not None for r in records)      # the data's own ids: a column where it has them
     rows = "".join(
         "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r, with_target))}">{html.escape(str(r.id))}</a>')
+        + (cell("" if r.data_id is None else r.data_id, html.escape("" if r.data_id is None else str(r.data_id)))
+           if data_ids else "")
         + cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels)))
         + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
         + cell(r.target, html.escape(label_name(r.target, labels)))
@@ -338,7 +343,8 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         + cell(len(r.tokens), f"{len(r.tokens)} ({r.truncated_tokens} cut)" if r.truncated_tokens else len(r.tokens))
         + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
-                      for name in ("document", "label", "prediction", "target", "probability", "delta", "tokens"))
+                      for name in ("document", *(["id"] if data_ids else []), "label", "prediction", "target",
+                                   "probability", "delta", "tokens"))
     grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
     charts, unit = "", "tokens" if tokens else "words"
     for group, rows_of_group in sorted(class_rankings(records, grouping, not tokens).items(), key=lambda g: str(g[0])):
