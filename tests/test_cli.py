@@ -341,6 +341,21 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, args, fragment):
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
+@pytest.mark.parametrize("command, flag, value, least", [
+    ("attribute", "--top-k", "-1", 0), ("dataset", "--top-k", "-3", 0), ("dataset", "--limit", "0", 1),
+    ("aggregate", "--top", "-1", 0), ("demo", "--documents", "0", 1), ("demo", "--top-k", "-2", 0),
+    ("check", "--internal-batch-size", "0", 1)])
+def test_a_count_below_what_it_can_be_is_refused_by_name(model_dir, tmp_path, capsys, command, flag, value, least):
+    """--top-k -1 printed every word (a negative k never filled a list) and Captum's internal_batch_size 0 failed
+    inside it: counts are refused when read, naming the option and what it takes."""
+    args = {"attribute": ["--model", model_dir, "good"], "dataset": ["--model", model_dir, "--data", "x.csv", "--out",
+                                                                      str(tmp_path / "out")],
+            "aggregate": [str(tmp_path)], "demo": [], "check": ["--model", model_dir, "good"]}[command]
+    assert exit_code([command, *args, flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"argument {flag}: {value}: give an integer of {least} or more") and len(err.splitlines()) == 1
+
+
 def test_check_refuses_what_captum_cannot_compare_before_any_work(model_dir, capsys, monkeypatch):
     import fastig
 

@@ -31,6 +31,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _count(least: int):
+    """An argparse type: an int of at least `least` (--top-k -1 printed every word, a negative k never filling
+    a list)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < least:
+            raise argparse.ArgumentTypeError(f"{value}: give an integer of {least} or more")
+        return number
+    return parse
+
+
 def _int_or(flag: str, words: dict, allowed: str | None):
     """An argparse type: an int, or one of `words` (read as its value in the dict); with `allowed` None any
     other word too (--target's label names, which the model's config judges once it is loaded)."""
@@ -124,21 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom words")
     _add_attribution_args(p)
-    p.add_argument("--top-k", type=int, default=20,
+    p.add_argument("--top-k", type=_count(0), default=20,
                    help="words printed at each end per document, and tokens in --out's top and bottom (default 20)")
     p.add_argument("--tokens", action="store_true", help="print the top and bottom tokens, not words")
     p.add_argument("--out", type=Path, help="write the full result as JSON here")
 
     p = commands.add_parser("check", help="run fastig and Captum on the same input and compare")
     _add_attribution_args(p)
-    p.add_argument("--internal-batch-size", type=int, help="Captum's internal_batch_size (default: all steps at once)")
+    p.add_argument("--internal-batch-size", type=_count(1),
+                   help="Captum's internal_batch_size (default: all steps at once)")
 
     p = commands.add_parser("demo", help="explain movie reviews with the embedded model, timed against Captum")
     p.add_argument("--out", type=Path, default=Path("fastig-demo"), help="folder for the JSON and CSV outputs")
     p.add_argument("--n-steps", type=int, help="steps for both fastig and Captum (default: fastig's default call "
                                                 "against Captum's default, 50 steps)")
-    p.add_argument("--documents", type=int, default=5, help="held-out reviews to explain")
-    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--documents", type=_count(1), default=5, help="held-out reviews to explain")
+    p.add_argument("--top-k", type=_count(0), default=8)
 
     p = commands.add_parser("dataset", help="attribute a whole data set into resumable shards")
     _add_model_args(p)
@@ -155,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="the data's own id of each document, written beside fastig's (the row's "
                                        "place) as documents.csv's and documents.jsonl's data_id and shown in the "
                                        "report ('' for none; default: the data's 'id' column, if it has one)")
-    p.add_argument("--limit", type=int, help="only the first N documents")
+    p.add_argument("--limit", type=_count(1), help="only the first N documents")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default; a multi-label model's labels "
                         "above 1/2, a record each), all (every class, a record each), or a class index or label "
                         "name (several as 'A,B')")
-    p.add_argument("--top-k", type=int, default=20, help="top and bottom tokens kept per document (default 20)")
+    p.add_argument("--top-k", type=_count(0), default=20, help="top and bottom tokens kept per document (default 20)")
     p.add_argument("--shard-size", type=int,
                    help="documents per shard written (default: about 30 s of work per shard, so that a stopped run "
                         "loses little and the progress moves)")
@@ -182,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the printed lists rank by (default sum; the CSV files hold all)")
     p.add_argument("--min-count", type=int,
                    help="leave out tokens seen fewer times (default 3 for mean and document_mean, 1 for sum)")
-    p.add_argument("--top", type=int, default=10, help="tokens printed per group and end (default 10)")
+    p.add_argument("--top", type=_count(0), default=10, help="tokens printed per group and end (default 10)")
     p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-tokens])")
 
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
@@ -433,8 +448,6 @@ def cmd_dataset(args) -> int:
     from .dataset import LABEL_COLUMNS, class_ids, read_rows, run_dataset
     from .files import output_folder
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit {args.limit}: give at least 1")
     data = read_rows(args.data, args.split, args.text_column, args.label_column, args.limit,
                      need_labels=args.target == "label", pair_column=args.pair_column, id_column=args.id_column)
     state = process_state() if launched() else None
