@@ -1,8 +1,11 @@
 """From attributions [L, H] to what people read: token scores and top/bottom tokens."""
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
+
+from .errors import InputError
 
 
 def token_scores(attributions: torch.Tensor) -> torch.Tensor:
@@ -34,6 +37,9 @@ def ends(ranking: list, score, k: int, key=None) -> tuple[list, list]:
     middle, so that a short text showed its tokens in both lists and, where nearly all scores are positive,
     tokens pushing toward the class among those "away from" it. An end may hold fewer than k items.
     """
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 0:     # a negative k never filled an end: all items
+        raise InputError(f"k={k!r} must be an integer of 0 or more (items at each end)")
+
     def end(items):
         kept, seen = [], set()
         for item in items:

@@ -170,6 +170,11 @@ def test_token_scores_are_unit_norm_and_ranked(models, tokenizer):
     # Without uniqueness and with k past the length, the two ends are every ranked token with a score, once.
     top, bottom = result.documents[0].top_bottom(k=len(scores), unique=False)
     assert sorted(t.position for t in top + bottom) == [p for p in range(1, len(scores) - 1) if scores[p] != 0]
+    # k=-1 gave every token, as if no k were given
+    for ask in (lambda k: result.top_bottom(0, k=k), lambda k: result.top_bottom_words(0, k=k)):
+        assert ask(0) == ([], [])
+        with pytest.raises(fastig.InputError, match=r"k=-1 must be an integer of 0 or more"):
+            ask(-1)
 
 
 def test_top_and_bottom_of_a_short_text_never_share_a_token(models, tokenizer):
