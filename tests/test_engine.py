@@ -214,6 +214,11 @@ def test_a_results_words_are_its_texts_words_as_the_commands_rank_them(byte_leve
     print_result(result, 5, file=printed)
     rows = printed.getvalue().splitlines()[2:]
     assert [row[2:18].strip() for row in rows] == [t.text for t in top] + [""] * (len(rows) - len(top))
+    # each word's count beside its score, where it occurs more than once (the score is its best occurrence's)
+    assert [row[27:32].strip() for row in rows[:len(top)]] == [f"×{t.count}" if t.count > 1 else "" for t in top]
+    assert [row[33 + 27:33 + 32].strip() for row in rows[:len(bottom)]] == \
+        [f"×{b.count}" if b.count > 1 else "" for b in bottom]
+    assert any(t.count > 1 for t in top + bottom) and any(t.count == 1 for t in top + bottom)
     assert result.top_bottom_words(0, k=5, tokens=True) == document.top_bottom_words(5, tokens=True)
 
 

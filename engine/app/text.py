@@ -29,15 +29,22 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
               f"predicted {name(d.prediction)} "
               f"(p={d.probability:.3f}) | attributed class {attributed} | delta {d.delta:+.2e}", file=file)
         top, bottom = d.top_bottom_words(k, tokens)
-        print(f"  {'top ' + unit:<28}{'bottom ' + unit:<28}", file=file)
-        print_columns([(t.text, t.score) for t in top], [(b.text, b.score) for b in bottom], 16, file)
+        # A word's count beside its score (its best or worst occurrence's): one that occurs often may stand in
+        # both lists, which without it read as a contradiction.
+        print(f"  {'top ' + unit:<{16 + CELL_MARGIN + TIMES}}{'bottom ' + unit}", file=file)
+        print_columns([(t.text, t.score, t.count) for t in top], [(b.text, b.score, b.count) for b in bottom], 16,
+                      file)
+
+
+CELL_MARGIN = 12     # a score (9 columns) and the space after it
+TIMES = 5           # " ×123" after a score, where cells hold a count
 
 
 def print_columns(left: list, right: list, width: int, file=None) -> None:
-    """Two columns of (text, score) side by side, row by row; the shorter column ends blank (the two ends of a
-    ranking may differ in length: fastig.summarize.ends). A text wider than `width` terminal columns ends in
-    "…"; Chinese and Japanese characters take two columns each (counted as one, they pushed the scores out
-    of line)."""
+    """Two columns of (text, score) or (text, score, count) side by side, row by row; the shorter column ends
+    blank (the two ends of a ranking may differ in length: fastig.summarize.ends). A count above 1 is shown
+    after the score as "×count". A text wider than `width` terminal columns ends in "…"; Chinese and Japanese
+    characters take two columns each (counted as one, they pushed the scores out of line)."""
     def shown(text: str) -> str:
         if _columns(text) > width:
             text = text[:width]         # a character takes a column or more: at most `width` are kept
@@ -45,8 +52,15 @@ def print_columns(left: list, right: list, width: int, file=None) -> None:
                 text = text[:-1]
             text += "…"
         return text + " " * (width - _columns(text))
+    counted = any(len(cell) > 2 for cell in left + right)
+
+    def times(cell) -> str:
+        if not counted:
+            return ""
+        return (f" ×{cell[2]}" if len(cell) > 2 and cell[2] > 1 else "").ljust(TIMES)
+    blank = " " * (width + CELL_MARGIN + (TIMES if counted else 0))
     for row in zip_longest(left, right):
-        cells = [" " * (width + 12) if cell is None else f"{shown(cell[0])}{cell[1]:+9.4f}   " for cell in row]
+        cells = [blank if cell is None else f"{shown(cell[0])}{cell[1]:+9.4f}{times(cell)}   " for cell in row]
         print(("  " + "".join(cells)).rstrip(), file=file)
 
 
