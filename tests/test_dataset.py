@@ -725,7 +725,10 @@ def test_sentencepiece_pieces_show_their_own_characters_and_start_their_own_word
 
 
 def test_per_document_sums_by_token():
-    assert sorted(per_document(HAND[1:2])) == [(1, 0, "good", 0.25, 2), (1, 0, "plot", 0.25, 1)]
+    from dataclasses import replace
+
+    assert sorted(per_document([replace(HAND[1], data_id="r1")])) == [(1, 0, "good", 0.25, 2, "r1"),
+                                                                      (1, 0, "plot", 0.25, 1, "r1")]
 
 
 def test_parquet_and_save_to_disk_folders_read_as_the_csv_does(data_files, tmp_path):

@@ -98,14 +98,15 @@ def ranked(rows: list[TokenRow], by: str = "sum", min_count: int | None = None) 
 
 
 def per_document(records: list[DocumentResult], merge_subwords: bool = True) -> list[tuple]:
-    """(id, target, token, sum, count) for each distinct token of each document: the group-by sum per token."""
+    """(id, target, token, sum, count, data_id) for each distinct token of each document: the group-by sum per
+    token."""
     rows = []
     for r in records:
         sums = defaultdict(lambda: [0.0, 0])
         for text, score in _units(r, merge_subwords):
             sums[text][0] += score
             sums[text][1] += 1
-        rows += [(r.id, r.target, text, total, count) for text, (total, count) in sums.items()]
+        rows += [(r.id, r.target, text, total, count, r.data_id) for text, (total, count) in sums.items()]
     return rows
 
 

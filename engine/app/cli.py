@@ -531,7 +531,7 @@ def cmd_aggregate(args) -> int:
         print_columns([(r.token, getattr(r, args.rank)) for r in highest],
                       [(r.token, getattr(r, args.rank)) for r in lowest], width=18)
     with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("id", "target", "token", "sum", "count"),
+        csv.writer(f).writerows([("id", "target", "token", "sum", "count", "data_id"),
                                  *per_document(records, merge_subwords=not args.tokens)])
     print(f"wrote {len(rankings)} group files and per_document.csv to {out}")
     return 0
