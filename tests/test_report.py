@@ -394,6 +394,23 @@ def test_the_index_and_its_charts_can_be_read(long_report):
     assert "other" in text and "AI paper" in text and not [m for m in MARKERS[:5] if m in text]
 
 
+def test_the_index_shows_its_documents_first_and_its_settings_on_a_click(tmp_path):
+    """A data set's index opened on 22 rows of settings and showed no document on its first screen: the settings
+    are folded under one line that names them, the documents' table within the first screen."""
+    from fastig.app.report import Source
+
+    settings = {f"setting_{i}": f"value {i}" for i in range(22)}
+    index = tmp_path / "index.html"
+    index.write_text(index_page([_record(i, 12, seed=i) for i in range(3)], {}, "a run", source=Source(settings)))
+    table_top = _measured(index, "document.getElementById('documents').getBoundingClientRect().top")
+    assert table_top < 400, table_top
+    shown = _measured(index, "document.body.innerText")
+    assert "How these were computed (setting_0, setting_1, setting_2, setting_3 and 18 more)" in shown
+    assert "value 21" not in shown
+    opened = _measured(index, "(document.querySelector('details').open = true, document.body.innerText)")
+    assert all(f"setting_{i}\tvalue {i}" in opened for i in range(22))
+
+
 def test_a_short_chart_beside_a_tall_one_keeps_its_size(tmp_path):
     """Words in three documents or more are few here: the by-mean chart is short, the by-sum one tall."""
     records = [_record(0, 40), _record(2, 5, seed=1), _record(4, 5, seed=2)]      # all toward class 0

@@ -216,6 +216,14 @@ def _facts(rows: dict) -> str:
     return f'<table class="facts">{cells}</table>'
 
 
+def _named(facts: dict, first: int = 4) -> str:
+    """The facts' first names, and how many more: "model, tokenizer, layer, data and 18 more"."""
+    names = [html.escape(str(name)) for name in facts]
+    if len(names) <= first:
+        return ", ".join(names)
+    return f"{', '.join(names[:first])} and {len(names) - first} more"
+
+
 def _page(title: str, body: str, script: str = "") -> str:
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}"
@@ -359,7 +367,9 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
                "target)" if with_target else f"{len(records)} documents")
     body = (f"<h1>{html.escape(title)}</h1><p>{counted}; click a column to sort. A document's "
             "scores are toward its target, the class attributed.</p>"
-            + ("" if source is None else _facts(source.facts))
+            # Folded: a data set's 22 settings filled the first screen, and no document showed on it.
+            + ("" if source is None else f"<details><summary>How these were computed ({_named(source.facts)})"
+               f"</summary>{_facts(source.facts)}</details>")
             + f"<table id=\"documents\"><thead><tr>{headers}</tr></thead><tbody>{rows}</tbody></table>"
             f"<h2>{unit.capitalize()} per target</h2>{charts}")
     return _page(title, body, SORT_SCRIPT)
