@@ -630,6 +630,40 @@ def test_aggregate_of_an_unfinished_run_says_so(tmp_path, capsys):
     assert "not finished" in capsys.readouterr().err
 
 
+def test_an_unfinished_run_is_reported_and_ranked_so_far_when_asked(model_dir, data_files, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A run of hours could not be looked at before its end: with --unfinished, report and aggregate take the
+    documents of its sound shards so far (the run may be going on), say that they are a part, and never write
+    what is taken for a finished run's; without it they say how many they would take."""
+    out = tmp_path / "run"
+    args = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
+    stop_at_group(monkeypatch, group=3)
+    assert exit_code(args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    done = sorted({json.loads(line)["id"] for path in (out / "shards").glob("*.jsonl")
+                   for line in path.read_text().splitlines() if "skipped" not in json.loads(line)})
+    assert 0 < len(done) < 11
+    for command in ("report", "aggregate"):
+        assert exit_code([command, str(out)]) == 2
+        assert f"or add --unfinished to take the {len(done)} documents done so far" in capsys.readouterr().err
+    assert exit_code(["report", str(out), "--unfinished"]) == 0
+    said = capsys.readouterr().out
+    assert f"unfinished run: the {len(done)} documents done so far" in said
+    report = out / "report-unfinished"
+    assert sorted(int(p.stem.split("-")[1]) for p in report.glob("document-*.html")) == done
+    assert f"(unfinished: {len(done)} documents so far)" in (report / "index.html").read_text()
+    assert exit_code(["aggregate", str(out), "--unfinished"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"unfinished run: the {len(done)} documents done so far") and \
+        (out / "aggregate-by-target-unfinished" / "per_document.csv").is_file()
+    assert sorted({int(row["id"]) for row in csv.DictReader(open(out / "aggregate-by-target-unfinished" /
+                                                                  "per_document.csv"))}) == done
+    assert not (out / "documents.jsonl").exists() and not (out / "report").exists()
+    assert exit_code(args) == 0 and exit_code(["report", str(out)]) == 0       # finished: the whole run
+    assert len(list((out / "report").glob("document-*.html"))) == 11
+
+
 # A fixture small enough to check by hand: two documents of class 1, one of class 0.
 HAND = [
     record(id=0, label=1, prediction=1, tokens=["[CLS]", "good", "film", "##s", "[SEP]"],

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..display import words
 from ..errors import DataError
 from ..result import DocumentResult
-from .dataset import read_records
+from .dataset import read_records, sound_shards
 
 GROUPINGS = ("target", "label")
 RANKINGS = ("sum", "mean", "document_mean")
@@ -124,16 +124,47 @@ def group_file_name(group, labels: dict) -> str:
     return part("target", group) + ".csv"
 
 
-def read_run(run: Path) -> tuple[list[DocumentResult], dict]:
-    """The records of a finished run and its manifest; an unfinished run is named as such."""
+@dataclass
+class Run:
+    """A `fastig dataset` run's records and manifest; finished False: the records of its sound shards so far."""
+    records: list[DocumentResult]
+    manifest: dict
+    finished: bool = True
+
+    @property
+    def documents(self) -> int:
+        return len({r.id for r in self.records})
+
+
+def read_run(run: Path, unfinished: bool = False) -> Run:
+    """The records of a finished run and its manifest; an unfinished run is named as such, or with
+    `unfinished` read as far as it got: the records of its sound shards (which a run going on never changes,
+    each written whole), each (document, target) once, by document."""
     manifest, documents = run / "manifest.json", run / "documents.jsonl"
     if not manifest.is_file():
         raise DataError(f"{str(run)!r} is not a `fastig dataset` output folder (no manifest.json)")
-    if not documents.is_file():
-        raise DataError(f"{str(run)!r}: the run is not finished (no documents.jsonl); run the same "
-                        "`fastig dataset` command again to complete it")
     try:
-        return read_records([documents]), json.loads(manifest.read_text(encoding="utf-8"))
+        settings = json.loads(manifest.read_text(encoding="utf-8"))
+        if documents.is_file():
+            return Run(read_records([documents]), settings)
+        so_far = {}
+        for entries in sound_shards(run, move_corrupt=False).values():
+            for entry in entries:
+                if not isinstance(entry, tuple):        # (id, reason): a document skipped
+                    so_far.setdefault((entry.id, entry.target), entry)
     except (ValueError, TypeError, KeyError) as err:
-        raise DataError(f"{str(run)!r}: its documents.jsonl or manifest.json cannot be read ({err}); "
-                        "it is not a finished `fastig dataset` run of this fastig") from err
+        raise DataError(f"{str(run)!r}: its documents.jsonl, shards or manifest.json cannot be read ({err}); "
+                        "it is not a `fastig dataset` run of this fastig") from err
+    done = len({document for document, _ in so_far})
+    if not unfinished:
+        raise DataError(f"{str(run)!r}: the run is not finished (no documents.jsonl); run the same "
+                        f"`fastig dataset` command again to complete it, or add --unfinished to take the {done} "
+                        "documents done so far")
+    if not so_far:
+        raise DataError(f"{str(run)!r}: the run has no document done yet")
+    return Run([so_far[key] for key in sorted(so_far, key=lambda key: key[0])], settings, finished=False)
+
+
+def documents_so_far(run: Run) -> str:
+    """What an unfinished run's outputs hold, said where they are written."""
+    return f"unfinished run: the {run.documents} documents done so far"

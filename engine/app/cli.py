@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int,
                    help="leave out tokens seen fewer times (default 3 for mean and document_mean, 1 for sum)")
     p.add_argument("--top", type=_count(0), default=10, help="tokens printed per group and end (default 10)")
-    p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-tokens])")
+    p.add_argument("--out", type=Path, help="folder for the CSV files (default: RUN/aggregate-by-<by>[-tokens]"
+                                            "[-unfinished])")
+    p.add_argument("--unfinished", action="store_true",
+                   help="rank the documents done so far of a run not finished (going on, or stopped)")
 
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
     p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
@@ -208,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", action="store_true", help="highlight and rank tokens, not the tokenizer's words")
     p.add_argument("--by", default="target", choices=("target", "label"),
                    help="group the index's charts by target (default), or by label and target")
+    p.add_argument("--unfinished", action="store_true",
+                   help="report the documents done so far of a run not finished (going on, or stopped): "
+                        "RUN/report-unfinished by default")
 
     # The benchmarks are loaded only when `fastig bench` runs: they parse their own arguments.
     commands.add_parser("bench", add_help=False,
@@ -506,11 +512,15 @@ def cmd_aggregate(args) -> int:
     import csv
 
     from ..display import label_name
-    from .aggregate import class_rankings, group_file_name, group_key, per_document, ranked, read_run
+    from .aggregate import (class_rankings, documents_so_far, group_file_name, group_key, per_document, ranked,
+                            read_run)
 
-    records, manifest = read_run(args.run)
-    labels = manifest["settings"].get("labels", {})
-    out = args.out or args.run / f"aggregate-by-{args.by}{'-tokens' if args.tokens else ''}"
+    run = read_run(args.run, args.unfinished)
+    records, labels = run.records, run.manifest["settings"].get("labels", {})
+    if not run.finished:
+        print(documents_so_far(run))
+    out = args.out or args.run / (f"aggregate-by-{args.by}{'-tokens' if args.tokens else ''}"
+                                  f"{'' if run.finished else '-unfinished'}")
     out.mkdir(parents=True, exist_ok=True)
     rankings = class_rankings(records, args.by, merge_subwords=not args.tokens)
     columns = ("token", "target", "sum", "mean", "count", "documents", "document_mean")
@@ -537,10 +547,12 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
-def _report_folder(source: Path, by: str, tokens: bool) -> Path:
+def _report_folder(source: Path, by: str, tokens: bool, finished: bool = True) -> Path:
     """Where a report goes without --out: into a run's folder, as aggregate writes, or beside a result.json where
-    `attribute --out` put its report; each choice of grouping and unit in a folder of its own."""
-    options = ("-by-label" if by == "label" else "") + ("-tokens" if tokens else "")
+    `attribute --out` put its report; each choice of grouping and unit, and a run's part so far, in a folder of
+    its own."""
+    options = ("-by-label" if by == "label" else "") + ("-tokens" if tokens else "") + ("" if finished else
+                                                                                         "-unfinished")
     if source.is_dir():
         return source / f"report{options}"
     return source.with_name(f"{source.stem}{options}.report")
@@ -549,10 +561,12 @@ def _report_folder(source: Path, by: str, tokens: bool) -> Path:
 def cmd_report(args) -> int:
     from .report import load, write_report
 
-    records, labels, title, source = load(args.source)
-    index = write_report(records, labels, args.out or _report_folder(args.source, args.by, args.tokens), title,
-                         args.tokens, args.by, source)
-    print(f"wrote {len(records)} document pages and {index}")
+    loaded = load(args.source, args.unfinished)
+    if loaded.so_far:
+        print(loaded.so_far)
+    out = args.out or _report_folder(args.source, args.by, args.tokens, finished=not loaded.so_far)
+    index = write_report(loaded.records, loaded.labels, out, loaded.title, args.tokens, args.by, loaded.source)
+    print(f"wrote {len(loaded.records)} document pages and {index}")
     return 0
 
 

@@ -35,7 +35,7 @@ from ..display import color, label_name, shown_units, top_bottom_words
 from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
-from .aggregate import class_rankings, ranked, read_run
+from .aggregate import class_rankings, documents_so_far, ranked, read_run
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #111; }
@@ -402,12 +402,27 @@ def records_from_result(result: dict) -> list[DocumentResult]:
     return records
 
 
-def load(path: Path) -> tuple[list[DocumentResult], dict, str, Source]:
-    """(records, labels, title, source) of a `fastig dataset` folder or a result.json."""
+@dataclass
+class Loaded:
+    """What a report is made of: the records, the label names, the title, the source; so_far: for a run not
+    finished, what the records are (None: all of it)."""
+    records: list[DocumentResult]
+    labels: dict
+    title: str
+    source: Source
+    so_far: str | None = None
+
+
+def load(path: Path, unfinished: bool = False) -> Loaded:
+    """The records of a `fastig dataset` folder (with `unfinished`, of a run not finished: its documents so far)
+    or of a result.json."""
     if path.is_dir():
-        records, manifest = read_run(path)
-        settings = manifest["settings"]
-        return records, settings.get("labels", {}), f"fastig: {settings['data']}", Source(settings)
+        run = read_run(path, unfinished)
+        settings = run.manifest["settings"]
+        so_far = None if run.finished else documents_so_far(run)
+        title = f"fastig: {settings['data']}" + ("" if run.finished else
+                                                 f" (unfinished: {run.documents} documents so far)")
+        return Loaded(run.records, settings.get("labels", {}), title, Source(settings), so_far)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         records = records_from_result(result)
@@ -416,7 +431,7 @@ def load(path: Path) -> tuple[list[DocumentResult], dict, str, Source]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{str(path)!r} is neither a `fastig dataset` folder nor a result.json of "
                         f"`fastig attribute --out`: {err}") from err
-    return records, result.get("labels", {}), f"fastig: {path.name}", Source(facts)
+    return Loaded(records, result.get("labels", {}), f"fastig: {path.name}", Source(facts))
 
 
 def write_report(records: list[DocumentResult], labels: dict, out: Path, title: str, tokens: bool = False,
