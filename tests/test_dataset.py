@@ -420,7 +420,7 @@ def test_the_datas_own_ids_are_written_beside_each_record(model_dir, tmp_path, c
     out = tmp_path / "out"
     assert exit_code(_args(model_dir, data, out, "--id-column", "")) == 0
     assert {row["data_id"] for row in csv.DictReader(open(out / "documents.csv"))} == {""}
-    assert exit_code(_args(model_dir, data, out)) == 0 and "0 attributed now" in capsys.readouterr().out
+    assert exit_code(_args(model_dir, data, out)) == 0 and "0 attributed now, 5 from before" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "documents.csv")))
     assert [(row["id"], row["data_id"]) for row in rows] == [(str(i), ids[i]) for i in range(5)]
     assert [(r["id"], r["data_id"]) for r in _records(out)] == list(enumerate(ids))

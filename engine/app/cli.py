@@ -502,6 +502,8 @@ def cmd_dataset(args) -> int:
     # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
     by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
         if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"
+    if not summary["attributed_now"]:       # a run already done: no rate to tell ("0 token-steps/s" read as a fault)
+        by = ""
     print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now{by}, "
           f"{summary['resumed_with']} from before, {summary['skipped']} skipped "
           f"(skipped.csv){cut}; documents.jsonl, documents.csv")
