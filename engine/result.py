@@ -195,8 +195,8 @@ def _checked(name: str, value):
             raise wrong("an int, a list of ints or null")
         return value
     optional = {"tolerance_met": (bool,), "evaluations_allowed": (int,), "precision": (str,), "label": (int,),
-                "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str), "data_id": (int, str),
-                "text": (str,)}
+                "estimated_error": (int, float), "precision_error": (int, float), "id": (int, str),
+                "data_id": (int, str), "text": (str,)}
     if name in optional and value is not None and (not isinstance(value, optional[name])
                                                    or isinstance(value, bool) and name != "tolerance_met"):
         raise wrong(" or ".join(t.__name__ for t in optional[name]) + " or null")

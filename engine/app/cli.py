@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("report", help="HTML pages of a `fastig dataset` folder or a result.json")
     p.add_argument("source", type=Path, help="a `fastig dataset` --out folder, or a result.json of `fastig attribute`")
     p.add_argument("--out", type=Path,
-                   help="folder for index.html and one page per document (default: RUN/report[-by-label][-tokens][-unfinished] "
-                        "for a run, beside a result.json as `attribute --out` writes it: result[-by-label][-tokens].report)")
+                   help="folder for index.html and one page per document (default: "
+                        "RUN/report[-by-label][-tokens][-unfinished] for a run, beside a result.json as `attribute "
+                        "--out` writes it: result[-by-label][-tokens].report)")
     p.add_argument("--tokens", action="store_true", help="highlight and rank tokens, not the tokenizer's words")
     p.add_argument("--by", default="target", choices=("target", "label"),
                    help="group the index's charts by target (default), or by label and target")
