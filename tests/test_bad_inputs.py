@@ -67,6 +67,13 @@ def _lines(err: str) -> list[str]:
     return [line for line in err.replace("\r", "\n").splitlines() if line.startswith("fastig ")]
 
 
+def _a_record() -> dict:
+    """A sound record as result.json holds it."""
+    from conftest import record
+
+    return record(tokens=["[CLS]", "good", "[SEP]"], token_scores=[0.0, 1.0, 0.0], special_positions=[0, 2]).to_json()
+
+
 def _write(path, content) -> None:
     """Write a file for a case (None, so that cases chain their steps with `or`)."""
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
@@ -105,6 +112,9 @@ CASES = [
     ("report of a wrongly typed result", lambda t, k, m: _write(t / "r.json", json.dumps(
         {"documents": [{"tokens": "not a list", "token_scores": [1.0]}]}))
      or ["report", str(t / "r.json"), "--out", str(t / "report")], "'tokens' must be a list of strings"),
+    ("report of a result with an id not text or a number", lambda t, k, m: _write(t / "r.json", json.dumps(
+        {"documents": [{**_a_record(), "data_id": [7]}]}))
+     or ["report", str(t / "r.json"), "--out", str(t / "report")], "'data_id' must be int or str or null"),
     ("report of a run folder edited by hand", lambda t, k, m: (t / "run").mkdir()
      or _write(t / "run" / "manifest.json", "{}") or _write(t / "run" / "documents.jsonl", '{"id": 1}\n')
      or ["report", str(t / "run"), "--out", str(t / "report")], "cannot be read"),
