@@ -118,6 +118,9 @@ CASES = [
     ("report of a run folder edited by hand", lambda t, k, m: (t / "run").mkdir()
      or _write(t / "run" / "manifest.json", "{}") or _write(t / "run" / "documents.jsonl", '{"id": 1}\n')
      or ["report", str(t / "run"), "--out", str(t / "report")], "cannot be read"),
+    ("aggregate of a run whose manifest is a list", lambda t, k, m: (t / "run").mkdir()
+     or _write(t / "run" / "manifest.json", "[]") or ["aggregate", str(t / "run"), "--unfinished"],
+     "manifest.json is not a manifest of settings"),
     ("data not UTF-8", lambda t, k, m: _write(t / "d.csv", b"text\ncaf\xe9\n")
      or ["dataset", "--model", str(m), "--data", str(t / "d.csv"), "--out", str(t / "out")], "cannot read it as csv"),
     ("data out under a file", lambda t, k, m: _write(t / "d.csv", "text\ngood film\n") or _write(t / "plain", "x")

@@ -646,16 +646,17 @@ def test_an_unfinished_run_is_reported_and_ranked_so_far_when_asked(model_dir, d
     assert 0 < len(done) < 11
     for command in ("report", "aggregate"):
         assert exit_code([command, str(out)]) == 2
-        assert f"or add --unfinished to take the {len(done)} documents done so far" in capsys.readouterr().err
+        assert f"or add --unfinished to take {len(done)} of its 12 documents done so far" in \
+            capsys.readouterr().err
     assert exit_code(["report", str(out), "--unfinished"]) == 0
     said = capsys.readouterr().out
-    assert f"unfinished run: the {len(done)} documents done so far" in said
+    assert f"unfinished run: {len(done)} of its 12 documents done so far" in said
     report = out / "report-unfinished"
     assert sorted(int(p.stem.split("-")[1]) for p in report.glob("document-*.html")) == done
-    assert f"(unfinished: {len(done)} documents so far)" in (report / "index.html").read_text()
+    assert f"(unfinished: {len(done)} of its 12 documents so far)" in (report / "index.html").read_text()
     assert exit_code(["aggregate", str(out), "--unfinished"]) == 0
     said = capsys.readouterr().out
-    assert said.startswith(f"unfinished run: the {len(done)} documents done so far") and \
+    assert said.startswith(f"unfinished run: {len(done)} of its 12 documents done so far") and \
         (out / "aggregate-by-target-unfinished" / "per_document.csv").is_file()
     assert sorted({int(row["id"]) for row in csv.DictReader(open(out / "aggregate-by-target-unfinished" /
                                                                   "per_document.csv"))}) == done

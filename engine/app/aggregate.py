@@ -135,18 +135,29 @@ class Run:
     def documents(self) -> int:
         return len({r.id for r in self.records})
 
+    @property
+    def of_all(self) -> str:
+        """"7 of its 12 documents" (the whole from the manifest; runs begun before 2026-12-07 have none)."""
+        return _of_all(self.documents, self.manifest.get("documents"))
+
+
+def _of_all(done: int, documents: int | None) -> str:
+    return f"{done} of its {documents} documents" if documents else f"the {done} documents"
+
 
 def read_run(run: Path, unfinished: bool = False) -> Run:
     """The records of a finished run and its manifest; an unfinished run is named as such, or with
     `unfinished` read as far as it got: the records of its sound shards (which a run going on never changes,
     each written whole), each (document, target) once, by document."""
-    manifest, documents = run / "manifest.json", run / "documents.jsonl"
-    if not manifest.is_file():
+    manifest_path, documents = run / "manifest.json", run / "documents.jsonl"
+    if not manifest_path.is_file():
         raise DataError(f"{str(run)!r} is not a `fastig dataset` output folder (no manifest.json)")
     try:
-        settings = json.loads(manifest.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.setdefault("settings", {}), dict):
+            raise ValueError("manifest.json is not a manifest of settings")
         if documents.is_file():
-            return Run(read_records([documents]), settings)
+            return Run(read_records([documents]), manifest)
         so_far = {}
         for entries in sound_shards(run, move_corrupt=False).values():
             for entry in entries:
@@ -155,16 +166,16 @@ def read_run(run: Path, unfinished: bool = False) -> Run:
     except (ValueError, TypeError, KeyError) as err:
         raise DataError(f"{str(run)!r}: its documents.jsonl, shards or manifest.json cannot be read ({err}); "
                         "it is not a `fastig dataset` run of this fastig") from err
-    done = len({document for document, _ in so_far})
     if not unfinished:
+        done = _of_all(len({document for document, _ in so_far}), manifest.get("documents"))
         raise DataError(f"{str(run)!r}: the run is not finished (no documents.jsonl); run the same "
-                        f"`fastig dataset` command again to complete it, or add --unfinished to take the {done} "
-                        "documents done so far")
+                        f"`fastig dataset` command again to complete it, or add --unfinished to take {done} "
+                        "done so far")
     if not so_far:
         raise DataError(f"{str(run)!r}: the run has no document done yet")
-    return Run([so_far[key] for key in sorted(so_far, key=lambda key: key[0])], settings, finished=False)
+    return Run([so_far[key] for key in sorted(so_far, key=lambda key: key[0])], manifest, finished=False)
 
 
 def documents_so_far(run: Run) -> str:
     """What an unfinished run's outputs hold, said where they are written."""
-    return f"unfinished run: the {run.documents} documents done so far"
+    return f"unfinished run: {run.of_all} done so far"

@@ -242,9 +242,11 @@ def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
 PATH_SETTINGS = ("model", "tokenizer", "data")
 
 
-def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict, write: bool = True) -> None:
-    """Start a run in `out` (the manifest written if `write`), or resume one with the same settings and the
-    same data and model by content; a difference is refused by name."""
+def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict, write: bool = True,
+                   documents: int | None = None) -> None:
+    """Start a run in `out` (the manifest written if `write`, with the number of `documents` of its data, which
+    its settings and data fix: what an unfinished run is a part of), or resume one with the same settings and
+    the same data and model by content; a difference is refused by name."""
     path = out / "manifest.json"
     if path.exists():
         try:
@@ -272,8 +274,8 @@ def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict
                   "come from both (each shard's records from one)", file=sys.stderr)
         return
     if write:
-        write_atomically(path, to_json({"settings": settings, "fingerprints": fingerprints, "versions": versions},
-                                       indent=1) + "\n")
+        write_atomically(path, to_json({"settings": settings, "fingerprints": fingerprints, "versions": versions,
+                                        "documents": documents}, indent=1) + "\n")
 
 
 def shard_name(content: str, rank: int = 0) -> str:
@@ -335,7 +337,7 @@ def plan_run(engine, rows: list[Row], out: Path, settings: dict, fingerprints: d
     if rank == 0:
         (out / "shards").mkdir(parents=True, exist_ok=True)
     wait()
-    check_manifest(out, settings, fingerprints, versions, write=rank == 0)
+    check_manifest(out, settings, fingerprints, versions, write=rank == 0, documents=len(rows))
     reasons, lengths = {}, {}
     for row in rows:
         reasons[row.id], lengths[row.id] = _skip_reason(row.text, engine.tokenizer)

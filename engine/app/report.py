@@ -420,8 +420,8 @@ def load(path: Path, unfinished: bool = False) -> Loaded:
         run = read_run(path, unfinished)
         settings = run.manifest["settings"]
         so_far = None if run.finished else documents_so_far(run)
-        title = f"fastig: {settings['data']}" + ("" if run.finished else
-                                                 f" (unfinished: {run.documents} documents so far)")
+        title = f"fastig: {settings.get('data', path.name)}" + ("" if run.finished else
+                                                 f" (unfinished: {run.of_all} so far)")
         return Loaded(run.records, settings.get("labels", {}), title, Source(settings), so_far)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
