@@ -161,3 +161,7 @@ def test_the_command_says_what_the_default_call_spent_and_the_error_it_estimates
         unmet = sum(not d["tolerance_met"] for d in documents)
         assert (f"not met by {unmet} of 2 (stopped at --max-steps {max_steps})" if unmet else "met by all 2") in printed
     assert unmet == 2
+    # a text's explanations for every class: each integrated on its own, and counted as such
+    assert exit_code(["attribute", "--model", model, "--text", TEXTS[1], "--target", "all", "--max-steps", "30"]) == 0
+    assert re.search(r"model evaluations per explanation, .* \((met by all 3|not met by [123] of 3)",
+                     capsys.readouterr().out)

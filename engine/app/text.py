@@ -93,8 +93,11 @@ def run_line(result: Attribution) -> str:
         unmet = sum(not d.tolerance_met for d in result.documents)
         met = (f"not met by {unmet} of {len(result)} (stopped at --max-steps {stats.max_steps})" if unmet else
                f"met by all {len(result)}")
+        # several targets of a text (--target all): each record is an explanation integrated on its own
+        ids = [d.id for d in result.documents]
+        unit = "explanation" if None not in ids and len(set(ids)) < len(ids) else "document"
         line = (f"accuracy {stats.accuracy:g}: {fewest}{f'-{most}' if most != fewest else ''} model evaluations per "
-                f"document, estimated error up to {max(d.estimated_error for d in result.documents):.1e} ({met})\n")
+                f"{unit}, estimated error up to {max(d.estimated_error for d in result.documents):.1e} ({met})\n")
     compiling = f", {stats.seconds.compile:.2f} s of them compiling" if stats.seconds.compile else ""
     return line + (f"{stats.token_steps_per_s:.0f} token-steps/s on {stats.device} in {stats.precision} "
                    f"({stats.seconds.total:.2f} s{compiling}; {_memory_line(stats)}; {stats.fallbacks} chunks redone "
