@@ -28,10 +28,11 @@ class CaptumResult:
 @torch.inference_mode(False)    # gradients in any caller's context (an evaluation loop's inference mode)
 def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, method: str = "gausslegendre",
                      baseline="pad", output: str | None = None, internal_batch_size: int | None = None,
-                     max_length: int | None = None, progress: bool = False) -> CaptumResult:
+                     max_length: int | None = None, progress: bool | None = False) -> CaptumResult:
     """Captum's LayerIntegratedGradients on the engine's model, layer and inputs, one document at a time;
     with several targets ("all", a list of classes per document) one run per (document, target), in the
-    order of Engine.attribute's records (progress: a bar of the runs)."""
+    order of Engine.attribute's records (progress: a bar of the runs; None: once they have run 10 s, as
+    Engine.attribute's)."""
     from captum.attr import LayerIntegratedGradients
 
     docs = engine.documents(texts_or_ids, baseline, max_length)
@@ -41,9 +42,11 @@ def captum_attribute(engine, texts_or_ids, target=None, n_steps: int = 50, metho
         [(doc, t) for doc, classes in zip(docs, several) for t in classes]
     output = resolve_output(output, engine.model.config)
     attributions, deltas, seconds = [], [], 0.0
-    if progress:
+    if progress or progress is None:
         from tqdm.auto import tqdm
-        runs = tqdm(runs, unit="doc", desc="Captum", leave=False)
+
+        from .engine import PROGRESS_DELAY_S
+        runs = tqdm(runs, unit="doc", desc="Captum", leave=False, delay=0.0 if progress else PROGRESS_DELAY_S)
     for doc, tgt in runs:
         if doc.baseline_ids is None:
             raise BaselineError("Captum's LayerIntegratedGradients takes baselines as ids: use baseline='pad', "

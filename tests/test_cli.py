@@ -164,6 +164,15 @@ def test_attribute_explains_each_label_a_multi_label_model_predicts(multi_label_
     assert capsys.readouterr().out.count("attributed class LABEL_2") == len(texts)
 
 
+def test_a_bar_shows_on_a_terminal_and_in_a_log_only_for_a_long_call(model_dir, capsys, monkeypatch):
+    """A call of a second left a line of bar updates before its results in every log or pipe: there the bar waits
+    10 s, as in Python; on a terminal it shows from the start."""
+    argv = ["attribute", "--model", model_dir, "--text", make_text(12), "--n-steps", "4"]
+    assert main(argv) == 0 and "attributing" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0 and "attributing" in capsys.readouterr().err
+
+
 def test_attribute_reports_its_memory(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, "--text", make_text(30), "--n-steps", "8",
                  "--memory-budget", "90%", "--chunk-size", "4"]) == 0

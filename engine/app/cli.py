@@ -299,8 +299,8 @@ def cmd_attribute(args) -> int:
         kwargs["target"] = each_predicted_label(engine, texts, args.max_length)
     # result.json and the report hold records and token scores only: the [L, H] tensors are not kept
     try:
-        result = engine.attribute(texts, chunk_size=args.chunk_size, progress=main_process, keep_attributions=False,
-                                  **kwargs)
+        result = engine.attribute(texts, chunk_size=args.chunk_size, progress=_progress() if main_process else False,
+                                  keep_attributions=False, **kwargs)
     except (Interrupted, Exception) as stop:    # the documents done are printed and go beside --out (whole or absent)
         # An interrupt's, an error's or a NonFiniteError's .result: the whole, finite texts done, ids their numbers
         done_before = getattr(stop, "result", None)
@@ -324,6 +324,12 @@ def cmd_attribute(args) -> int:
     if args.out:
         _write_result(args, result)
     return 0
+
+
+def _progress() -> bool | None:
+    """A bar from the start on a terminal; in a log or a pipe (no terminal) once the call has run 10 s, as in
+    Python: a call of a second left a line of bar updates before its results in every log."""
+    return True if sys.stderr.isatty() else None
 
 
 def _partial_path(out: Path) -> Path:
@@ -408,9 +414,9 @@ def cmd_check(args) -> int:
     kwargs = {**_attribution_kwargs(args, engine.model.config, len(texts)),
               "n_steps": args.n_steps or CAPTUM_DEFAULT_STEPS,
               "method": args.method or "gausslegendre"}
-    ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=True, **kwargs)
+    ours = engine.attribute(texts, chunk_size=args.chunk_size, progress=_progress(), **kwargs)
     rule_kwargs = {k: v for k, v in kwargs.items() if k not in ("tolerance", "max_steps", "accuracy")}
-    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, progress=True,
+    theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, progress=_progress(),
                               **rule_kwargs)
     c = compare(ours, theirs)
     print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
