@@ -544,7 +544,8 @@ def cmd_aggregate(args) -> int:
                 f"label {label_name(group[0], labels)}, target {label_name(group[1], labels)}")
         order = ranked(rows, args.rank, args.min_count)
         unit = "tokens" if args.tokens else "words"
-        print(f"{name}: {documents} documents, {len(rows)} distinct {unit} ({len(order)} ranked by {args.rank})")
+        print(f"{name}: {documents} document{'' if documents == 1 else 's'}, {len(rows)} distinct {unit} "
+              f"({len(order)} ranked by {args.rank})")
         print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
         highest, lowest = ends(order, lambda r: getattr(r, args.rank), args.top)
         print_columns([(r.token, getattr(r, args.rank)) for r in highest],
