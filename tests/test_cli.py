@@ -173,6 +173,21 @@ def test_a_bar_shows_on_a_terminal_and_in_a_log_only_for_a_long_call(model_dir, 
     assert main(argv) == 0 and "attributing" in capsys.readouterr().err
 
 
+def test_warnings_and_errors_name_the_document_as_printed_and_where_it_came_from(model_dir, tmp_path, capsys):
+    """The engine names the texts of its list (texts[2]); the command names each as it prints it, with the
+    argument it came from: a cut text among several files was "texts[2]", which no file or flag was called."""
+    long = tmp_path / "long.txt"
+    long.write_text(make_text(1100))
+    assert main(["attribute", "--model", model_dir, "good film", "--text", "bad plot", "--file", str(long),
+                 "--n-steps", "2", "--top-k", "1"]) == 0
+    said = capsys.readouterr()
+    assert f"warning: document 2 (--file {long}): 1100 tokens, the first" in said.err and "texts[" not in said.err
+    assert "document 2: 1025 tokens (77 cut)" in said.out
+    assert exit_code(["attribute", "--model", model_dir, "good film", "--text", "bad", "--text", "",
+                      "--n-steps", "2"]) == 2
+    assert "error: document 2 (--text 2): '' holds no token" in capsys.readouterr().err
+
+
 def test_attribute_reports_its_memory(model_dir, capsys):
     assert main(["attribute", "--model", model_dir, "--text", make_text(30), "--n-steps", "8",
                  "--memory-budget", "90%", "--chunk-size", "4"]) == 0

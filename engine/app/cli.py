@@ -7,6 +7,7 @@ whole process (fastig.retain_freed_cpu_memory), where a library call does it onl
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -616,7 +617,7 @@ def main(argv=None) -> int:
     after_stop = {"dataset": resume, "attribute": "; its documents are not kept (`fastig dataset` keeps each "
                                                   "finished one and resumes)"}.get(args.command, "")
     with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning(args.command)
+        warnings.showwarning = _one_line_warning(args)
         try:
             with sigterm_as_interrupt():
                 processes = getattr(args, "processes", 1)
@@ -636,7 +637,7 @@ def main(argv=None) -> int:
                     retain_freed_cpu_memory()
                 return COMMANDS[args.command](args)
         except FastIGError as err:
-            return _error(args.command, f"{err}{_kept(err)}")
+            return _error(args.command, f"{_named_documents(str(err), args)}{_kept(err)}")
         except OSError as err:      # a file or folder of the user's: unreadable, unwritable, a full disk
             where = f"{err.filename}: " if err.filename else ""
             return _error(args.command, f"{where}{err.strerror or err}{_kept(err) or resume}")
@@ -678,7 +679,30 @@ def _error(command: str, message: str) -> int:
     return 2
 
 
-def _one_line_warning(command: str):
+def _one_line_warning(args):
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"fastig {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"fastig {args.command}: warning: {' '.join(_named_documents(str(message), args).split())}",
+              file=sys.stderr)
     return show
+
+
+def _sources(args) -> list[str]:
+    """Where each document of `attribute` or `check` came from, in their order (_texts'): "argument 1",
+    "--text 2", "--file paper.txt", "--pair 1"."""
+    return ([f"argument {i + 1}" for i in range(len(args.texts))]
+            + [f"--text {i + 1}" for i in range(len(args.text or []))] + [f"--file {path}" for path in args.file or []]
+            + [f"--pair {i + 1}" for i in range(len(args.pair or []))])
+
+
+def _named_documents(message: str, args) -> str:
+    """The core names a text by its place in the list it was given (texts[2]), which no file or flag of the
+    command is called: here it is the document as the command prints it, and where it came from
+    ("document 2 (--file paper.txt)")."""
+    if not hasattr(args, "texts"):
+        return message
+    sources = _sources(args)
+
+    def named(match) -> str:
+        i = int(match[1])
+        return f"document {i}" + (f" ({sources[i]})" if i < len(sources) else "") + (": " if match[2] else "")
+    return re.sub(r"texts\[(\d+)\](=?)", named, message)
