@@ -160,6 +160,22 @@ def test_index_lists_every_document_sortably_with_class_charts(tmp_path):
     assert greens > 500 and reds > 500                          # the charts' bars
 
 
+def test_the_index_says_each_documents_estimated_error_and_which_fell_short(tmp_path):
+    """The default call states an accuracy: the index shows each document's estimated error, sortable, and marks
+    those that max_steps stopped short of it; a run of fixed steps has no such column."""
+    from dataclasses import replace
+
+    records = [replace(_record(i, 12, seed=i), estimated_error=err, tolerance_met=met)
+               for i, (err, met) in enumerate([(3e-4, True), (4e-2, False), (1e-5, True)])]
+    index = tmp_path / "index.html"
+    index.write_text(index_page(records, {}, "default call"))
+    rows = _measured(index, "Array.from(document.querySelectorAll('#documents tr')).map(r => r.innerText)")
+    assert "estimated error" in rows[0]
+    assert [row.split("\t")[-1] for row in rows[1:]] == ["3.0e-04", "4.0e-02 (short)", "1.0e-05"]
+    index.write_text(index_page([_record(i, 12, seed=i) for i in range(3)], {}, "fixed steps"))
+    assert "estimated error" not in _measured(index, "document.body.innerText")
+
+
 def test_a_report_written_again_keeps_no_page_of_the_earlier_one(tmp_path):
     """Nothing mixed with stale results: `attribute --out r.json` of 3 records, then of 1, into the same
     r.report/ left pages 1 and 2 of the first run beside the second's index. A user's own file stays."""
