@@ -340,6 +340,7 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
 
     with_target = several_targets_each(records)
     data_ids = any(r.data_id is not None for r in records)      # the data's own ids: a column where it has them
+    labelled = any(r.label is not None for r in records)        # a column of "–" said nothing
     # the default call's estimate, where the records have one, "(short)" where max_steps stopped it first
     errors = any(r.estimated_error is not None for r in records)
 
@@ -351,14 +352,15 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r, with_target))}">{html.escape(str(r.id))}</a>')
         + (cell("" if r.data_id is None else r.data_id, html.escape("" if r.data_id is None else str(r.data_id)))
            if data_ids else "")
-        + cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels)))
+        + (cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels))) if labelled else "")
         + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
         + cell(r.target, html.escape(label_name(r.target, labels)))
         + cell(r.probability, f"{r.probability:.3f}") + cell(r.delta, f"{r.delta:+.2e}")
         + cell(len(r.tokens), f"{len(r.tokens)} ({r.truncated_tokens} cut)" if r.truncated_tokens else len(r.tokens))
         + (error_cell(r) if errors else "") + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>'
-                      for name in ("document", *(["id"] if data_ids else []), "label", "prediction", "target",
+                      for name in ("document", *(["id"] if data_ids else []), *(["label"] if labelled else []),
+                                   "prediction", "target",
                                    "probability", "delta", "tokens", *(["estimated error"] if errors else [])))
     grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
     charts, unit = "", "tokens" if tokens else "words"
