@@ -339,29 +339,30 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         return f'<td data-value="{html.escape(str(value))}">{shown}</td>'
 
     with_target = several_targets_each(records)
-    data_ids = any(r.data_id is not None for r in records)      # the data's own ids: a column where it has them
-    labelled = any(r.label is not None for r in records)        # a column of "–" said nothing
-    # the default call's estimate, where the records have one, "(short)" where max_steps stopped it first
-    errors = any(r.estimated_error is not None for r in records)
 
-    def error_cell(r) -> str:
+    def estimated_error(r) -> str:      # "(short)" where max_steps stopped the default call first
         if r.estimated_error is None:
             return cell("", "")
         return cell(r.estimated_error, f"{r.estimated_error:.1e}" + (" (short)" if r.tolerance_met is False else ""))
-    rows = "".join(
-        "<tr>" + cell(r.id, f'<a href="{html.escape(page_name(r, with_target))}">{html.escape(str(r.id))}</a>')
-        + (cell("" if r.data_id is None else r.data_id, html.escape("" if r.data_id is None else str(r.data_id)))
-           if data_ids else "")
-        + (cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels))) if labelled else "")
-        + cell(r.prediction, html.escape(label_name(r.prediction, labels)))
-        + cell(r.target, html.escape(label_name(r.target, labels)))
-        + cell(r.probability, f"{r.probability:.3f}") + cell(r.delta, f"{r.delta:+.2e}")
-        + cell(len(r.tokens), f"{len(r.tokens)} ({r.truncated_tokens} cut)" if r.truncated_tokens else len(r.tokens))
-        + (error_cell(r) if errors else "") + "</tr>" for r in records)
-    headers = "".join(f'<th class="sortable">{name}</th>'
-                      for name in ("document", *(["id"] if data_ids else []), *(["label"] if labelled else []),
-                                   "prediction", "target",
-                                   "probability", "delta", "tokens", *(["estimated error"] if errors else [])))
+    # (header, cell) of each column; the data's own ids, labels and the default call's estimate only where some
+    # record has them (a column of dashes said nothing)
+    columns = [
+        ("document", lambda r: cell(r.id, f'<a href="{html.escape(page_name(r, with_target))}">'
+                                          f"{html.escape(str(r.id))}</a>")),
+        *([("id", lambda r: cell("" if r.data_id is None else r.data_id,
+                                 html.escape("" if r.data_id is None else str(r.data_id))))]
+          if any(r.data_id is not None for r in records) else []),
+        *([("label", lambda r: cell("" if r.label is None else r.label, html.escape(label_name(r.label, labels))))]
+          if any(r.label is not None for r in records) else []),
+        ("prediction", lambda r: cell(r.prediction, html.escape(label_name(r.prediction, labels)))),
+        ("target", lambda r: cell(r.target, html.escape(label_name(r.target, labels)))),
+        ("probability", lambda r: cell(r.probability, f"{r.probability:.3f}")),
+        ("delta", lambda r: cell(r.delta, f"{r.delta:+.2e}")),
+        ("tokens", lambda r: cell(len(r.tokens), f"{len(r.tokens)} ({r.truncated_tokens} cut)" if r.truncated_tokens
+                                  else len(r.tokens))),
+        *([("estimated error", estimated_error)] if any(r.estimated_error is not None for r in records) else [])]
+    rows = "".join("<tr>" + "".join(shown(r) for _, shown in columns) + "</tr>" for r in records)
+    headers = "".join(f'<th class="sortable">{name}</th>' for name, _ in columns)
     grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
     charts, unit = "", "tokens" if tokens else "words"
     for group, rows_of_group in sorted(class_rankings(records, grouping, not tokens).items(), key=lambda g: str(g[0])):
