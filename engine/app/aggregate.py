@@ -136,6 +136,11 @@ class Run:
         return len({r.id for r in self.records})
 
     @property
+    def so_far(self) -> str:
+        """What an unfinished run's outputs hold, said where they are written."""
+        return f"unfinished run: {self.of_all} done so far"
+
+    @property
     def of_all(self) -> str:
         """"7 of its 12 documents" (the whole from the manifest; runs begun before 2026-12-07 have none)."""
         return _of_all(self.documents, self.manifest.get("documents"))
@@ -174,8 +179,3 @@ def read_run(run: Path, unfinished: bool = False) -> Run:
     if not so_far:
         raise DataError(f"{str(run)!r}: the run has no document done yet")
     return Run([so_far[key] for key in sorted(so_far, key=lambda key: key[0])], manifest, finished=False)
-
-
-def documents_so_far(run: Run) -> str:
-    """What an unfinished run's outputs hold, said where they are written."""
-    return f"unfinished run: {run.of_all} done so far"

@@ -501,20 +501,21 @@ def cmd_dataset(args) -> int:
                           max_length=args.max_length)
     if state is not None and not state.is_main_process:
         return 0
-    rate = summary["token_steps"] / summary["seconds"] if summary["attributed_now"] else 0
-    cut = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" if summary["cut"] else ""
+    counted = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" \
+        if summary["cut"] else ""
     if summary["short"]:
         goal = f"--accuracy {args.accuracy:g}" if default_path else f"--tolerance {args.tolerance:g}"
-        cut += (f", {summary['short']} short of {goal} (stopped at --max-steps {args.max_steps}: "
-                + ("documents.csv's estimated_error)" if default_path else "documents.jsonl's tolerance_met)"))
-    # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
-    by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
-        if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"
-    if not summary["attributed_now"]:       # a run already done: no rate to tell ("0 token-steps/s" read as a fault)
-        by = ""
+        counted += (f", {summary['short']} short of {goal} (stopped at --max-steps {args.max_steps}: "
+                    + ("documents.csv's estimated_error)" if default_path else "documents.jsonl's tolerance_met)"))
+    by = ""     # a run already done: no rate to tell ("0 token-steps/s" read as a fault)
+    if summary["attributed_now"]:
+        rate = summary["token_steps"] / summary["seconds"]
+        # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
+        by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
+            if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"
     print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now{by}, "
           f"{summary['resumed_with']} from before, {summary['skipped']} skipped "
-          f"(skipped.csv){cut}; documents.jsonl, documents.csv")
+          f"(skipped.csv){counted}; documents.jsonl, documents.csv")
     return 0
 
 
@@ -522,13 +523,12 @@ def cmd_aggregate(args) -> int:
     import csv
 
     from ..display import label_name
-    from .aggregate import (class_rankings, documents_so_far, group_file_name, group_key, per_document, ranked,
-                            read_run)
+    from .aggregate import class_rankings, group_file_name, group_key, per_document, ranked, read_run
 
     run = read_run(args.run, args.unfinished)
     records, labels = run.records, run.manifest["settings"].get("labels", {})
     if not run.finished:
-        print(documents_so_far(run))
+        print(run.so_far)
     out = args.out or args.run / (f"aggregate-by-{args.by}{'-tokens' if args.tokens else ''}"
                                   f"{'' if run.finished else '-unfinished'}")
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from ..display import color, label_name, shown_units, top_bottom_words
 from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
-from .aggregate import class_rankings, documents_so_far, ranked, read_run
+from .aggregate import class_rankings, ranked, read_run
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #111; }
@@ -429,7 +429,7 @@ def load(path: Path, unfinished: bool = False) -> Loaded:
     if path.is_dir():
         run = read_run(path, unfinished)
         settings = run.manifest["settings"]
-        so_far = None if run.finished else documents_so_far(run)
+        so_far = None if run.finished else run.so_far
         title = f"fastig: {settings.get('data', path.name)}" + ("" if run.finished else
                                                  f" (unfinished: {run.of_all} so far)")
         return Loaded(run.records, settings.get("labels", {}), title, Source(settings), so_far)
