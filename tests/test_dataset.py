@@ -594,6 +594,17 @@ def test_report_without_out_writes_into_the_run_as_aggregate_does(model_dir, dat
     assert "0 attributed now" in capsys.readouterr().out
 
 
+def test_a_run_of_one_document_says_one_document(model_dir, data_files, tmp_path, capsys):
+    """The lines a one-document run prints and its report's index said "1 documents"."""
+    out = tmp_path / "run"
+    assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--limit", "1")) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"1 document in {out}: 1 attributed now")
+    assert exit_code(["aggregate", str(out)]) == 0
+    assert ": 1 document, " in capsys.readouterr().out
+    assert exit_code(["report", str(out)]) == 0
+    assert "<p>1 document; click" in (out / "report" / "index.html").read_text()
+
+
 def test_aggregate_ranks_the_words_people_read_unless_asked_for_tokens(byte_level_tokenizer, tmp_path, capsys):
     """A byte-level BPE splits "unreadable" into "u", "n", "r", "ea", "d", "a", "bl", "e": the default ranking is of the
     words `attribute` and the reports show (it ranked the pieces, unreadable, unless --merge-subwords was given);
@@ -634,9 +645,12 @@ def test_an_unfinished_run_is_reported_and_ranked_so_far_when_asked(model_dir, d
                                                                     capsys):
     """A run of hours could not be looked at before its end: with --unfinished, report and aggregate take the
     documents of its sound shards so far (the run may be going on), say that they are a part, and never write
-    what is taken for a finished run's; without it they say how many they would take."""
-    out = tmp_path / "run"
-    args = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
+    what is taken for a finished run's; without it they say how many they would take. The data's own ids are
+    in them (the shards keep them)."""
+    data, out = tmp_path / "docs.jsonl", tmp_path / "run"
+    data.write_text("".join(json.dumps({"id": f"r{i:02}", "text": t, "labels": y}) + "\n"
+                            for i, (t, y) in enumerate(zip(TEXTS, LABELS))))
+    args = _args(model_dir, data, out, "--target", "label")
     stop_at_group(monkeypatch, group=3)
     assert exit_code(args) == 130
     monkeypatch.undo()
@@ -653,13 +667,17 @@ def test_an_unfinished_run_is_reported_and_ranked_so_far_when_asked(model_dir, d
     assert f"unfinished run: {len(done)} of its 12 documents done so far" in said
     report = out / "report-unfinished"
     assert sorted(int(p.stem.split("-")[1]) for p in report.glob("document-*.html")) == done
-    assert f"(unfinished: {len(done)} of its 12 documents so far)" in (report / "index.html").read_text()
+    index = (report / "index.html").read_text()
+    assert f"(unfinished: {len(done)} of its 12 documents so far)" in index
+    assert all(f">r{i:02}<" in index for i in done)
+    assert f"Document {done[0]} (id r{done[0]:02})" in (report / f"document-{done[0]}.html").read_text()
     assert exit_code(["aggregate", str(out), "--unfinished"]) == 0
     said = capsys.readouterr().out
     assert said.startswith(f"unfinished run: {len(done)} of its 12 documents done so far") and \
         (out / "aggregate-by-target-unfinished" / "per_document.csv").is_file()
-    assert sorted({int(row["id"]) for row in csv.DictReader(open(out / "aggregate-by-target-unfinished" /
-                                                                  "per_document.csv"))}) == done
+    with open(out / "aggregate-by-target-unfinished" / "per_document.csv") as f:
+        ids = {(int(row["id"]), row["data_id"]) for row in csv.DictReader(f)}
+    assert sorted(ids) == [(i, f"r{i:02}") for i in done]
     assert not (out / "documents.jsonl").exists() and not (out / "report").exists()
     assert exit_code(args) == 0 and exit_code(["report", str(out)]) == 0       # finished: the whole run
     assert len(list((out / "report").glob("document-*.html"))) == 11

@@ -29,6 +29,7 @@ from ..display import words
 from ..errors import DataError
 from ..result import DocumentResult
 from .dataset import read_records, sound_shards
+from .text import counted
 
 GROUPINGS = ("target", "label")
 RANKINGS = ("sum", "mean", "document_mean")
@@ -147,7 +148,7 @@ class Run:
 
 
 def _of_all(done: int, documents: int | None) -> str:
-    return f"{done} of its {documents} documents" if documents else f"the {done} documents"
+    return f"{done} of its {counted(documents, 'document')}" if documents else f"the {counted(done, 'document')}"
 
 
 def read_run(run: Path, unfinished: bool = False) -> Run:

@@ -23,7 +23,7 @@ from ..precision import PRECISIONS
 from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
 from ..scheduler import DEFAULT_MEMORY_BUDGET, retain_freed_cpu_memory
 from ..summarize import ends
-from .text import print_columns, print_result, run_line
+from .text import counted, print_columns, print_result, run_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -501,21 +501,21 @@ def cmd_dataset(args) -> int:
                           max_length=args.max_length)
     if state is not None and not state.is_main_process:
         return 0
-    counted = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" \
+    notes = f", {summary['cut']} cut to the model's length (documents.csv's truncated_tokens)" \
         if summary["cut"] else ""
     if summary["short"]:
         goal = f"--accuracy {args.accuracy:g}" if default_path else f"--tolerance {args.tolerance:g}"
-        counted += (f", {summary['short']} short of {goal} (stopped at --max-steps {args.max_steps}: "
-                    + ("documents.csv's estimated_error)" if default_path else "documents.jsonl's tolerance_met)"))
+        notes += (f", {summary['short']} short of {goal} (stopped at --max-steps {args.max_steps}: "
+                  + ("documents.csv's estimated_error)" if default_path else "documents.jsonl's tolerance_met)"))
     by = ""     # a run already done: no rate to tell ("0 token-steps/s" read as a fault)
     if summary["attributed_now"]:
         rate = summary["token_steps"] / summary["seconds"]
         # The main process's rate: each process counts its own work (its share: about 1/N of the documents)
         by = f" by {summary['processes']} processes ({rate:.0f} token-steps/s in the main one)" \
             if summary["processes"] > 1 else f" ({rate:.0f} token-steps/s)"
-    print(f"{summary['documents']} documents in {args.out}: {summary['attributed_now']} attributed now{by}, "
-          f"{summary['resumed_with']} from before, {summary['skipped']} skipped "
-          f"(skipped.csv){counted}; documents.jsonl, documents.csv")
+    print(f"{counted(summary['documents'], 'document')} in {args.out}: {summary['attributed_now']} attributed now"
+          f"{by}, {summary['resumed_with']} from before, {summary['skipped']} skipped (skipped.csv){notes}; "
+          "documents.jsonl, documents.csv")
     return 0
 
 
@@ -545,7 +545,7 @@ def cmd_aggregate(args) -> int:
                 f"label {label_name(group[0], labels)}, target {label_name(group[1], labels)}")
         order = ranked(rows, args.rank, args.min_count)
         unit = "tokens" if args.tokens else "words"
-        print(f"{name}: {documents} document{'' if documents == 1 else 's'}, {len(rows)} distinct {unit} "
+        print(f"{name}: {counted(documents, 'document')}, {len(rows)} distinct {unit} "
               f"({len(order)} ranked by {args.rank})")
         print(f"  {'highest ' + args.rank:<30}{'lowest ' + args.rank:<30}")
         highest, lowest = ends(order, lambda r: getattr(r, args.rank), args.top)

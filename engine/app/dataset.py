@@ -451,8 +451,9 @@ def text_of_each_record(targets, records: int, texts: int) -> list[int]:
 
 
 def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> list:
-    """In the rows' order: each row's records (`documents`, each named by its row's index) with the row's id and
-    label, or for a row in `broken` (id, reason): its model output or gradient is not finite."""
+    """In the rows' order: each row's records (`documents`, each named by its row's index) with the row's id,
+    label and data id (so that an unfinished run's report shows it), or for a row in `broken` (id, reason): its
+    model output or gradient is not finite."""
     by_row = {}
     for document in documents:
         by_row.setdefault(document.id, []).append(document)
@@ -461,7 +462,7 @@ def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> li
         if i in broken:
             entries.append((row.id, "the model's output or gradient is not finite (nan or inf)"))
         else:
-            entries += [replace(document, id=row.id, label=row.label) for document in by_row.get(i, ())]
+            entries += [replace(document, id=row.id, label=row.label, data_id=row.data_id) for document in by_row.get(i, ())]
     return entries
 
 
@@ -528,7 +529,7 @@ def merge(out: Path, rows: list[Row], skipped: list, top_k: int, labels: dict) -
                         "no sound shard; run the same command again to attribute them")
     write_atomically(out / "index.json", to_json({name: list(dict.fromkeys(_entry_id(e) for e in entries))
                                                   for name, entries in by_shard.items()}) + "\n")
-    # The data's ids from the rows, not the shards: a run begun without them (or before they were kept) has them.
+    # The data's ids from the rows, not the shards: a run begun without them (or before shards kept them) has them.
     ordered = [replace(record, data_id=row.data_id) for row in rows if row.id in records for record in records[row.id]]
     write_atomically(out / "documents.jsonl", "".join(to_json(r.to_json(top_k)) + "\n" for r in ordered))
     buffer = io.StringIO()

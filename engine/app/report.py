@@ -36,6 +36,7 @@ from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
 from .aggregate import class_rankings, ranked, read_run
+from .text import counted
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #111; }
@@ -373,9 +374,9 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
                    + _chart(ranked(rows_of_group, "sum"), f"{name}: by sum over the documents", "sum", top)
                    + _chart(ranked(rows_of_group, "mean"), f"{name}: by mean per occurrence (3 or more)", "mean", top)
                    + "</div>")
-    counted = (f"{len({r.id for r in records})} documents, {len(records)} explanations (one per document and "
-               "target)" if with_target else f"{len(records)} documents")
-    body = (f"<h1>{html.escape(title)}</h1><p>{counted}; click a column to sort. A document's "
+    how_many = (f"{counted(len({r.id for r in records}), 'document')}, {counted(len(records), 'explanation')} (one "
+                "per document and target)" if with_target else counted(len(records), "document"))
+    body = (f"<h1>{html.escape(title)}</h1><p>{how_many}; click a column to sort. A document's "
             "scores are toward its target, the class attributed.</p>"
             # Folded: a data set's 22 settings filled the first screen, and no document showed on it.
             + ("" if source is None else f"<details><summary>How these were computed ({_named(source.facts)})"

@@ -36,6 +36,11 @@ def print_result(result: Attribution, k: int, documents=None, file=None, tokens:
                       file)
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 document", "2 documents": a one-document run's lines said "1 documents"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 CELL_MARGIN = 12     # a score (9 columns) and the space after it
 TIMES = 5           # " ×123" after a score, where cells hold a count
 
