@@ -342,6 +342,13 @@ def test_check_passes_on_a_tiny_longformer(model_dir, capsys):
                  "--method", "riemann_middle", "--internal-batch-size", "3"])
     printed = capsys.readouterr().out
     assert code == 0 and "PASS" in printed and "rel L2" in printed
+    # what was compared, first: a user read timings without knowing the rule, steps or precision behind them
+    assert printed.startswith("fastig against Captum: 1 explanation of 1 document (42 tokens), riemann_middle 10 "
+                              "steps, fastig in fp32\n")
+    assert main(["check", "--model", model_dir, "--text", make_text(40), "--text", make_text(7), "--n-steps", "4",
+                 "--target", "all"]) == 0
+    assert capsys.readouterr().out.startswith("fastig against Captum: 6 explanations of 2 documents (51 tokens), "
+                                              "gausslegendre 4 steps")
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -403,6 +403,7 @@ def _write_result(args, result) -> None:
 
 def cmd_check(args) -> int:
     from ..reference import MAX_DELTA_DIFF, MAX_REL_L2, MIN_LOW_PRECISION_PEARSON, captum_attribute, compare
+    from .dataset import text_of_each_record
 
     if args.n_steps == "auto":
         raise InputError("--n-steps auto: check compares with Captum, which needs a fixed number of steps")
@@ -420,6 +421,10 @@ def cmd_check(args) -> int:
     theirs = captum_attribute(engine, texts, internal_batch_size=args.internal_batch_size, progress=_progress(),
                               **rule_kwargs)
     c = compare(ours, theirs)
+    tokens = sum({text: len(record.tokens) for record, text in
+                  zip(ours.documents, text_of_each_record(kwargs["target"], len(ours), len(texts)))}.values())
+    print(f"fastig against Captum: {counted(len(ours), 'explanation')} of {counted(len(texts), 'document')} "
+          f"({tokens:,} tokens), {kwargs['method']} {kwargs['n_steps']} steps, fastig in {ours.stats.precision}")
     print(f"rel L2 {c.rel_l2:.2e} (<= {MAX_REL_L2:g})  max abs {c.max_abs:.2e}  "
           f"Pearson {c.pearson:.6f} (>= {MIN_LOW_PRECISION_PEARSON:g} in bf16/fp16)  "
           f"Spearman {c.spearman:.6f}  top-10 overlap {c.top_k_overlap:.2f}")
@@ -427,7 +432,8 @@ def cmd_check(args) -> int:
     if c.other_baseline_output:
         print(f"  the attributions' sums agree ({c.sum_diff:.2e}): Captum's F(b) is a forward of the baseline ids, "
               "fastig's the path's start, as this model reads the ids past the layer")
-    print(f"time fastig {ours.stats.seconds.total:.2f} s  captum {theirs.seconds:.2f} s")
+    print(f"time fastig {ours.stats.seconds.total:.2f} s  captum {theirs.seconds:.2f} s (one run each: "
+          f"{theirs.seconds / max(ours.stats.seconds.total, 1e-9):.2g}x)")
     precision = ours.stats.precision
     passed = c.passed(precision)
     print(f"PASS ({precision} contract)" if passed else f"FAIL: fastig ({precision}) and Captum disagree beyond the contract")
