@@ -85,7 +85,11 @@ class DocumentResult:
                           *([f"label={name(self.label)}"] if self.label is not None else []),
                           f"tokens={len(self.tokens)}", f"prediction={name(self.prediction)}",
                           f"probability={self.probability:.3f}", f"target={name(self.target)}",
-                          f"delta={self.delta:.1e}", f"evaluations={self.evaluations}", f"text={shown!r}"])
+                          f"delta={self.delta:.1e}", f"evaluations={self.evaluations}",
+                          # the default call's spend and estimate, and where it stopped short (--max-steps)
+                          *([f"estimated_error={self.estimated_error:.1e}"] if self.estimated_error is not None
+                            else []),
+                          *(["tolerance_met=False"] if self.tolerance_met is False else []), f"text={shown!r}"])
 
     @property
     def probability(self) -> float:
@@ -313,7 +317,9 @@ class Attribution:
         kept = self.attributions
         shape = (None if kept is None else list(kept.shape) if isinstance(kept, torch.Tensor)
                  else f"{len(kept)} tensors [L_i, {kept[0].shape[-1]}]")
-        lines = [f"Attribution(documents={len(self)}, n_steps={self.n_steps!r}, method={self.method!r}, "
+        # The default call: the accuracy asked for, not n_steps=None
+        steps = f"accuracy={self.stats.accuracy:g}" if self.n_steps is None else f"n_steps={self.n_steps!r}"
+        lines = [f"Attribution(documents={len(self)}, {steps}, method={self.method!r}, "
                  f"output={self.output!r}, attributions={shape}, seconds={self.stats.seconds.total:.2f})"]
         lines += [f"  [{i}] {d.summary(self.labels)}" for i, d in enumerate(self.documents[:REPR_DOCUMENTS])]
         if len(self) > REPR_DOCUMENTS:

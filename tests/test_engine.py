@@ -277,6 +277,13 @@ def test_a_result_prints_as_a_short_summary_of_its_documents(tokenizer):
     assert f"attributions=[2, {length}, {hidden}]" in repr(engine.attribute(same_length, n_steps=4))
     kept_none = repr(engine.attribute(same_length, n_steps=4, keep_attributions=False))
     assert "attributions=None" in kept_none and len(kept_none.splitlines()) == 3
+    # The default call says what it asked for and, per document, what it estimates and where it stopped short
+    default = engine.attribute(same_length, max_steps=9, accuracy=1e-6)
+    lines = repr(default).splitlines()
+    assert lines[0].startswith("Attribution(documents=2, accuracy=1e-06, method='clenshawcurtis', ")
+    for line, document in zip(lines[1:], default.documents):
+        assert f"evaluations=9, estimated_error={document.estimated_error:.1e}, tolerance_met=False, text=" in line
+    assert "estimated_error" not in repr(result) and "tolerance_met" not in repr(result)
 
 
 def test_an_engine_prints_what_it_runs(tokenizer):
