@@ -472,3 +472,20 @@ def test_demo_fine_tunes_once_then_reuses_the_cache(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(demo, "fine_tune", lambda *a, **k: pytest.fail("the cached model was not reused"))
     assert main(["demo", "--out", str(out), "--n-steps", "4", "--documents", "1"]) == 0
 
+
+
+def test_the_version_names_fastig_and_the_packages_its_numbers_depend_on(capsys, monkeypatch):
+    """A bug report or a comparison of two runs needs the versions; `fastig --version` was an error. One line,
+    however narrow the terminal."""
+    import captum
+    import torch
+    import transformers
+    import triton
+
+    import fastig
+
+    monkeypatch.setenv("COLUMNS", "40")
+    assert exit_code(["--version"]) == 0
+    line = capsys.readouterr().out
+    assert line == (f"fastig {fastig.__version__} (torch {torch.__version__}, transformers {transformers.__version__}"
+                    f", captum {captum.__version__}, triton {triton.__version__})\n")

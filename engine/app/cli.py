@@ -133,8 +133,27 @@ def _add_processes_arg(p: argparse.ArgumentParser, shared: str) -> None:
                         "on several machines use accelerate launch yourself)")
 
 
+def _versions() -> str:
+    """"fastig 0.2.1 (torch 2.13.0, transformers 5.25.0, ...)": what a bug report or a comparison of runs needs,
+    read from the installed packages' metadata (importing transformers and captum takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"no {name}"
+    return f"fastig {__version__} ({', '.join(map(installed, ('torch', 'transformers', 'captum', 'triton')))})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastig", description="Fast Integrated Gradients for Hugging Face classifiers, checked against Captum.")
+    # Raw: argparse would wrap the version line at the terminal's width
+    parser = _Parser(prog="fastig", description="Fast Integrated Gradients for Hugging Face classifiers, checked "
+                     "against Captum.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_versions(),
+                        help="fastig's version and those of the packages its numbers depend on")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = commands.add_parser("attribute", help="explain documents: prediction, delta, top/bottom words")
