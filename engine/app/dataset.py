@@ -462,7 +462,8 @@ def _entries(batch: list[Row], documents: list, broken: set = frozenset()) -> li
         if i in broken:
             entries.append((row.id, "the model's output or gradient is not finite (nan or inf)"))
         else:
-            entries += [replace(document, id=row.id, label=row.label, data_id=row.data_id) for document in by_row.get(i, ())]
+            entries += [replace(document, id=row.id, label=row.label, data_id=row.data_id)
+                        for document in by_row.get(i, ())]
     return entries
 
 
