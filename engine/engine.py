@@ -8,6 +8,7 @@ fastig.adaptive for n_steps="auto"), each process taking its share of the steps
 """
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -153,13 +154,15 @@ class Progress:
     def __init__(self, tokens: list[int], description: str = "attributing", delay: float = 0.0):
         from tqdm.auto import tqdm
 
+        # Written to a file (a cluster job's log), not a terminal or a notebook: a line every LOG_INTERVAL_S, not
+        # after every model call (a data set's log took a line per call), and in the first row under another bar
+        # (`fastig dataset`'s): nested, its every line moved the cursor up, "^[[A" in the log.
+        interactive = tqdm.__module__ == "tqdm.notebook" or sys.stderr.isatty()
         self.bar = tqdm(total=len(tokens), unit="doc", desc=description, leave=False, delay=delay,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+                        **({} if interactive else {"position": 0}))
         self.evaluations, self.left = 0, TimeLeft(sum(tokens))
         self.shown_from = time.perf_counter() + delay     # tqdm's delay holds back its updates, not a refresh
-        # Written to a file (a cluster job's log), not a terminal or a notebook: a line every LOG_INTERVAL_S, not
-        # after every model call (a data set's log took a line per call).
-        interactive = type(self.bar).__module__ == "tqdm.notebook" or getattr(self.bar.fp, "isatty", bool)()
         self.every = 0.0 if interactive else LOG_INTERVAL_S
         self.bar.mininterval = max(self.bar.mininterval, self.every)
         self.refreshed = -math.inf

@@ -605,6 +605,14 @@ def test_a_run_of_one_document_says_one_document(model_dir, data_files, tmp_path
     assert "<p>1 document; click" in (out / "report" / "index.html").read_text()
 
 
+def test_a_runs_log_has_its_bars_lines_without_terminal_codes(model_dir, data_files, tmp_path, capsys):
+    """Into a file (a cluster job's log) the shard's bar was nested under the documents' bar, and each of its
+    lines moved the cursor up: "^[[A" all through the log."""
+    assert exit_code(_args(model_dir, data_files / "docs.csv", tmp_path / "run", "--limit", "4")) == 0
+    log = capsys.readouterr().err
+    assert "documents:" in log and "attributing:" in log and "\x1b" not in log
+
+
 def test_aggregate_ranks_the_words_people_read_unless_asked_for_tokens(byte_level_tokenizer, tmp_path, capsys):
     """A byte-level BPE splits "unreadable" into "u", "n", "r", "ea", "d", "a", "bl", "e": the default ranking is of the
     words `attribute` and the reports show (it ranked the pieces, unreadable, unless --merge-subwords was given);
