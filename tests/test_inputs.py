@@ -104,7 +104,7 @@ def test_a_column_of_texts_in_any_container_is_its_list(models, tokenizer):
 
 def test_the_model_may_be_its_folder_or_its_pipeline(tokenizer, tmp_path):
     """Engine("folder or hub name") loads it as the commands do, Engine(pipeline) takes the pipeline's model
-    and tokenizer, Engine(DataParallel(model)) its module; the records are those of the model itself. Anything
+    and tokenizer, Engine(DataParallel(model)) and Engine(torch.compile(model)) its module; the records are those of the model itself. Anything
     else is refused, naming what is (a module without a config failed at its first use)."""
     import transformers
 
@@ -120,6 +120,10 @@ def test_the_model_may_be_its_folder_or_its_pipeline(tokenizer, tmp_path):
                    fastig.Engine(model, str(tmp_path / "model"))):
         _same_records(engine.attribute(text, n_steps=N_STEPS), expected)
     _same_records(fastig.Engine(torch.nn.DataParallel(model), tokenizer).attribute(text, n_steps=N_STEPS), expected)
+    # torch.compile(model): the module it wraps (compiled whole, it recompiled at each new shape, 200x slower)
+    compiled = fastig.Engine(torch.compile(model), tokenizer)
+    assert compiled.model is model and "layer='bert.embeddings'" in repr(compiled)
+    _same_records(compiled.attribute(text, n_steps=N_STEPS), expected)
     with pytest.raises(fastig.ModelLoadError, match="model of type int: give a transformers sequence classifier"):
         fastig.Engine(42)
     with pytest.raises(fastig.ModelLoadError, match="model of type Linear has no .config: give a transformers"):
