@@ -480,7 +480,9 @@ def test_a_multi_label_data_set_explains_each_documents_labels(tokenizer, tmp_pa
     assert skipped == [["id", "reason"], ["2", "no label to explain (--target label)"]]
     assert exit_code(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert "label joy (0), fear (2)" in (tmp_path / "report" / "document-0-target-2.html").read_text()
-    assert exit_code(["aggregate", str(out), "--by", "label"]) == 2
+    for command in ("aggregate", "report"):     # no one label per document to group by
+        assert exit_code([command, str(out), "--by", "label"]) == 2
+        assert "a list of labels each" in capsys.readouterr().err
     assert exit_code(["aggregate", str(out), "--by", "target"]) == 0
     # documents of 3, 2 and 1 labels (longest first) share a call in groups of their own: a stop in the third
     # group keeps the first two's

@@ -218,6 +218,12 @@ def test_report_command_on_a_result_json(saved_model, tmp_path, capsys):
                                                                       "index.html"]
     labels = json.loads(out.read_text())["labels"]
     assert labels == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
+    # Documents without labels grouped by label: refused as aggregate refuses it, before any page (the index
+    # was grouped by target, in a folder named by label)
+    capsys.readouterr()
+    assert exit_code(["report", str(out), "--by", "label"]) == 2
+    assert "--by label: this run has no labels" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*by-label*"))
 
 
 def test_a_result_saved_from_python_is_reported_with_its_label_names(models, tokenizer, tmp_path, monkeypatch):

@@ -62,8 +62,8 @@ def group_key(record: DocumentResult, by: str):
     return record.target if by == "target" else (record.label, record.target)
 
 
-def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = True) -> dict:
-    """{group: TokenRows, highest sum first}; a group is a target, or (label, target) with by="label"."""
+def check_grouping(records: list[DocumentResult], by: str) -> None:
+    """`by` must be a grouping these records have: by label, each a label of one class."""
     if by not in GROUPINGS:
         raise DataError(f"--by {by!r}: choose {' or '.join(GROUPINGS)}")
     if by == "label" and any(r.label is None for r in records):
@@ -71,6 +71,11 @@ def class_rankings(records: list[DocumentResult], by: str = "target", merge_subw
     if by == "label" and any(isinstance(r.label, list) for r in records):
         raise DataError("--by label: this run's documents have a list of labels each (a multi-label data set), "
                         "no one label to group by; use --by target")
+
+
+def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = True) -> dict:
+    """{group: TokenRows, highest sum first}; a group is a target, or (label, target) with by="label"."""
+    check_grouping(records, by)
     totals = defaultdict(lambda: defaultdict(lambda: [0.0, 0, set()]))
     for r in records:
         for text, score in _units(r, merge_subwords):

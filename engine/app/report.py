@@ -35,7 +35,7 @@ from ..display import color, label_name, shown_units, top_bottom_words
 from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
-from .aggregate import class_rankings, ranked, read_run
+from .aggregate import check_grouping, class_rankings, ranked, read_run
 from .text import counted
 
 STYLE = """
@@ -364,11 +364,10 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
         *([("estimated error", estimated_error)] if any(r.estimated_error is not None for r in records) else [])]
     rows = "".join("<tr>" + "".join(shown(r) for _, shown in columns) + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>' for name, _ in columns)
-    grouping = by if by == "target" or all(isinstance(r.label, int) for r in records) else "target"
     charts, unit = "", "tokens" if tokens else "words"
-    for group, rows_of_group in sorted(class_rankings(records, grouping, not tokens).items(), key=lambda g: str(g[0])):
-        target = label_name(group if grouping == "target" else group[1], labels)
-        name = target if grouping == "target" else f"label {label_name(group[0], labels)}, target {target}"
+    for group, rows_of_group in sorted(class_rankings(records, by, not tokens).items(), key=lambda g: str(g[0])):
+        target = label_name(group if by == "target" else group[1], labels)
+        name = target if by == "target" else f"label {label_name(group[0], labels)}, target {target}"
         charts += (f"<h3>{html.escape(name)}: {unit} pushing toward and away from {html.escape(target)}</h3>"
                    '<div class="tables">'
                    + _chart(ranked(rows_of_group, "sum"), f"{name}: by sum over the documents", "sum", top)
@@ -451,6 +450,8 @@ def write_report(records: list[DocumentResult], labels: dict, out: Path, title: 
     report left in `out` go (its other files stay): a page of another run never sits beside this one's."""
     from tqdm.auto import tqdm
 
+    # Refused before any page is written (a run without labels got a by-target index in report-by-label)
+    check_grouping(records, by)
     out.mkdir(parents=True, exist_ok=True)
     with_target = several_targets_each(records)
     pages = {page_name(record, with_target): record for record in records}
