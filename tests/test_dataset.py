@@ -138,6 +138,34 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_one(model_dir, data_fi
     assert len(index) == 11 and sorted(i for ids in index.values() for i in ids) == [r["id"] for r in resumed]
 
 
+def test_a_trial_on_the_first_documents_grows_into_the_whole_run(model_dir, data_files, csv_run, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A trial on the first documents (--limit), then the whole data set in the same folder: the run was refused
+    ("other settings: limit"), and the trial's documents were attributed again elsewhere. It grows now, keeping
+    them; while it grows it reads as unfinished (its merged outputs, the trial's, are gone: never a finished run's
+    files that lack the documents still to come); it never shrinks."""
+    out = tmp_path / "run"
+    trial = _args(model_dir, data_files / "docs.csv", out, "--target", "label", "--limit", "3")
+    assert exit_code(trial) == 0 and len(_records(out)) == 3 and exit_code(["report", str(out)]) == 0
+    whole = _args(model_dir, data_files / "docs.csv", out, "--target", "label")
+    stop_at_group(monkeypatch, group=2)
+    assert exit_code(whole) == 130
+    monkeypatch.undo()
+    assert "the run grows from --limit 3 to all (12 documents); the documents done are kept; report holds the " \
+        "smaller run's: make it again at its end" in capsys.readouterr().err
+    assert not (out / "documents.jsonl").exists() and exit_code(["report", str(out)]) == 2
+    assert "of its 12 documents done so far" in capsys.readouterr().err
+    assert exit_code(whole) == 0
+    assert ", 0 skipped" not in capsys.readouterr().out
+    grown, uninterrupted = _records(out), _records(csv_run)
+    assert [r["id"] for r in grown] == [r["id"] for r in uninterrupted]
+    for a, b in zip(grown, uninterrupted):      # to fp32 rounding: other documents share the model calls
+        assert a["token_scores"] == pytest.approx(b["token_scores"], abs=1e-5)
+    assert json.loads((out / "manifest.json").read_text())["settings"]["limit"] is None
+    assert exit_code(_args(model_dir, data_files / "docs.csv", out, "--target", "label", "--limit", "5")) == 2
+    assert "limit None (then) vs 5 (now) (--limit may grow between runs, not shrink)" in capsys.readouterr().err
+
+
 def test_resuming_with_other_settings_is_refused_by_name(model_dir, data_files, csv_run, capsys):
     before = (csv_run / "documents.jsonl").read_bytes()
     args = _args(model_dir, data_files / "docs.csv", csv_run, "--target", "label")

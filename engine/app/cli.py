@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="the data's own id of each document, written beside fastig's (the row's "
                                        "place) as documents.csv's and documents.jsonl's data_id and shown in the "
                                        "report ('' for none; default: the data's 'id' column, if it has one)")
-    p.add_argument("--limit", type=_count(1), help="only the first N documents")
+    p.add_argument("--limit", type=_count(1), help="only the first N documents (a run may grow to a larger "
+                                                   "--limit, or none, in the same --out: its documents done kept)")
     p.add_argument("--target", type=_dataset_target, default="predicted",
                    help="label (each document's label), predicted (default; a multi-label model's labels "
                         "above 1/2, a record each), all (every class, a record each), or a class index or label "

@@ -240,13 +240,21 @@ def _skip_reason(text, tokenizer) -> tuple[str | None, int]:
 
 # Compared on resume by content (the fingerprints), not by these path strings, kept for the reader.
 PATH_SETTINGS = ("model", "tokenizer", "data")
+# What a finished run's merge writes from its shards: gone when a run grows, so that it reads as unfinished.
+MERGED_OUTPUTS = ("documents.jsonl", "documents.csv", "skipped.csv", "index.json")
+
+
+def _grows(then, now) -> bool:
+    """Whether --limit `now` takes more of the data's first rows than `then` (None: all of them)."""
+    return then is not None and (now is None or now > then)
 
 
 def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict, write: bool = True,
                    documents: int | None = None) -> None:
     """Start a run in `out` (the manifest written if `write`, with the number of `documents` of its data, which
     its settings and data fix: what an unfinished run is a part of), or resume one with the same settings and
-    the same data and model by content; a difference is refused by name."""
+    the same data and model by content; a difference is refused by name, but for a --limit that grows: the run
+    then goes on to the new limit (a trial on the first 100 documents, then all), its documents done kept."""
     path = out / "manifest.json"
     if path.exists():
         try:
@@ -256,9 +264,12 @@ def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"--out {str(out)!r}: its manifest.json cannot be read ({err}); it is not a run this "
                             "fastig can resume: use another --out") from err
+        grows = _grows(before_settings.get("limit"), settings.get("limit"))
         changed = [f"{key} {before_settings.get(key)!r} (then) vs {settings.get(key)!r} (now)"
+                   + (" (--limit may grow between runs, not shrink)" if key == "limit" else "")
                    for key in sorted(set(before_settings) | set(settings))
-                   if key not in PATH_SETTINGS and before_settings.get(key) != settings.get(key)]
+                   if key not in PATH_SETTINGS and before_settings.get(key) != settings.get(key)
+                   and not (key == "limit" and grows)]
         changed += [f"the {key}'s content changed ({str(before_fingerprints.get(key))[:12]}... then vs "
                     f"{str(fingerprints[key])[:12]}... now)"
                     for key in sorted(fingerprints) if before_fingerprints.get(key) != fingerprints[key]]
@@ -272,10 +283,27 @@ def check_manifest(out: Path, settings: dict, fingerprints: dict, versions: dict
         if upgraded and write:
             print(f"fastig dataset: resuming a run begun with other versions: {'; '.join(upgraded)}; its documents "
                   "come from both (each shard's records from one)", file=sys.stderr)
+        if grows and write:
+            _grow(out, before, settings.get("limit"), documents)
         return
     if write:
         write_atomically(path, to_json({"settings": settings, "fingerprints": fingerprints, "versions": versions,
                                         "documents": documents}, indent=1) + "\n")
+
+
+def _grow(out: Path, manifest: dict, limit: int | None, documents: int) -> None:
+    """The run in `out` goes on to the larger `limit` of `documents`: its manifest says so, and its merged
+    outputs go (made again from the shards once the grown run is done), so that it reads as unfinished."""
+    for name in MERGED_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    write_atomically(out / "manifest.json", to_json({**manifest, "settings": {**manifest["settings"], "limit": limit},
+                                                     "documents": documents}, indent=1) + "\n")
+    # Reports and rankings made of the smaller run are the user's files: named, not deleted.
+    made = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.startswith(("report", "aggregate")))
+    print(f"fastig dataset: the run grows from --limit {manifest['settings']['limit']} to {limit or 'all'} "
+          f"({documents} documents); the documents done are kept"
+          + (f"; {', '.join(made)} {'holds' if len(made) == 1 else 'hold'} the smaller run's: make "
+             f"{'it' if len(made) == 1 else 'them'} again at its end" if made else ""), file=sys.stderr)
 
 
 def shard_name(content: str, rank: int = 0) -> str:
