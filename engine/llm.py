@@ -21,7 +21,7 @@ from . import kernels, quadrature
 from .engine import progress_bar
 from .errors import InputError, TargetError
 from .integrate import integrate_path
-from .models import attributing, forward_overrides, output_replaced
+from .models import attributing, forward_overrides, output_replaced, unwrapped
 from .result import RunStats
 from .scheduler import DEFAULT_MEMORY_BUDGET, Scheduler, chunk_size_override, cpu_memory_retained
 
@@ -80,6 +80,7 @@ def attribute_generation(model: nn.Module, tokenizer, prompt, target=None, *, n_
     at both ends and left out of token_attr (Captum's skip_tokens). n_steps, method: the rule
     (Captum's defaults). memory_budget, chunk_size, progress: as for fastig.Engine and its attribute.
     """
+    model = unwrapped(model)
     chunk_size_override(chunk_size)
     alphas, weights = quadrature.rule(method, n_steps)
     device = next(model.parameters()).device

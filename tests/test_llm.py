@@ -32,6 +32,10 @@ def test_every_generated_token_in_one_sweep_equals_captum(causal_lm, family, cas
     for name in ("token_attr", "seq_attr"):     # fp32 rounding of two computation orders
         mine, captums = getattr(actual, name), getattr(expected, name)
         assert float((mine - captums).norm() / captums.norm()) <= 1e-5, name
+    if case == "given":     # a compiled model, or one in DataParallel: the module it wraps, as Engine takes it
+        for wrapped in (torch.compile(model), torch.nn.DataParallel(model)):
+            again = attribute_generation(wrapped, tokenizer, PROMPT, target, n_steps=16)
+            assert torch.equal(again.token_attr, actual.token_attr)
 
 
 def test_a_model_in_training_is_explained_without_dropout_and_left_training(causal_lm):
