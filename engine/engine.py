@@ -147,6 +147,13 @@ class TimeLeft:
         return tqdm.format_interval(max(0.0, self.estimate - (self.clock() - self.estimated_at)))
 
 
+def shown_live(bar_class) -> bool:
+    """Whether a bar of this tqdm class is seen as it changes: a notebook's widget (tqdm.auto's class there is
+    its own subclass of tqdm.notebook's, named "tqdm.auto": taken for a log file before this version, a
+    notebook's bar moved every 30 s) or a terminal."""
+    return any(cls.__module__ == "tqdm.notebook" for cls in bar_class.__mro__) or sys.stderr.isatty()
+
+
 class Progress:
     """A progress bar in documents, with the model evaluations done so far moving after every model call,
     so that a long document shows its progress too, and the time left by tokens (TimeLeft)."""
@@ -157,7 +164,7 @@ class Progress:
         # Written to a file (a cluster job's log), not a terminal or a notebook: a line every LOG_INTERVAL_S, not
         # after every model call (a data set's log took a line per call), and in the first row under another bar
         # (`fastig dataset`'s): nested, its every line moved the cursor up, "^[[A" in the log.
-        interactive = tqdm.__module__ == "tqdm.notebook" or sys.stderr.isatty()
+        interactive = shown_live(tqdm)
         self.bar = tqdm(total=len(tokens), unit="doc", desc=description, leave=False, delay=delay,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
                         **({} if interactive else {"position": 0}))

@@ -335,6 +335,11 @@ def test_a_long_call_shows_its_bar_unasked_and_a_short_one_nothing(models, token
     result = engine.attribute(texts, n_steps=8, chunk_size=1, progress=True)
     lines = capsys.readouterr().err.replace("\r", "\n").count("model evaluations")
     assert result.stats.model_calls >= 24 and lines == 1, lines
+    # ... but a notebook's bar is seen as it moves: tqdm.auto's class there subclasses tqdm.notebook's
+    from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm_notebook
+    notebook_bar = type("tqdm", (tqdm_notebook,), {"__module__": "tqdm.auto"})
+    assert fastig.engine.shown_live(notebook_bar) and not fastig.engine.shown_live(tqdm)
 
 
 def test_a_character_the_vocabulary_lacks_is_ranked_and_shown_as_itself(models, tokenizer):
