@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fastig.app.aggregate import class_rankings, per_document, ranked
+from fastig.app.aggregate import ranked, tally
 
 from conftest import hanging_after_shards, make_text, record, stop_at_group
 from test_cli import exit_code
@@ -611,6 +611,21 @@ def test_aggregate_writes_a_ranking_per_target_naming_it_in_every_row(csv_run, c
     assert highest and lowest and all(v > 0 for v in highest) and all(v < 0 for v in lowest)
 
 
+def test_a_long_aggregate_shows_its_reading_and_counting(csv_run, tmp_path, monkeypatch, capsys):
+    """25,000 documents read and counted for about half a minute without a word; past the delays bars show."""
+    from fastig.app import aggregate, dataset
+
+    assert exit_code(["aggregate", str(csv_run), "--out", str(tmp_path / "quick")]) == 0
+    assert "reading documents" not in capsys.readouterr().err
+    monkeypatch.setattr(dataset, "READING_BAR_DELAY_S", 0.0)
+    monkeypatch.setattr(aggregate, "COUNTING_BAR_DELAY_S", 0.0)
+    assert exit_code(["aggregate", str(csv_run), "--out", str(tmp_path / "long")]) == 0
+    shown = capsys.readouterr().err
+    assert "reading documents" in shown and "counting words" in shown
+    assert [p.read_bytes() for p in sorted((tmp_path / "quick").iterdir())] == \
+        [p.read_bytes() for p in sorted((tmp_path / "long").iterdir())]
+
+
 def test_report_without_out_writes_into_the_run_as_aggregate_does(model_dir, data_files, csv_run, capsys):
     """`fastig report RUN` refused to run without --out, where `fastig aggregate RUN` writes into the run: each
     choice of unit and grouping its own folder, so that one report never replaces another's pages."""
@@ -738,14 +753,14 @@ def _by_token(rankings, group):
 
 def test_class_rankings_by_hand():
     # by target (each document's prediction here): 0 and 2 attribute class 0, document 1 class 1
-    by_target = class_rankings(HAND, "target", merge_subwords=False)
+    by_target = tally(HAND, "target", merge_subwords=False).rankings
     assert _by_token(by_target, 1) == {"good": (0.25, 0.25, 1, 1), "film": (0.125, 0.125, 1, 1),
                                        "##s": (0.0625, 0.0625, 1, 1)}
     assert _by_token(by_target, 0) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1),
                                        "Ġbad": (-0.5, -0.5, 1, 1), "Ġfil": (0.25, 0.25, 1, 1), "m": (0.5, 0.5, 1, 1)}
     assert all(row.target == target for target, rows in by_target.items() for row in rows)
     # by label and target: document 1 (label 1, target 0) apart from document 0 (label 1, target 1)
-    by_label = class_rankings(HAND, "label", merge_subwords=False)
+    by_label = tally(HAND, "label", merge_subwords=False).rankings
     assert set(by_label) == {(1, 1), (1, 0), (0, 0)}
     assert _by_token(by_label, (1, 0)) == {"good": (0.25, 0.125, 2, 1), "plot": (0.25, 0.25, 1, 1)}
     assert [row.token for row in by_label[(1, 1)]] == ["good", "film", "##s"]
@@ -758,7 +773,7 @@ def test_subwords_merge_into_words_by_either_convention():
 
     assert [(w.text, w.score) for w in words(HAND[0])] == [("good", 0.25), ("films", 0.1875)]
     assert [(w.text, w.score) for w in words(HAND[2])] == [("bad", -0.5), ("film", 0.75)]
-    merged = {group: {row.token: row.sum for row in rows} for group, rows in class_rankings(HAND, "target", True).items()}
+    merged = {group: {row.token: row.sum for row in rows} for group, rows in tally(HAND, "target", True).rankings.items()}
     assert merged[1]["films"] == 0.1875 and merged[0] == {"good": 0.25, "plot": 0.25, "bad": -0.5, "film": 0.75}
 
 
@@ -818,7 +833,7 @@ def test_sentencepiece_pieces_show_their_own_characters_and_start_their_own_word
 def test_per_document_sums_by_token():
     from dataclasses import replace
 
-    assert sorted(per_document([replace(HAND[1], data_id="r1")])) == [(1, 0, "good", 0.25, 2, "r1"),
+    assert sorted(tally([replace(HAND[1], data_id="r1")]).per_document) == [(1, 0, "good", 0.25, 2, "r1"),
                                                                       (1, 0, "plot", 0.25, 1, "r1")]
 
 

@@ -73,23 +73,42 @@ def check_grouping(records: list[DocumentResult], by: str) -> None:
                         "no one label to group by; use --by target")
 
 
-def class_rankings(records: list[DocumentResult], by: str = "target", merge_subwords: bool = True) -> dict:
-    """{group: TokenRows, highest sum first}; a group is a target, or (label, target) with by="label"."""
+@dataclass
+class Tally:
+    """A run's words (or tokens) counted in one pass over its records."""
+    rankings: dict              # {group: TokenRows, highest sum first}
+    per_document: list[tuple]   # (id, target, token, sum, count, data_id): each document's distinct tokens
+
+
+COUNTING_BAR_DELAY_S = 2.0      # a tally that takes longer shows a bar (0.2 ms a 7 KB record, 2-core EPYC)
+
+
+def tally(records: list[DocumentResult], by: str = "target", merge_subwords: bool = True) -> Tally:
+    """Rankings by group (a target, or (label, target) with by="label") and each document's sums by token, from
+    one split of each record into words (done twice, it was a fifth of `fastig aggregate`'s time)."""
+    from tqdm.auto import tqdm
+
     check_grouping(records, by)
     totals = defaultdict(lambda: defaultdict(lambda: [0.0, 0, set()]))
-    for r in records:
+    per_document = []
+    for r in tqdm(records, unit="doc", desc="counting words", leave=False, delay=COUNTING_BAR_DELAY_S,
+                  mininterval=1.0):
+        sums = defaultdict(lambda: [0.0, 0])
         for text, score in _units(r, merge_subwords):
             entry = totals[group_key(r, by)][text]
             entry[0] += score
             entry[1] += 1
             entry[2].add(r.id)
+            sums[text][0] += score
+            sums[text][1] += 1
+        per_document += [(r.id, r.target, text, total, count, r.data_id) for text, (total, count) in sums.items()]
     rankings = {}
     for group, per_token in totals.items():
         target = group if by == "target" else group[1]
         rows = [TokenRow(token, target, total, total / count, count, len(docs), total / len(docs))
                 for token, (total, count, docs) in per_token.items()]
         rankings[group] = sorted(rows, key=lambda row: (-row.sum, row.token))
-    return rankings
+    return Tally(rankings, per_document)
 
 
 def ranked(rows: list[TokenRow], by: str = "sum", min_count: int | None = None) -> list[TokenRow]:
@@ -101,19 +120,6 @@ def ranked(rows: list[TokenRow], by: str = "sum", min_count: int | None = None) 
     if least < 1:
         raise DataError(f"--min-count {least}: give 1 or more")
     return sorted((r for r in rows if r.count >= least), key=lambda r: (-getattr(r, by), r.token))
-
-
-def per_document(records: list[DocumentResult], merge_subwords: bool = True) -> list[tuple]:
-    """(id, target, token, sum, count, data_id) for each distinct token of each document: the group-by sum per
-    token."""
-    rows = []
-    for r in records:
-        sums = defaultdict(lambda: [0.0, 0])
-        for text, score in _units(r, merge_subwords):
-            sums[text][0] += score
-            sums[text][1] += 1
-        rows += [(r.id, r.target, text, total, count, r.data_id) for text, (total, count) in sums.items()]
-    return rows
 
 
 def _slug(name) -> str:

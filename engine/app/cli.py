@@ -549,7 +549,7 @@ def cmd_aggregate(args) -> int:
     import csv
 
     from ..display import label_name
-    from .aggregate import class_rankings, group_file_name, group_key, per_document, ranked, read_run
+    from .aggregate import group_file_name, group_key, ranked, read_run, tally
 
     run = read_run(args.run, args.unfinished)
     records, labels = run.records, run.manifest["settings"].get("labels", {})
@@ -558,7 +558,8 @@ def cmd_aggregate(args) -> int:
     out = args.out or args.run / (f"aggregate-by-{args.by}{'-tokens' if args.tokens else ''}"
                                   f"{'' if run.finished else '-unfinished'}")
     out.mkdir(parents=True, exist_ok=True)
-    rankings = class_rankings(records, args.by, merge_subwords=not args.tokens)
+    counts = tally(records, args.by, merge_subwords=not args.tokens)
+    rankings = counts.rankings
     columns = ("token", "target", "sum", "mean", "count", "documents", "document_mean")
     for group in sorted(rankings, key=str):
         rows = rankings[group]
@@ -579,7 +580,7 @@ def cmd_aggregate(args) -> int:
                       [(r.token, getattr(r, args.rank)) for r in lowest], width=18)
     with open(out / "per_document.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("id", "target", "token", "sum", "count", "data_id"),
-                                 *per_document(records, merge_subwords=not args.tokens)])
+                                 *counts.per_document])
     print(f"wrote {len(rankings)} group files and per_document.csv to {out}")
     return 0
 

@@ -342,9 +342,15 @@ def sound_shards(out: Path, move_corrupt: bool) -> dict[str, list]:
     return found
 
 
+READING_BAR_DELAY_S = 2.0    # reading that takes longer shows a bar (0.5 ms a 7 KB record, 2-core EPYC)
+
+
 def read_records(paths: list[Path]) -> list[DocumentResult]:
-    return [DocumentResult.from_json(json.loads(line)) for path in paths
-            for line in path.read_text(encoding="utf-8").splitlines() if line]
+    from tqdm.auto import tqdm
+
+    lines = [line for path in paths for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [DocumentResult.from_json(json.loads(line)) for line in tqdm(
+        lines, unit="doc", desc="reading documents", leave=False, delay=READING_BAR_DELAY_S, mininterval=1.0)]
 
 
 @dataclass

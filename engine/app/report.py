@@ -35,7 +35,7 @@ from ..display import color, label_name, shown_units, top_bottom_words
 from ..errors import DataError
 from ..result import DocumentResult
 from ..summarize import ends
-from .aggregate import check_grouping, class_rankings, ranked, read_run
+from .aggregate import check_grouping, ranked, read_run, tally
 from .text import counted
 
 STYLE = """
@@ -365,7 +365,7 @@ def index_page(records: list[DocumentResult], labels: dict, title: str, by: str 
     rows = "".join("<tr>" + "".join(shown(r) for _, shown in columns) + "</tr>" for r in records)
     headers = "".join(f'<th class="sortable">{name}</th>' for name, _ in columns)
     charts, unit = "", "tokens" if tokens else "words"
-    for group, rows_of_group in sorted(class_rankings(records, by, not tokens).items(), key=lambda g: str(g[0])):
+    for group, rows_of_group in sorted(tally(records, by, not tokens).rankings.items(), key=lambda g: str(g[0])):
         target = label_name(group if by == "target" else group[1], labels)
         name = target if by == "target" else f"label {label_name(group[0], labels)}, target {target}"
         charts += (f"<h3>{html.escape(name)}: {unit} pushing toward and away from {html.escape(target)}</h3>"
