@@ -313,7 +313,9 @@ def check_weights(model: nn.Module) -> None:
     if dtypes != ["float32"]:
         raise ModelLoadError(f"the model's weights are {', '.join(dtypes)}: fastig runs a classifier's weights in "
                              "float32 and its precision= ('bf16', 'fp16') runs the integration steps in half "
-                             "precision with fp32 sums; give model.float() (fastig.load_classifier loads float32)")
+                             "precision with fp32 sums; give model.float(), or load it with from_pretrained(..., "
+                             "dtype=torch.float32) (transformers 5 keeps a checkpoint's saved dtype; "
+                             "fastig.load_classifier loads float32)")
 
 
 def check_vocabulary(model: nn.Module, tokenizer) -> None:

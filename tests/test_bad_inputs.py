@@ -183,7 +183,8 @@ def test_a_half_precision_checkpoint_loads_in_fp32_and_a_half_model_is_refused(t
     assert_close(got.attributions, expected.attributions, rtol=1e-5, atol=1e-6, what="attributions")
     assert exit_code(["attribute", "--model", str(tmp_path / "model"), "--n-steps", "4", texts[0]]) == 0
     capsys.readouterr()
-    with pytest.raises(fastig.ModelLoadError, match=rf"weights are {str(dtype)[6:]}: .*give model.float\(\)"):
+    with pytest.raises(fastig.ModelLoadError, match=rf"weights are {str(dtype)[6:]}: .*give model.float\(\), "
+                                                    r"or load it with from_pretrained\(\.\.\., dtype=torch.float32\)"):
         fastig.Engine(make_model("electra").to(dtype), tokenizer)
 
 
