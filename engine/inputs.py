@@ -304,6 +304,20 @@ def _texts_or_ids(inputs):
     return list(inputs)
 
 
+def _listed_ids(inputs) -> list[torch.Tensor] | None:
+    """Ids as Python lists, one LongTensor a row: tokenizer.encode's list of ints (one document) or a list of
+    them (several, of any lengths); None for anything else. They were refused as texts of type int."""
+    def is_id(value) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        return None
+    if all(map(is_id, inputs)):
+        return [torch.tensor(inputs, dtype=torch.long)]
+    if all(isinstance(row, (list, tuple)) and row and all(map(is_id, row)) for row in inputs):
+        return [torch.tensor(row, dtype=torch.long) for row in inputs]
+    return None
+
+
 def _rows(value, name: str) -> list[torch.Tensor]:
     """A tokenizer output's field ([B, L] or [L]: a tensor, a numpy array, lists) as one tensor per row."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
@@ -378,20 +392,21 @@ def refuse_padding(rows: list[torch.Tensor], config, tokenizer=None) -> None:
 
 def build_documents(texts_or_ids, tokenizer, config, baseline="pad", max_length: int | None = None) -> list[Document]:
     """Documents for a str, a list of str (or of pairs of str; any sequence of them), a LongTensor [B, L] / [L]
-    of ids, or a tokenizer's output (its padding left out by the attention mask)."""
+    of ids (or lists of ids), or a tokenizer's output (its padding left out by the attention mask)."""
     texts_or_ids = _texts_or_ids(texts_or_ids)
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
-    if max_length is not None and isinstance(texts_or_ids, (Mapping, torch.Tensor)):     # it was ignored
+    listed = _listed_ids(texts_or_ids)
+    if max_length is not None and (listed or isinstance(texts_or_ids, (Mapping, torch.Tensor))):     # it was ignored
         raise InputError(f"max_length={max_length!r} cuts texts; ids and a tokenizer's output are explained as "
                          "given: cut them before (the tokenizer's truncation=True, max_length=), or give the texts")
     if isinstance(texts_or_ids, Mapping):
         encoded, baseline = encode_batch(texts_or_ids, tokenizer, config, baseline)
-    elif isinstance(texts_or_ids, torch.Tensor):
+    elif isinstance(texts_or_ids, torch.Tensor) or listed:
         # Ids hold the special tokens already: those the tokenizer puts around a text (without one: the first
         # and the last, CLS and SEP), which a baseline of token ids keeps.
         before, after = (1, 1) if tokenizer is None else map(len, special_tokens_around(tokenizer))
-        rows = split_ids(texts_or_ids, config)
+        rows = [row for ids in listed or [texts_or_ids] for row in split_ids(ids, config)]
         refuse_padding(rows, config, tokenizer)
         encoded = [Encoded(ids, list(range(before)) + list(range(len(ids) - after, len(ids)))) for ids in rows]
     elif isinstance(texts_or_ids, (list, tuple)):

@@ -102,6 +102,26 @@ def test_a_column_of_texts_in_any_container_is_its_list(models, tokenizer):
     _same_records(engine.attribute(ids, n_steps=N_STEPS), engine.attribute(texts[:1], n_steps=N_STEPS))
 
 
+def test_ids_as_python_lists_are_their_documents(models, tokenizer, roberta_tokenizer):
+    """tokenizer.encode(text) (a list of ints) and a list of such lists, of any lengths, are ids as a tensor is:
+    the texts' records. They were refused as texts ("texts[0] is of type int"); a list mixing ids and texts
+    still is, and max_length is refused for them as for tensors."""
+    for model, tok, texts in ((models("bert"), tokenizer, [make_text(4, 1), make_text(9, 2)]),
+                              (make_byte_level_model("roberta", roberta_tokenizer), roberta_tokenizer,
+                               [byte_level_text(1, 1), byte_level_text(3, 2)])):
+        engine = fastig.Engine(model, tok)
+        expected = engine.attribute(texts, n_steps=N_STEPS)
+        encoded = [tok.encode(text) for text in texts]
+        assert len(encoded[0]) != len(encoded[1])
+        _same_records(engine.attribute(encoded, n_steps=N_STEPS), expected)
+        _same_records(engine.attribute(encoded[1], n_steps=N_STEPS), engine.attribute(texts[1:], n_steps=N_STEPS))
+    engine = fastig.Engine(models("bert"), tokenizer)
+    with pytest.raises(fastig.InputError, match=r"texts\[1\] is of type int"):
+        engine.attribute([make_text(3, 1), 5], n_steps=N_STEPS)
+    with pytest.raises(fastig.InputError, match="max_length=3 cuts texts"):
+        engine.attribute(tokenizer.encode(make_text(5, 1)), n_steps=N_STEPS, max_length=3)
+
+
 def test_the_model_may_be_its_folder_or_its_pipeline(tokenizer, tmp_path):
     """Engine("folder or hub name") loads it as the commands do, Engine(pipeline) takes the pipeline's model
     and tokenizer, Engine(DataParallel(model)) and Engine(torch.compile(model)) its module; the records are those of the model itself. Anything
