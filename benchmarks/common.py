@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fastig.quadrature import CAPTUM_DEFAULT_STEPS
+from fastig.options import CAPTUM_DEFAULT_STEPS
 
 CAPTUM_SEED_BATCH = 2   # the seed notebook's internal_batch_size
 MODELS_FOLDER = "FASTIG_BENCH_MODELS"   # environment: where the processes of a suite run share their models

@@ -21,8 +21,7 @@ from torch import nn
 
 from .errors import InputError
 from .models import forwards_shadowed, recomputable_layers
-
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from .options import COMPILE_MODES as MODES
 
 
 def check_mode(mode: str | None) -> None:

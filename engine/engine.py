@@ -28,6 +28,7 @@ from .forward import Endpoints, ModelStep, batch_of, document_logits, endpoints,
 from .inputs import Document, build_documents
 from .integrate import FP32, PathIntegral, integrate_path
 from .longformer import banded_attention
+from .options import ATTENTIONS, CAPTUM_DEFAULT_STEPS, DEFAULT_ACCURACY, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, uses_default_path
 from .models import (attributing, check_target, check_vocabulary, check_weights, find_layer, label_names,
                      model_and_tokenizer, model_length, named_classes, output_values, probability_output,
                      recomputable_layers, resolve_output, several_targets)
@@ -38,18 +39,6 @@ from .scheduler import (DEFAULT_MEMORY_BUDGET, RetainedHeapBound, Scheduler, chu
                         cpu_memory_retained, host_memory_available, pack, retained_cpu_memory)
 from .summarize import normalized
 from .targeted import FIRST_ROUND, check_accuracy, integrate_to_accuracy
-
-ATTENTIONS = ("banded", "model")
-
-
-def uses_default_path(n_steps, method: str | None, precision: str) -> bool:
-    """Whether `attribute` takes the default path: nothing of Captum's asked for (n_steps, method and
-    precision at their defaults). Otherwise it computes Captum's rule (gausslegendre, 50 steps by default)."""
-    return n_steps is None and method is None and precision == "auto"
-
-
-DEFAULT_ACCURACY, DEFAULT_TOLERANCE, DEFAULT_MAX_STEPS = 2e-2, 1e-3, 1024
-
 
 def _check_settings_apply(n_steps, method: str | None, precision: str, tolerance: float, accuracy: float,
                           max_steps: int) -> None:
@@ -91,7 +80,7 @@ class Rule:
             check_auto(tolerance, max_steps)
             return cls("auto", tolerance=tolerance, max_steps=max_steps)
         method = method or "gausslegendre"
-        n_steps = quadrature.CAPTUM_DEFAULT_STEPS if n_steps is None else n_steps
+        n_steps = CAPTUM_DEFAULT_STEPS if n_steps is None else n_steps
         return cls(method, *quadrature.rule(method, n_steps))
 
     @property

@@ -11,8 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .errors import InputError, LayerNotFoundError, ModelLoadError, TargetError
-
-OUTPUTS = ("probs", "sigmoid", "logits")
+from .options import OUTPUTS
 
 
 @contextmanager

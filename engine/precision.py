@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError, caller_outside_fastig
+from .options import PRECISIONS
 
 
 class PrecisionWarning(UserWarning):
     """A low precision asked for on a CPU that has no matrix units for it: torch emulates them, much slower
     than fp32."""
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_UNITS = {"bf16": "AVX512-BF16 or AMX", "fp16": "AMX-FP16"}     # what multiplies each low precision natively
 

@@ -9,10 +9,7 @@ import numpy as np
 import torch
 
 from .errors import MethodError
-
-RIEMANN_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-METHODS = RIEMANN_RULES + ("gausslegendre",)
-CAPTUM_DEFAULT_STEPS = 50   # LayerIntegratedGradients.attribute's n_steps, with method="gausslegendre"
+from .options import METHODS
 # numpy's leggauss solves an n x n eigenproblem (O(n^2) memory, O(n^3) time); Riemann rules are O(n).
 MAX_STEPS = {"gausslegendre": 4096, "riemann": 1_000_000}
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError, MemoryBudgetError
-
-DEFAULT_MEMORY_BUDGET = "80%"
+from .options import DEFAULT_MEMORY_BUDGET
 PROBE_SEQUENCES = 1
 # Calls are sized to this share of the room the budget leaves: the heap fragments differently
 # from call to call, and a call of the measured size peaked up to ~7% above its estimate.

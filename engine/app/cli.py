@@ -15,14 +15,11 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..compiled import MODES as COMPILE_MODES
-from ..engine import ATTENTIONS, DEFAULT_ACCURACY, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, uses_default_path
+# The parser is built from plain values (fastig.options): `fastig --help` and a mistyped flag answer without
+# importing torch; the commands import the core they run.
 from ..errors import BaselineError, FastIGError, InputError, Interrupted, OutputError
-from ..models import OUTPUTS
-from ..precision import PRECISIONS
-from ..quadrature import CAPTUM_DEFAULT_STEPS, METHODS
-from ..scheduler import DEFAULT_MEMORY_BUDGET, retain_freed_cpu_memory
-from ..summarize import ends
+from ..options import (ATTENTIONS, CAPTUM_DEFAULT_STEPS, COMPILE_MODES, DEFAULT_ACCURACY, DEFAULT_MAX_STEPS,
+                       DEFAULT_MEMORY_BUDGET, DEFAULT_TOLERANCE, METHODS, OUTPUTS, PRECISIONS, uses_default_path)
 from .text import counted, print_columns, print_result, run_line
 
 
@@ -549,6 +546,7 @@ def cmd_aggregate(args) -> int:
     import csv
 
     from ..display import label_name
+    from ..summarize import ends
     from .aggregate import group_file_name, group_key, ranked, read_run, tally
 
     run = read_run(args.run, args.unfinished)
@@ -661,6 +659,7 @@ def main(argv=None) -> int:
                                          "documents; save it to a file and give its path")
                     return relaunch(_without_processes(argv), processes)
                 if args.command != "bench":     # the benchmarks give every provider the same allocator setting
+                    from ..scheduler import retain_freed_cpu_memory
                     retain_freed_cpu_memory()
                 return COMMANDS[args.command](args)
         except FastIGError as err:

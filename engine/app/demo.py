@@ -157,7 +157,7 @@ def run_demo(out: Path, n_steps: int | None = None, n_documents: int = 5, k: int
     import pandas as pd
 
     from ..engine import Engine
-    from ..quadrature import CAPTUM_DEFAULT_STEPS
+    from ..options import CAPTUM_DEFAULT_STEPS
     from ..reference import captum_attribute, compare
     from .files import to_json
     from .report import Source, write_report

@@ -1,11 +1,15 @@
 """What the commands print about a result: per document its prediction, delta and top/bottom words,
 and one line on how the run went."""
 
+from __future__ import annotations
+
 import sys
 import unicodedata
 from itertools import zip_longest
+from typing import TYPE_CHECKING
 
-from ..result import Attribution, RunStats
+if TYPE_CHECKING:      # annotations only: the command line imports this module before torch (fastig.options)
+    from ..result import Attribution, RunStats
 
 
 def print_result(result: Attribution, k: int, documents=None, file=None, tokens: bool = False) -> None:
