@@ -502,3 +502,12 @@ def test_help_version_and_a_mistyped_flag_answer_without_importing_torch():
     assert run.stdout.splitlines()[-1] == "torch imported: False", run.stdout + run.stderr
     assert run.stdout.count("exit 0") == 3 and "exit 2" in run.stdout
     assert "unrecognized arguments: --n-stepz" in run.stderr
+
+
+def test_fastig_alone_lists_the_commands_and_where_to_start(capsys):
+    """`fastig` with nothing else said "the following arguments are required: command", naming none."""
+    assert exit_code([]) == 2
+    shown = capsys.readouterr().err
+    assert all(command in shown for command in ("attribute", "check", "demo", "dataset", "aggregate", "report",
+                                                "bench"))
+    assert "Start with `fastig demo`" in shown and "`fastig COMMAND --help`" in shown

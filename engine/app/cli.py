@@ -148,7 +148,9 @@ def _versions() -> str:
 def build_parser() -> argparse.ArgumentParser:
     # Raw: argparse would wrap the version line at the terminal's width
     parser = _Parser(prog="fastig", description="Fast Integrated Gradients for Hugging Face classifiers, checked "
-                     "against Captum.", formatter_class=argparse.RawDescriptionHelpFormatter)
+                     "against Captum.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Start with `fastig demo` (offline: five movie reviews explained, timed against Captum);\n"
+                            "`fastig COMMAND --help` gives a command's options.")
     parser.add_argument("--version", action="version", version=_versions(),
                         help="fastig's version and those of the packages its numbers depend on")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -633,6 +635,9 @@ def _without_processes(argv: list[str]) -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    if not argv:        # the commands and where to start, not "the following arguments are required: command"
+        parser.print_help(sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if args.command == "bench":    # its arguments are the benchmarks' own
         args.bench_arguments = unknown
