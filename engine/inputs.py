@@ -311,10 +311,9 @@ def _listed_ids(inputs) -> list[torch.Tensor] | None:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not isinstance(inputs, (list, tuple)) or not inputs:
         return None
-    if all(map(is_id, inputs)):
-        return [torch.tensor(inputs, dtype=torch.long)]
-    if all(isinstance(row, (list, tuple)) and row and all(map(is_id, row)) for row in inputs):
-        return [torch.tensor(row, dtype=torch.long) for row in inputs]
+    rows = [inputs] if all(map(is_id, inputs)) else inputs
+    if all(isinstance(row, (list, tuple)) and row and all(map(is_id, row)) for row in rows):
+        return [torch.tensor(row, dtype=torch.long) for row in rows]
     return None
 
 

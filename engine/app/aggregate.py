@@ -93,9 +93,9 @@ def tally(records: list[DocumentResult], by: str = "target", merge_subwords: boo
     per_document = []
     for r in tqdm(records, unit="doc", desc="counting words", leave=False, delay=COUNTING_BAR_DELAY_S,
                   mininterval=1.0):
-        sums = defaultdict(lambda: [0.0, 0])
+        in_group, sums = totals[group_key(r, by)], defaultdict(lambda: [0.0, 0])
         for text, score in _units(r, merge_subwords):
-            entry = totals[group_key(r, by)][text]
+            entry = in_group[text]
             entry[0] += score
             entry[1] += 1
             entry[2].add(r.id)
