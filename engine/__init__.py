@@ -7,16 +7,25 @@ a module of this package, starts without torch: `fastig --help` took 3.6 s, 2.6 
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .errors import (BaselineError, DataError, EmptyTextError, FastIGError, InputError, Interrupted, LayerNotFoundError,
                      MemoryBudgetError, MethodError, ModelLoadError, NonFiniteError, OutputError, TargetError)
 
 __version__ = "0.2.1"
 
-# name -> the module that defines it, imported when the name is first read (PEP 562)
+# name -> the module that defines it, imported when the name is first read (PEP 562); the same imports below
+# for type checkers and editors, which do not run __getattr__
 _LAZY = {"Engine": ".engine", "TruncationWarning": ".inputs", "load_classifier": ".models",
          "PrecisionWarning": ".precision", "Attribution": ".result", "DocumentResult": ".result",
          "RunStats": ".result", "retain_freed_cpu_memory": ".scheduler"}
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .inputs import TruncationWarning
+    from .models import load_classifier
+    from .precision import PrecisionWarning
+    from .result import Attribution, DocumentResult, RunStats
+    from .scheduler import retain_freed_cpu_memory
 
 
 def __getattr__(name: str):

@@ -511,3 +511,4 @@ def test_fastig_alone_lists_the_commands_and_where_to_start(capsys):
     assert all(command in shown for command in ("attribute", "check", "demo", "dataset", "aggregate", "report",
                                                 "bench"))
     assert "Start with `fastig demo`" in shown and "`fastig COMMAND --help`" in shown
+

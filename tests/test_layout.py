@@ -5,6 +5,8 @@ failed to start."""
 import importlib.metadata
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -24,3 +26,14 @@ def test_the_readme_layout_names_every_module():
                if path.name != "__init__.py"]
     assert len(modules) > 20, modules
     assert [name for name in modules if f"`{name}`" not in layout] == []
+
+
+def test_every_name_fastig_exports_resolves():
+    """fastig's names load on first use (so the command line starts without torch): each of __all__ must."""
+    import fastig
+
+    for name in fastig.__all__:
+        assert getattr(fastig, name) is not None, name
+    assert fastig.Engine.__module__ == "fastig.engine" and "Engine" in dir(fastig)
+    with pytest.raises(AttributeError, match="no attribute 'Engnie'"):
+        fastig.Engnie
