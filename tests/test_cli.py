@@ -202,6 +202,20 @@ def test_attribute_reads_files(model_dir, tmp_path, capsys):
     assert "document 0: 14 tokens" in capsys.readouterr().out
 
 
+def test_a_file_name_given_as_a_text_is_explained_as_written_and_said_so(model_dir, tmp_path, capsys, monkeypatch):
+    """`fastig attribute --model M paper.txt` explained the word "paper.txt" without a sign; now a warning names
+    --file. A text of several words is never taken for a file name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper.txt").write_text(make_text(12), encoding="utf-8")
+    assert main(["attribute", "--model", model_dir, "paper.txt", "--n-steps", "4", "--out", "result.json"]) == 0
+    shown = capsys.readouterr()
+    assert json.loads((tmp_path / "result.json").read_text())["documents"][0]["text"] == "paper.txt"
+    assert ("fastig attribute: warning: argument 1 'paper.txt' is explained as written, a text of one word, though "
+            "it names a file: give --file paper.txt to explain what the file holds") in shown.err
+    assert main(["attribute", "--model", model_dir, "good film", "--n-steps", "4"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_attribute_takes_documents_as_arguments_in_order(model_dir, tmp_path, capsys):
     """`fastig attribute --model M "a text"` as a newcomer first types it; then --text, --file and --pair (a pair
     of texts, one document), in order."""

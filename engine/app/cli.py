@@ -244,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _texts(args) -> list:
+    for i, text in enumerate(args.texts):
+        # `fastig attribute --model M paper.txt` explained the word "paper.txt", without a sign
+        if not any(character.isspace() for character in text) and Path(text).is_file():
+            warnings.warn(f"argument {i + 1} {text!r} is explained as written, a text of one word, though it names a "
+                          f"file: give --file {text} to explain what the file holds")
     texts = list(args.texts) + list(args.text or [])
     for path in args.file or []:
         try:
