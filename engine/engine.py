@@ -331,7 +331,8 @@ class Engine:
 
         texts_or_ids: a str, a list of str (an item may be a pair of texts, (A, B), for a classifier of
         pairs; any sequence of them), a LongTensor [B, L] / [L] of ids holding the special tokens and no
-        padding, or a tokenizer's output (its attention mask leaves the padding out). target: None (predicted
+        padding (or such ids as lists: tokenizer.encode's, or a list of them), or a tokenizer's output (its
+        attention mask leaves the padding out). target: None (predicted
         class), an int or a label name ("positive", from config.id2label or label2id), or one per document;
         "all" or one list of classes per document for several.
         baseline: "pad" | "unk" | "mask" (CLS + token * n + SEP), "zeros" (zero layer
